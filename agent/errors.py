@@ -1,0 +1,165 @@
+"""The one exception tree of ondevice-agent.
+
+Every error the agent raises on purpose derives from :class:`AgentError`. Lower-layer errors
+(onnxruntime, OS, TOML) are mapped to these at the boundary where they happen. Each class carries a
+JSON-RPC error ``code`` so the IPC server can answer with it and the client library can raise the
+same class again on the other side::
+
+    AgentError                      -32000  anything of ours
+    ├── ConfigError                 -32010  a policy / manifest / recipe / CLI value is wrong (file:line: key: ...)
+    │   ├── ManifestError           -32011
+    │   ├── PolicyError             -32012
+    │   └── RecipeError             -32013
+    ├── ProtocolError               -32600  a malformed frame or request (JSON-RPC "invalid request")
+    │   ├── FrameTooLarge           -32001
+    │   └── MethodNotFound          -32601
+    ├── InvalidParams               -32602  wrong dtype/shape/missing input, bad argument
+    ├── NotFound                    -32004  unknown model / variant / device
+    ├── PermissionDenied            -32003  the peer may not call this method
+    ├── Busy                        -32005  per-peer limit or queue full
+    ├── LoadError                   -32020  a variant could not be loaded (corrupt file, EP failure)
+    │   └── InsufficientMemory      -32021  the variant does not fit in memory
+    ├── WorkerError                 -32030  a worker failed while running a request
+    │   └── WorkerDied              -32031  the worker process is gone
+    ├── Unavailable                 -32040  no variant is ready to serve (loading / shutting down)
+    ├── BuildError                  -32050  a zoo build step failed
+    └── ConnectionClosed            -32060  client side: the daemon closed the connection
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AgentError(Exception):
+    """Base of every error the agent raises on purpose."""
+
+    code: int = -32000
+
+    def __init__(self, message: str, *, data: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data or {}
+
+    def to_jsonrpc(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        data = dict(self.data)
+        data.setdefault("type", type(self).__name__)
+        err["data"] = data
+        return err
+
+
+class ConfigError(AgentError):
+    """A configuration value is wrong. ``str()`` is ``file:line: key: expected ..., got ...``."""
+
+    code = -32010
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self.file, self.line, self.key = file, line, key
+        loc = ""
+        if file is not None:
+            loc = f"{file}:{line}: " if line is not None else f"{file}: "
+        if key:
+            loc += f"{key}: "
+        super().__init__(loc + message, data={**(data or {}), "file": file, "line": line, "key": key})
+
+
+class ManifestError(ConfigError):
+    code = -32011
+
+
+class PolicyError(ConfigError):
+    code = -32012
+
+
+class RecipeError(ConfigError):
+    code = -32013
+
+
+class ProtocolError(AgentError):
+    code = -32600
+
+
+class FrameTooLarge(ProtocolError):
+    code = -32001
+
+
+class MethodNotFound(ProtocolError):
+    code = -32601
+
+
+class InvalidParams(AgentError):
+    code = -32602
+
+
+class NotFound(AgentError):
+    code = -32004
+
+
+class PermissionDenied(AgentError):
+    code = -32003
+
+
+class Busy(AgentError):
+    code = -32005
+
+
+class LoadError(AgentError):
+    code = -32020
+
+
+class InsufficientMemory(LoadError):
+    code = -32021
+
+
+class WorkerError(AgentError):
+    code = -32030
+
+
+class WorkerDied(WorkerError):
+    code = -32031
+
+
+class Unavailable(AgentError):
+    code = -32040
+
+
+class BuildError(AgentError):
+    code = -32050
+
+
+class ConnectionClosed(AgentError):
+    code = -32060
+
+
+def _all_subclasses(cls: type[AgentError]) -> list[type[AgentError]]:
+    out: list[type[AgentError]] = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+def error_from_jsonrpc(err: dict[str, Any]) -> AgentError:
+    """Rebuild the typed exception from a JSON-RPC error object (client side)."""
+    code = err.get("code")
+    message = str(err.get("message", "error"))
+    data = err.get("data") if isinstance(err.get("data"), dict) else {}
+    wanted = data.get("type") if data else None
+    by_code: type[AgentError] = AgentError
+    for cls in _all_subclasses(AgentError):
+        if wanted and cls.__name__ == wanted:
+            by_code = cls
+            break
+        if cls.code == code and by_code is AgentError:
+            by_code = cls
+    exc = AgentError.__new__(by_code)
+    AgentError.__init__(exc, message, data=data)
+    return exc

@@ -1,0 +1,1 @@
+"""The model zoo: manifests (reading, validating, importing) and the variant builders."""
