@@ -8,7 +8,8 @@ Format (UTF-8, one JSON object per line)::
      "energy": {...}, "reasons": {"battery.percent": "why"}}                <- one snapshot per line
 
 ``t`` is seconds since the first sample, non-decreasing. Each section holds the fields of the matching
-``Snapshot`` section (``agent/sensors/snapshot.py``); a missing field is ``null``, an unknown one is an
+``Snapshot`` section (``agent/sensors/snapshot.py``); a missing field or section takes the Snapshot's
+default (``null``, ``false``, ``0`` or empty), so writers may leave nulls out; an unknown key is an
 error. Header keys other than ``format``/``version`` are free metadata (``note``, ``synthesized``,
 ``generator``, ``model``); ``started_wall`` gives replayed snapshots their wall-clock time.
 
@@ -42,12 +43,19 @@ SECTIONS: dict[str, type] = {"battery": BatteryState, "power": PowerState, "ther
 
 # ---------------------------------------------------------------- snapshot <-> JSON line
 
-def snapshot_to_record(snap: Snapshot, t: float) -> dict[str, Any]:
+def snapshot_to_record(snap: Snapshot, t: float, *, compact: bool = True) -> dict[str, Any]:
+    """One trace line's object; ``compact`` leaves out null fields and empty sections (read as null)."""
     d = snap.to_dict()
     out: dict[str, Any] = {"t": round(t, 3)}
     for key in SECTIONS:
-        out[key] = d[key]
-    out["reasons"] = d["reasons"]
+        sec = d[key]
+        if compact:
+            sec = {k: v for k, v in sec.items() if v is not None and v != [] and v != ()}
+            if not sec:
+                continue
+        out[key] = sec
+    if d["reasons"] or not compact:
+        out["reasons"] = d["reasons"]
     return out
 
 
