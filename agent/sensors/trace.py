@@ -37,6 +37,7 @@ from agent.sensors.snapshot import (
 
 FORMAT = "ondevice-agent-sensor-trace"
 VERSION = 1
+SHIPPED_DIR = Path(__file__).with_name("traces")   # the synthesized traces shipped as package data
 SECTIONS: dict[str, type] = {"battery": BatteryState, "power": PowerState, "thermal": ThermalState,
                              "memory": MemoryState, "cpu": CpuState, "energy": EnergyState}
 
@@ -138,6 +139,11 @@ def snapshot_from_record(rec: dict[str, Any], *, mono_s: float, wall_s: float, s
 
 
 # ---------------------------------------------------------------- loading
+
+def shipped(name: str) -> Path:
+    """Path of a shipped trace: ``laptop_workday``, ``thermal_sustained_load``, ``memory_pressure_bursts``."""
+    return SHIPPED_DIR / (name if name.endswith(".jsonl") else name + ".jsonl")
+
 
 @dataclasses.dataclass(frozen=True)
 class Trace:
