@@ -241,7 +241,8 @@ class TraceReplay:
         if self.loop and v >= self.period_s:
             loops = int(v // self.period_s)
             pos = v - loops * self.period_s
-        i = max(0, bisect.bisect_right(tr.times, pos) - 1)
+        # 1 µs of slack so a sample due exactly now is not lost to float rounding of the scaled clock
+        i = max(0, bisect.bisect_right(tr.times, pos + 1e-6) - 1)
         snap = tr.snapshots[i]
         energy = snap.energy
         if loops and energy.joules_total is not None:
