@@ -16,12 +16,12 @@ from typing import TypeVar
 from agent.sensors._io import Notes
 from agent.sensors.battery import read_power_supplies
 from agent.sensors.cpu import CpuReader
-from agent.sensors.memory import read_memory
+from agent.sensors.memory import MemoryReader
 from agent.sensors.power import NvmlReader, RaplReader, read_amdgpu_power, read_npu_busy
 from agent.sensors.snapshot import (
     BatteryState, CpuState, EnergyState, MemoryState, PowerState, Snapshot, ThermalState,
 )
-from agent.sensors.thermal import read_thermal
+from agent.sensors.thermal import ThermalReader
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ class LiveSensors:
         self._clock, self._wall = clock, wall
         self._cpu = CpuReader(sysfs_root, procfs_root)
         self._rapl = RaplReader(sysfs_root)
+        self._thermal = ThermalReader(sysfs_root, clock=clock)
+        self._memory = MemoryReader(sysfs_root, procfs_root, clock=clock)
         self._nvml: NvmlReader | None = NvmlReader() if nvml else None
         self._last: tuple[float, float, str] | None = None   # (mono, joules_total, meter)
         self._last_power: float | None = None
@@ -92,9 +94,9 @@ class LiveSensors:
         battery, power, n = _guard("battery", lambda: read_power_supplies(self.sysfs_root),
                                    (BatteryState(), PowerState(), Notes()), notes)
         _merge(notes, n)
-        thermal, n = _guard("thermal", lambda: read_thermal(self.sysfs_root), (ThermalState(), Notes()), notes)
+        thermal, n = _guard("thermal", self._thermal.read, (ThermalState(), Notes()), notes)
         _merge(notes, n)
-        memory, n = _guard("memory", lambda: read_memory(self.sysfs_root, self.procfs_root),
+        memory, n = _guard("memory", self._memory.read,
                            (MemoryState(), Notes()), notes)
         _merge(notes, n)
         cpu, n = _guard("cpu", self._cpu.read, (CpuState(), Notes()), notes)

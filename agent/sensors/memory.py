@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent.sensors._io import Notes, parse_float, read_int, read_str
@@ -78,11 +81,20 @@ def read_psi(path: Path, notes: Notes, prefix: str) -> tuple[float | None, float
     return found.get("some"), found.get("full")
 
 
-def _cgroup(sysfs: Path, procfs: Path, notes: Notes) -> tuple[int | None, int | None]:
+@dataclass(frozen=True)
+class CgroupFiles:
+    """Where our cgroup's memory limit and usage live (found once, then read every tick)."""
+
+    max_path: str | None
+    cur_path: str | None
+    v1: bool = False
+    why: str | None = None          # why there is nothing to read
+
+
+def locate_cgroup(sysfs: Path, procfs: Path) -> CgroupFiles:
     text, why = read_str(procfs / "self" / "cgroup")
     if text is None:
-        notes.add("memory.cgroup_max_bytes", why)
-        return None, None
+        return CgroupFiles(None, None, why=why)
     v2: str | None = None
     v1: str | None = None
     for line in text.splitlines():
@@ -98,36 +110,53 @@ def _cgroup(sysfs: Path, procfs: Path, notes: Notes) -> tuple[int | None, int | 
         rel = v2.lstrip("/")
         for base in (cg / rel, cg / "unified" / rel):
             if (base / "memory.current").exists() or (base / "memory.max").exists():
-                mx_text, why_m = read_str(base / "memory.max")
-                cur, why_c = read_int(base / "memory.current")
-                notes.add("memory.cgroup_current_bytes", why_c)
-                if mx_text == "max":
-                    notes.add("memory.cgroup_max_bytes", f"no limit ({base / 'memory.max'} = max)")
-                    return None, cur
-                if mx_text is None:
-                    notes.add("memory.cgroup_max_bytes", why_m)
-                    return None, cur
-                mx, why_m = read_int(base / "memory.max")
-                notes.add("memory.cgroup_max_bytes", why_m)
-                return mx, cur
+                return CgroupFiles(str(base / "memory.max"), str(base / "memory.current"))
     if v1 is not None:
         base = cg / "memory" / v1.lstrip("/")
         if (base / "memory.limit_in_bytes").exists():
-            mx, why_m = read_int(base / "memory.limit_in_bytes")
-            cur, why_c = read_int(base / "memory.usage_in_bytes")
-            notes.add("memory.cgroup_current_bytes", why_c)
-            if mx is not None and mx >= V1_UNLIMITED:
-                notes.add("memory.cgroup_max_bytes", f"no limit (cgroup v1 {base})")
-                return None, cur
-            notes.add("memory.cgroup_max_bytes", why_m)
-            return mx, cur
+            return CgroupFiles(str(base / "memory.limit_in_bytes"), str(base / "memory.usage_in_bytes"), v1=True)
     where = f"0::{v2}" if v2 is not None else "no cgroup v2 line"
-    notes.add("memory.cgroup_max_bytes", f"no memory controller files for our cgroup ({where})")
-    notes.add("memory.cgroup_current_bytes", "no memory controller files for our cgroup")
-    return None, None
+    return CgroupFiles(None, None, why=f"no memory controller files for our cgroup ({where})")
 
 
-def read_memory(sysfs_root: str | Path = "/sys", procfs_root: str | Path = "/proc") -> tuple[MemoryState, Notes]:
+def read_cgroup(files: CgroupFiles, notes: Notes) -> tuple[int | None, int | None]:
+    if files.max_path is None or files.cur_path is None:
+        notes.add("memory.cgroup_max_bytes", files.why)
+        notes.add("memory.cgroup_current_bytes", files.why)
+        return None, None
+    cur, why_c = read_int(files.cur_path)
+    notes.add("memory.cgroup_current_bytes", why_c)
+    mx_text, why_m = read_str(files.max_path)
+    if mx_text == "max":
+        notes.add("memory.cgroup_max_bytes", f"no limit ({files.max_path} = max)")
+        return None, cur
+    mx, why_m = read_int(files.max_path)
+    if mx is not None and files.v1 and mx >= V1_UNLIMITED:
+        notes.add("memory.cgroup_max_bytes", f"no limit (cgroup v1 {files.max_path})")
+        return None, cur
+    notes.add("memory.cgroup_max_bytes", why_m)
+    return mx, cur
+
+
+class MemoryReader:
+    """read_memory with the cgroup's files located once (re-located every ``rescan_s``)."""
+
+    def __init__(self, sysfs_root: str | Path = "/sys", procfs_root: str | Path = "/proc",
+                 rescan_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.sysfs, self.procfs = Path(sysfs_root), Path(procfs_root)
+        self.rescan_s, self._clock = rescan_s, clock
+        self._files: CgroupFiles | None = None
+        self._at = 0.0
+
+    def read(self) -> tuple[MemoryState, Notes]:
+        now = self._clock()
+        if self._files is None or now - self._at >= self.rescan_s:
+            self._files, self._at = locate_cgroup(self.sysfs, self.procfs), now
+        return read_memory(self.sysfs, self.procfs, cgroup=self._files)
+
+
+def read_memory(sysfs_root: str | Path = "/sys", procfs_root: str | Path = "/proc", *,
+                cgroup: CgroupFiles | None = None) -> tuple[MemoryState, Notes]:
     """Read memory state; never raises."""
     notes = Notes()
     procfs, sysfs = Path(procfs_root), Path(sysfs_root)
@@ -145,7 +174,7 @@ def read_memory(sysfs_root: str | Path = "/sys", procfs_root: str | Path = "/pro
     else:
         total, avail, swap_used = _meminfo(procfs, notes)
     some, full = read_psi(procfs / "pressure" / "memory", notes, "memory.psi")
-    cg_max, cg_cur = _cgroup(sysfs, procfs, notes)
+    cg_max, cg_cur = read_cgroup(cgroup or locate_cgroup(sysfs, procfs), notes)
     return MemoryState(total_bytes=total, available_bytes=avail, swap_used_bytes=swap_used,
                        psi_some_avg10=some, psi_full_avg10=full,
                        cgroup_max_bytes=cg_max, cgroup_current_bytes=cg_cur), notes

@@ -14,10 +14,15 @@ trips only start fans and are kept in ``trips`` but do not set the level):
   (within 7.5 °C); else ``none``. Thresholds are kept monotonic.
 
 The device's level and headroom are the worst over all zones; ``max_c`` is the hottest zone.
+:class:`ThermalReader` (used by LiveSensors) caches the zone list and trip points for a minute, so a
+tick reads one ``temp`` file per zone.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent.sensors._io import Notes, list_dir, natural_key, read_int, read_str
@@ -65,7 +70,7 @@ def zone_level(temp_c: float, trips: tuple[tuple[str, float], ...]) -> tuple[str
     return level, headroom
 
 
-def _millic(path: Path) -> tuple[float | None, str | None]:
+def _millic(path: Path | str) -> tuple[float | None, str | None]:
     v, why = read_int(path, minimum=None)
     if v is None:
         return None, why
@@ -75,21 +80,24 @@ def _millic(path: Path) -> tuple[float | None, str | None]:
     return c, None
 
 
-def read_thermal(sysfs_root: str | Path = "/sys") -> tuple[ThermalState, Notes]:
-    """Read every thermal zone; never raises."""
-    notes = Notes()
+@dataclass(frozen=True)
+class _ZoneInfo:
+    name: str
+    type: str
+    temp_path: str
+    trips: tuple[tuple[str, float], ...]
+
+
+def discover_zones(sysfs_root: str | Path = "/sys") -> tuple[list[_ZoneInfo], bool]:
+    """The enabled zones with their types and valid trip points; and whether the thermal class exists."""
     base = Path(sysfs_root) / "class" / "thermal"
-    zones: list[ThermalZone] = []
-    worst: tuple[int, float] | None = None
+    out: list[_ZoneInfo] = []
     for name in sorted((n for n in list_dir(base) if n.startswith("thermal_zone")), key=natural_key):
         d = base / name
-        kind, _ = read_str(d / "type")
         mode, _ = read_str(d / "mode")
         if mode == "disabled":
             continue
-        temp, why = _millic(d / "temp")
-        if temp is None:
-            notes.add(f"thermal.{name}", why)
+        kind, _ = read_str(d / "type")
         trips: list[tuple[str, float]] = []
         for entry in list_dir(d):
             if entry.startswith("trip_point_") and entry.endswith("_type"):
@@ -98,15 +106,51 @@ def read_thermal(sysfs_root: str | Path = "/sys") -> tuple[ThermalState, Notes]:
                 if ttype and tc is not None and tc > 0:
                     trips.append((ttype, tc))
         trips.sort(key=lambda kc: kc[1])
-        zones.append(ThermalZone(name=name, type=kind or "unknown", temp_c=temp, trips=tuple(trips)))
+        out.append(_ZoneInfo(name, kind or "unknown", str(d / "temp"), tuple(trips)))
+    return out, base.exists()
+
+
+class ThermalReader:
+    """Caches the zone list and trip points (re-scanned every ``rescan_s``); reads temperatures each time."""
+
+    def __init__(self, sysfs_root: str | Path = "/sys", rescan_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.sysfs_root, self.rescan_s, self._clock = sysfs_root, rescan_s, clock
+        self._zones: list[_ZoneInfo] | None = None
+        self._exists = False
+        self._at = 0.0
+
+    def read(self) -> tuple[ThermalState, Notes]:
+        now = self._clock()
+        if self._zones is None or now - self._at >= self.rescan_s:
+            self._zones, self._exists = discover_zones(self.sysfs_root)
+            self._at = now
+        return _evaluate(self._zones, self._exists, Path(self.sysfs_root) / "class" / "thermal")
+
+
+def read_thermal(sysfs_root: str | Path = "/sys") -> tuple[ThermalState, Notes]:
+    """Read every thermal zone (discovering them afresh); never raises."""
+    zones, exists = discover_zones(sysfs_root)
+    return _evaluate(zones, exists, Path(sysfs_root) / "class" / "thermal")
+
+
+def _evaluate(infos: list[_ZoneInfo], exists: bool, base: Path) -> tuple[ThermalState, Notes]:
+    notes = Notes()
+    zones: list[ThermalZone] = []
+    worst: tuple[int, float] | None = None
+    for info in infos:
+        temp, why = _millic(info.temp_path)
+        if temp is None:
+            notes.add(f"thermal.{info.name}", why)
+        zones.append(ThermalZone(name=info.name, type=info.type, temp_c=temp, trips=info.trips))
         if temp is not None:
-            lh = zone_level(temp, tuple(trips))
+            lh = zone_level(temp, info.trips)
             if lh is not None:
                 rank = THERMAL_LEVELS.index(lh[0])
                 worst = (max(worst[0], rank), max(worst[1], lh[1])) if worst else (rank, lh[1])
     temps = [z.temp_c for z in zones if z.temp_c is not None]
     if not zones:
-        notes.add("thermal", "no thermal zones" if base.exists() else f"missing {base}")
+        notes.add("thermal", "no thermal zones" if exists else f"missing {base}")
     elif not temps:
         notes.add("thermal.max_c", "no readable zone temperature")
     if worst is None and zones:
