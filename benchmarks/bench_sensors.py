@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.sensors.live import LiveSensors  # noqa: E402
+from agent.sensors.live import LiveSensors
 
 
 def rss_bytes() -> int:
@@ -49,8 +49,8 @@ def laptop_tree(root: Path) -> tuple[Path, Path]:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(f"{v}\n")
 
-    for k, v in dict(type="Battery", status="Discharging", present=1, energy_now=30_000_000,
-                     energy_full=56_000_000, power_now=9_000_000, capacity=53).items():
+    for k, v in {"type": "Battery", "status": "Discharging", "present": 1, "energy_now": 30_000_000,
+                     "energy_full": 56_000_000, "power_now": 9_000_000, "capacity": 53}.items():
         w(f"class/power_supply/BAT0/{k}", v)
     w("class/power_supply/ADP1/type", "Mains")
     w("class/power_supply/ADP1/online", 0)

@@ -8,6 +8,7 @@ become a short reason string. Readers collect these in :class:`Notes`, which end
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def parse_float(text: str, where: str) -> tuple[float | None, str | None]:
         value = float(text)
     except ValueError:
         return None, f"malformed {where}: {text[:40]!r} is not a number"
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         return None, f"malformed {where}: {text[:40]!r} is not finite"
     return value, None
 

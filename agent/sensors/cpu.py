@@ -107,14 +107,14 @@ class CpuReader:
                 khz.append(v)
         if khz:
             return sum(khz) / len(khz) / 1000.0
-        text, why = read_str(self.procfs / "cpuinfo")
+        text, _ = read_str(self.procfs / "cpuinfo")
         if text is not None:
-            mhz = []
+            mhz: list[float] = []
             for line in text.splitlines():
                 if line.startswith("cpu MHz"):
-                    v, _ = parse_float(line.partition(":")[2].strip(), "cpuinfo")
-                    if v is not None and v > 0:
-                        mhz.append(v)
+                    f, _ = parse_float(line.partition(":")[2].strip(), "cpuinfo")
+                    if f is not None and f > 0:
+                        mhz.append(f)
             if mhz:
                 return sum(mhz) / len(mhz)
         notes.add("cpu.freq_mhz", "no cpufreq/scaling_cur_freq and no 'cpu MHz' in cpuinfo")

@@ -56,7 +56,7 @@ class EnergyReading:
     busy_s_total: float | None       # system busy CPU seconds (all cores)
 
     @classmethod
-    def from_snapshot(cls, snap: Snapshot) -> "EnergyReading":
+    def from_snapshot(cls, snap: Snapshot) -> EnergyReading:
         e = snap.energy
         return cls(snap.mono_s, e.meter, e.joules_total, e.power_w, snap.cpu.busy_s_total)
 

@@ -19,7 +19,13 @@ from agent.sensors.cpu import CpuReader
 from agent.sensors.memory import MemoryReader
 from agent.sensors.power import NvmlReader, RaplReader, read_amdgpu_power, read_npu_busy
 from agent.sensors.snapshot import (
-    BatteryState, CpuState, EnergyState, MemoryState, PowerState, Snapshot, ThermalState,
+    BatteryState,
+    CpuState,
+    EnergyState,
+    MemoryState,
+    PowerState,
+    Snapshot,
+    ThermalState,
 )
 from agent.sensors.thermal import ThermalReader
 

@@ -168,7 +168,7 @@ def read_memory(sysfs_root: str | Path = "/sys", procfs_root: str | Path = "/pro
             vm = psutil.virtual_memory()
             total, avail = int(vm.total), int(vm.available)
             swap_used = int(psutil.swap_memory().used)
-        except Exception as e:  # psutil raises plain OSError/RuntimeError on odd kernels
+        except (OSError, RuntimeError, ValueError) as e:  # psutil on odd kernels
             notes.add("memory.total_bytes", f"psutil: {e}")
             total, avail, swap_used = _meminfo(procfs, notes)
     else:

@@ -13,11 +13,14 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.sensors._io import Notes, list_dir, natural_key, read_int, read_str
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -98,7 +101,7 @@ class NvmlReader:
             pynvml.nvmlInit()
             self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
             self._nv = pynvml
-        except Exception as e:  # NVMLError_LibraryNotFound, DriverNotLoaded, NotFound ...
+        except Exception as e:  # noqa: BLE001 - every NVMLError_* (LibraryNotFound, DriverNotLoaded ...)
             self._why = f"NVML unavailable: {e}"
 
     def read(self, notes: Notes) -> dict[str, float | None]:
@@ -118,7 +121,7 @@ class NvmlReader:
         for key, fn in calls.items():
             try:
                 out[key] = fn()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - NVMLError_NotSupported and friends
                 notes.add(f"energy.gpu_{key}", f"NVML: {e}")
         return out
 
@@ -126,8 +129,8 @@ class NvmlReader:
         if self._nv is not None:
             try:
                 self._nv.nvmlShutdown()
-            except Exception:
-                pass
+            except Exception as e:  # noqa: BLE001 - shutting down; nothing to recover
+                log.debug("nvmlShutdown failed: %s", e)
             self._nv = None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from agent.sensors.snapshot import Snapshot
@@ -54,10 +54,10 @@ class Sampler:
                 return
             from apscheduler.schedulers.background import BackgroundScheduler
 
-            sched = BackgroundScheduler(daemon=True, timezone=timezone.utc)
+            sched = BackgroundScheduler(daemon=True, timezone=UTC)
             sched.add_job(self.tick, "interval", seconds=self.interval_s, id="sensors",
                           max_instances=1, coalesce=True, misfire_grace_time=None,
-                          next_run_time=datetime.now(timezone.utc))
+                          next_run_time=datetime.now(UTC))
             sched.start()
             self._sched = sched
 

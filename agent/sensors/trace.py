@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -32,7 +33,14 @@ from typing import IO, Any
 
 from agent.errors import ConfigError
 from agent.sensors.snapshot import (
-    BatteryState, CpuState, EnergyState, MemoryState, PowerState, Snapshot, ThermalState, ThermalZone,
+    BatteryState,
+    CpuState,
+    EnergyState,
+    MemoryState,
+    PowerState,
+    Snapshot,
+    ThermalState,
+    ThermalZone,
 )
 
 FORMAT = "ondevice-agent-sensor-trace"
@@ -192,7 +200,7 @@ def load_trace(path: str | Path) -> Trace:
         if not isinstance(rec, dict):
             raise ConfigError("expected a JSON object", file=str(p), line=lineno)
         t = rec.get("t")
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or t != t or t < 0:
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
             raise ConfigError(f"expected a non-negative number, got {t!r}", file=str(p), line=lineno, key="t")
         if times and t < times[-1]:
             raise ConfigError(f"t goes backwards ({t} after {times[-1]})", file=str(p), line=lineno, key="t")
@@ -216,7 +224,7 @@ class TraceReplay:
 
     def __init__(self, file: str | Path | Trace, speed: float = 1.0,
                  clock: Callable[[], float] = time.monotonic, loop: bool = False) -> None:
-        if not speed > 0 or speed != speed or speed == float("inf"):
+        if not (speed > 0 and math.isfinite(speed)):
             raise ConfigError(f"speed: expected a positive number, got {speed!r}", key="sensors")
         self.trace = file if isinstance(file, Trace) else load_trace(file)
         self.speed, self.loop, self._clock = float(speed), loop, clock

@@ -33,7 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from agent.sensors.snapshot import (
-    BatteryState, CpuState, EnergyState, MemoryState, PowerState, Snapshot, ThermalState, ThermalZone,
+    BatteryState,
+    CpuState,
+    EnergyState,
+    MemoryState,
+    PowerState,
+    Snapshot,
+    ThermalState,
+    ThermalZone,
 )
 from agent.sensors.thermal import zone_level
 from agent.sensors.trace import FORMAT, VERSION, snapshot_to_record

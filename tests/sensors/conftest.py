@@ -44,8 +44,8 @@ class FakeTree:
     def battery_energy(self, name: str = "BAT0", *, status: str = "Discharging", energy_now: int = 30_000_000,
                        energy_full: int = 60_000_000, power_now: int = 12_000_000, capacity: int | None = None,
                        **extra: object) -> Path:
-        files: dict[str, object] = dict(type="Battery", status=status, energy_now=energy_now,
-                                        energy_full=energy_full, power_now=power_now, present=1)
+        files: dict[str, object] = {"type": "Battery", "status": status, "energy_now": energy_now,
+                                        "energy_full": energy_full, "power_now": power_now, "present": 1}
         files.update(extra)
         if capacity is not None:
             files["capacity"] = capacity
@@ -66,10 +66,10 @@ class FakeTree:
         d = self.sys / "class" / "thermal" / f"thermal_zone{idx}"
         d.mkdir(parents=True, exist_ok=True)
         (d / "type").write_text(kind + "\n")
-        (d / "temp").write_text(f"{int(round(temp_c * 1000))}\n")
+        (d / "temp").write_text(f"{round(temp_c * 1000)}\n")
         for i, (ttype, tc) in enumerate(trips):
             (d / f"trip_point_{i}_type").write_text(ttype + "\n")
-            (d / f"trip_point_{i}_temp").write_text(f"{int(round(tc * 1000))}\n")
+            (d / f"trip_point_{i}_temp").write_text(f"{round(tc * 1000)}\n")
         for k, v in extra.items():
             (d / k).write_text(f"{v}\n")
         return d
@@ -100,7 +100,7 @@ class FakeTree:
         self.write("proc/stat", f"cpu  {user} 0 {system} {idle} 0 0 0 0 0 0\n"
                    f"cpu0 {user} 0 {system} {idle} 0 0 0 0 0 0\nintr 0")
 
-    def desktop_basics(self) -> "FakeTree":
+    def desktop_basics(self) -> FakeTree:
         """A plausible procfs and cpu tree with no battery, thermal or RAPL at all."""
         self.meminfo()
         self.psi(0.0, 0.0)

@@ -9,7 +9,7 @@ from agent.sensors.live import LiveSensors
 def test_laptop_on_battery_energy_form_reports_percent_power_and_not_on_ac(fake):
     fake.battery_energy(energy_now=30_000_000, energy_full=60_000_000, power_now=12_500_000)
     fake.adapter("AC", online=0)
-    bat, power, notes = read_power_supplies(fake.sys)
+    bat, power, _notes = read_power_supplies(fake.sys)
     assert bat.present and bat.count == 1
     assert bat.percent == pytest.approx(50.0)
     assert bat.status == "Discharging"

@@ -9,7 +9,7 @@ from agent.sensors.memory import read_memory
 def test_meminfo_psi_and_cgroup_v2_are_read_from_the_given_roots(fake):
     fake.desktop_basics()
     fake.psi(some=12.5, full=3.25)
-    mem, notes = read_memory(fake.sys, fake.proc)
+    mem, _notes = read_memory(fake.sys, fake.proc)
     assert mem.total_bytes == 8_000_000 * 1024
     assert mem.available_bytes == 5_000_000 * 1024
     assert mem.swap_used_bytes == 500_000 * 1024

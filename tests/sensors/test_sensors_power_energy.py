@@ -7,7 +7,10 @@ import pytest
 from agent.errors import InvalidParams
 from agent.sensors._io import Notes
 from agent.sensors.energy import (
-    DEFAULT_WATTS_PER_BUSY_CORE, EnergyAccountant, EnergyMeter, EnergyReading,
+    DEFAULT_WATTS_PER_BUSY_CORE,
+    EnergyAccountant,
+    EnergyMeter,
+    EnergyReading,
 )
 from agent.sensors.live import LiveSensors
 from agent.sensors.power import RaplReader, read_amdgpu_power, read_npu_busy

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -32,7 +33,7 @@ def test_sampler_calls_back_with_snapshots_until_stopped(fake):
     n = len(got)
     time.sleep(0.2)
     assert len(got) == n and not s.running
-    assert all(a.mono_s < b.mono_s for a, b in zip(got, got[1:]))
+    assert all(a.mono_s < b.mono_s for a, b in itertools.pairwise(got))
 
 
 def test_callback_exceptions_are_logged_and_sampling_goes_on(fake, caplog):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -70,7 +71,7 @@ def test_shipped_workday_drains_from_full_to_about_ten_percent_with_plug_ins():
     pct = [s.battery.percent for s in tr.snapshots]
     assert pct[0] is not None and pct[0] > 99 and pct[-1] is not None and 8 <= pct[-1] <= 12
     statuses = [s.battery.status for s in tr.snapshots]
-    plug_ins = sum(1 for a, b in zip(statuses, statuses[1:]) if a == "Discharging" and b != "Discharging")
+    plug_ins = sum(1 for a, b in itertools.pairwise(statuses) if a == "Discharging" and b != "Discharging")
     assert plug_ins == 2
     assert tr.header["synthesized"] is True and "synthesized" in tr.header["note"]
 
@@ -88,7 +89,7 @@ def test_shipped_thermal_trace_rises_through_the_trip_points_and_recovers():
 def test_shipped_memory_trace_has_pressure_bursts():
     tr = load_trace(shipped("memory_pressure_bursts"))
     psi = [s.memory.psi_some_avg10 or 0.0 for s in tr.snapshots]
-    rising = sum(1 for a, b in zip(psi, psi[1:]) if a < 5.0 <= b)
+    rising = sum(1 for a, b in itertools.pairwise(psi) if a < 5.0 <= b)
     assert rising >= 3 and psi[0] == 0.0 and psi[-1] < 1.0
     assert all(s.battery.percent is None for s in tr.snapshots)
 
