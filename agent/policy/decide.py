@@ -108,7 +108,7 @@ def _step_rules(policy: Policy, act: Activation, state: PolicyState, now: float
             mem = RuleMemory(mem.active, None)
         elif mem.pending_since is None and debounce > 0:
             mem = RuleMemory(mem.active, now)
-        elif debounce <= 0 or now - (mem.pending_since or now) >= debounce:
+        elif debounce <= 0 or (mem.pending_since is not None and now - mem.pending_since >= debounce):
             mem = RuleMemory(target, None)
         memory[rule.name] = mem
         if mem.active:
