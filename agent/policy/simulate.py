@@ -61,6 +61,7 @@ class MethodResult:
     slo_met: float = 0.0
     swaps: int = 0
     unmeasured_requests: float = 0.0
+    violating_requests: float = 0.0     # served by a row breaking that interval's effective constraints
     time_in: dict[str, float] = field(default_factory=dict)
     timeline: list[dict[str, str]] = field(default_factory=list)   # per interval: model -> "variant@device"
 
@@ -81,7 +82,7 @@ class MethodResult:
                 "energy_per_request_j": self.energy_per_request_j, "energy_j": self.energy_j,
                 "swap_energy_j": self.swap_energy_j, "mean_quality": self.mean_quality,
                 "slo_attainment": self.slo_attainment, "swaps": self.swaps,
-                "unmeasured_requests": self.unmeasured_requests,
+                "unmeasured_requests": self.unmeasured_requests, "violating_requests": self.violating_requests,
                 "time_in_s": {k: round(v, 3) for k, v in sorted(self.time_in.items())}}
 
 
@@ -136,7 +137,7 @@ def _swap_j(row: VariantRow, cfg: SimConfig) -> float:
 
 
 def _account(name: str, intervals: list[Interval], plan: dict[str, list[VariantRow]], workload: Workload,
-             slos: list[float | None], cfg: SimConfig) -> MethodResult:
+             cons: list[Constraints], cfg: SimConfig) -> MethodResult:
     res = MethodResult(name)
     for i, iv in enumerate(intervals):
         n = workload.count(iv.t0, iv.t1)
@@ -155,7 +156,10 @@ def _account(name: str, intervals: list[Interval], plan: dict[str, list[VariantR
             else:
                 res.energy_j += n * row.energy_j
             res.quality_sum += n * (row.quality_rel or 0.0)
-            slo = slos[i]
+            resident = i > 0 and rows[i - 1].key == row.key
+            if violations(row, cons[i], "min_energy", iv.snapshot, resident):
+                res.violating_requests += n
+            slo = cons[i].max_latency_p95_ms
             if slo is None or (row.latency_ms_p95 is not None and row.latency_ms_p95 <= slo):
                 res.slo_met += n
         res.timeline.append(step)
@@ -231,8 +235,8 @@ def simulate(trace: TraceSource, policy: Policy, table: list[VariantRow], worklo
         for m in models:
             c = d.choices[m]
             plan[m].append(index[(m, c.variant, c.device)])
-    slos = [d.constraints.max_latency_p95_ms for d in decisions]
-    methods = {"policy": _account("policy", intervals, plan, workload, slos, cfg)}
+    cons = [d.constraints for d in decisions]
+    methods = {"policy": _account("policy", intervals, plan, workload, cons, cfg)}
     if baselines:
         n = len(intervals)
         static = {
@@ -243,10 +247,9 @@ def simulate(trace: TraceSource, policy: Policy, table: list[VariantRow], worklo
             "ort-device-policy": {m: [_ort_choice(rs)] * n for m, rs in models.items()},
         }
         for name, p in static.items():
-            methods[name] = _account(name, intervals, p, workload, slos, cfg)
-        cons = [d.constraints for d in decisions]
+            methods[name] = _account(name, intervals, p, workload, cons, cfg)
         oracle = {m: _oracle_plan(rs, intervals, cons, workload, cfg) for m, rs in models.items()}
-        methods["oracle"] = _account("oracle", intervals, oracle, workload, slos, cfg)
+        methods["oracle"] = _account("oracle", intervals, oracle, workload, cons, cfg)
     duration = intervals[-1].t1 - intervals[0].t0 if intervals else 0.0
     name = str(trace.header.get("name", "trace"))
     return SimReport(name, duration, workload.spec, methods, intervals, decisions)
@@ -255,12 +258,12 @@ def simulate(trace: TraceSource, policy: Policy, table: list[VariantRow], worklo
 def format_report(rep: SimReport) -> str:
     best = rep.methods.get("static-best-quality")
     lines = [f"trace {rep.trace}: {rep.duration_s:.0f} s, workload {rep.workload}",
-             f"{'method':<24}{'J/request':>11}{'vs best-q':>10}{'quality':>9}{'SLO met':>9}{'swaps':>7}"]
+             f"{'method':<24}{'J/request':>11}{'vs best-q':>10}{'quality':>9}{'SLO met':>9}{'swaps':>7}{'off-cons':>9}"]
     for m in rep.methods.values():
         rel = (f"{m.energy_per_request_j / best.energy_per_request_j - 1:+.1%}"
                if best and best.energy_per_request_j else "n/a")
         lines.append(f"{m.name:<24}{m.energy_per_request_j:>11.4g}{rel:>10}{m.mean_quality:>9.4f}"
-                     f"{m.slo_attainment:>9.1%}{m.swaps:>7}")
+                     f"{m.slo_attainment:>9.1%}{m.swaps:>7}{m.violating_requests / (m.requests or 1):>9.1%}")
     lines.append("time in each variant (policy): " + ", ".join(
         f"{k} {v:.0f}s" for k, v in sorted(rep.policy.time_in.items())))
     acc = rep.acceptance()
