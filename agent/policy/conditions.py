@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.sensors.snapshot import (
-    THERMAL_LEVELS, BatteryState, CpuState, EnergyState, MemoryState, PowerState, Snapshot, ThermalState,
+    THERMAL_LEVELS,
+    BatteryState,
+    CpuState,
+    EnergyState,
+    MemoryState,
+    PowerState,
+    Snapshot,
+    ThermalState,
     ThermalZone,
 )
 
@@ -124,20 +131,20 @@ class Condition:
     fields: tuple[str, ...]
 
     @classmethod
-    def compile(cls, source: str, sample: Activation | None = None) -> "Condition":
+    def compile(cls, source: str, sample: Activation | None = None) -> Condition:
         import cel
 
         text = rewrite_levels(source)
         try:
             program = cel.compile(text)
-        except Exception as e:  # the library raises ValueError on syntax errors
+        except Exception as e:  # noqa: BLE001 - the library's errors are mapped to ours here
             raise ConditionError(f"expected a CEL expression, got a syntax error {_describe(e)}") from None
         fields = tuple(sorted({f"{a}.{b}" for a, b in _FIELD.findall(source)}))
         cond = cls(source, text, program, fields)
         act = sample or Activation(sample_snapshot())
         try:
             value = program.execute(act.context)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any evaluation error is the rule's fault, reported
             raise ConditionError(f"expected a condition over the Snapshot, got {_describe(e)}") from None
         if not isinstance(value, bool):
             raise ConditionError(f"expected a boolean condition, got {type(value).__name__} {value!r}")
@@ -147,7 +154,7 @@ class Condition:
         """(value, error); an evaluation error (e.g. a null reading) gives (False, why)."""
         try:
             value = self.program.execute(act.context)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a failing condition counts as false and is reported
             return False, _describe(e)
         if not isinstance(value, bool):
             return False, f"not a boolean: {value!r}"

@@ -30,7 +30,7 @@ class PolicyEngine:
         self._table: list[VariantRow] = []
 
     @classmethod
-    def from_files(cls, paths: Sequence[Path | str]) -> "PolicyEngine":
+    def from_files(cls, paths: Sequence[Path | str]) -> PolicyEngine:
         return cls(load_policy(paths), paths)
 
     def step(self, snapshot: Snapshot, table: list[VariantRow], now: float) -> Decision:

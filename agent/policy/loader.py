@@ -40,7 +40,15 @@ from typing import Any
 from agent.errors import ConfigError, PolicyError
 from agent.policy.conditions import THERMAL_LEVELS, Activation, Condition, ConditionError, sample_snapshot
 from agent.policy.model import (
-    DEVICES, OBJECTIVES, Constraints, Margins, Policy, Profile, Rule, Switching, builtin_profiles,
+    DEVICES,
+    OBJECTIVES,
+    Constraints,
+    Margins,
+    Policy,
+    Profile,
+    Rule,
+    Switching,
+    builtin_profiles,
 )
 from agent.tomlfile import Checker, TomlDoc
 

@@ -22,7 +22,7 @@ class Constraints:
     deny_devices: frozenset[str] = frozenset()
     thermal_ceiling: str | None = None          # at/above this level the objective becomes min_energy
 
-    def tighten(self, other: "Constraints") -> "Constraints":
+    def tighten(self, other: Constraints) -> Constraints:
         """The stricter of the two on every axis (rules only ever tighten)."""
 
         def hi(a: float | None, b: float | None) -> float | None:

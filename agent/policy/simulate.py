@@ -19,6 +19,7 @@ Baselines, all in the same run and the same accounting:
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,7 +124,7 @@ class SimReport:
 
 def intervals_of(trace: TraceSource) -> list[Interval]:
     samples = list(trace.samples)
-    gaps = [b.t - a.t for a, b in zip(samples, samples[1:]) if b.t > a.t]
+    gaps = [b.t - a.t for a, b in itertools.pairwise(samples) if b.t > a.t]
     tail = float(trace.header.get("interval_s") or (statistics.median(gaps) if gaps else 1.0))
     out = []
     for i, s in enumerate(samples):

@@ -5,8 +5,8 @@ A PolicyState is frozen: decide() returns the next one inside its Decision; noth
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Mapping
 
 
 @dataclass(frozen=True)
@@ -31,19 +31,19 @@ class PolicyState:
     pins: Mapping[str, tuple[str, str]] = field(default_factory=dict)      # model -> (variant, device)
     rules: Mapping[str, RuleMemory] = field(default_factory=dict)
 
-    def with_hold(self, hold: Hold) -> "PolicyState":
+    def with_hold(self, hold: Hold) -> PolicyState:
         return replace(self, holds=tuple(h for h in self.holds if h.cookie != hold.cookie) + (hold,))
 
-    def without_holds(self, cookies: set[str]) -> "PolicyState":
+    def without_holds(self, cookies: set[str]) -> PolicyState:
         return replace(self, holds=tuple(h for h in self.holds if h.cookie not in cookies))
 
-    def with_pin(self, model: str, variant: str, device: str) -> "PolicyState":
+    def with_pin(self, model: str, variant: str, device: str) -> PolicyState:
         return replace(self, pins={**self.pins, model: (variant, device)})
 
-    def without_pin(self, model: str) -> "PolicyState":
+    def without_pin(self, model: str) -> PolicyState:
         return replace(self, pins={k: v for k, v in self.pins.items() if k != model})
 
-    def with_current(self, model: str, variant: str, device: str, now: float | None = None) -> "PolicyState":
+    def with_current(self, model: str, variant: str, device: str, now: float | None = None) -> PolicyState:
         last = dict(self.last_swap)
         if now is not None:
             last[model] = now

@@ -25,7 +25,14 @@ from typing import Any, Protocol
 
 from agent.errors import ConfigError
 from agent.sensors.snapshot import (
-    BatteryState, CpuState, EnergyState, MemoryState, PowerState, Snapshot, ThermalState, ThermalZone,
+    BatteryState,
+    CpuState,
+    EnergyState,
+    MemoryState,
+    PowerState,
+    Snapshot,
+    ThermalState,
+    ThermalZone,
 )
 
 _SECTIONS: dict[str, type] = {"battery": BatteryState, "power": PowerState, "thermal": ThermalState,
@@ -60,7 +67,7 @@ def _section(cls: type, raw: Any, where: str) -> Any:
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
-        raise ValueError(f"{where}: expected an object, got {type(raw).__name__}")
+        raise TypeError(f"{where}: expected an object, got {type(raw).__name__}")
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name not in raw or raw[f.name] is None:
@@ -69,11 +76,7 @@ def _section(cls: type, raw: Any, where: str) -> Any:
         want = str(f.type)
         if "float" in want and isinstance(v, (int, float)) and not isinstance(v, bool):
             v = float(v)
-        elif "bool" in want and isinstance(v, bool):
-            pass
-        elif want.startswith("int") and isinstance(v, int) and not isinstance(v, bool):
-            pass
-        elif "str" in want and "tuple" not in want and isinstance(v, str):
+        elif "bool" in want and isinstance(v, bool) or want.startswith("int") and isinstance(v, int) and not isinstance(v, bool) or "str" in want and "tuple" not in want and isinstance(v, str):
             pass
         elif f.name == "zones" and isinstance(v, list):
             v = tuple(ThermalZone(str(z.get("name", "")), str(z.get("type", "")), z.get("temp_c"),
@@ -82,7 +85,7 @@ def _section(cls: type, raw: Any, where: str) -> Any:
         elif "tuple" in want and isinstance(v, list):
             v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
         else:
-            raise ValueError(f"{where}.{f.name}: expected {want}, got {type(v).__name__} {v!r}")
+            raise TypeError(f"{where}.{f.name}: expected {want}, got {type(v).__name__} {v!r}")
         kwargs[f.name] = v
     return cls(**kwargs)
 

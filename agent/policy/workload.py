@@ -8,6 +8,7 @@ the trace began, one number per line (``#`` starts a comment), applied to every 
 from __future__ import annotations
 
 import bisect
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,7 @@ def parse_workload(spec: str) -> Workload:
                 v = float(text)
             except ValueError:
                 raise InvalidParams(f"{path}:{i}: expected a time in seconds, got {text!r}") from None
-            if v < 0 or v != v:
+            if v < 0 or math.isnan(v):
                 raise InvalidParams(f"{path}:{i}: expected a time >= 0, got {text!r}")
             times.append(v)
         return Workload(spec, times=tuple(sorted(times)))

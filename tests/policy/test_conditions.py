@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import make_snap
 
 from agent.policy.conditions import Activation, Condition, ConditionError, rewrite_levels
 from agent.sensors.snapshot import THERMAL_LEVELS
-from conftest import make_snap
 
 
 @pytest.mark.parametrize("level,expected", [("none", False), ("light", False), ("moderate", False),

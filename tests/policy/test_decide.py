@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import pytest
+from conftest import REPO, make_snap
 
 from agent.policy.decide import decide
 from agent.policy.loader import load_policy
@@ -12,7 +13,6 @@ from agent.policy.model import Policy
 from agent.policy.state import Hold, PolicyState
 from agent.policy.synthetic import smollm2_rows
 from agent.policy.table import VariantRow
-from conftest import REPO, make_snap
 
 BASE = """
 [switching]

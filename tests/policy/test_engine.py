@@ -4,11 +4,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import REPO, make_snap
 
 from agent.errors import InvalidParams, NotFound, PolicyError
 from agent.policy.engine import PolicyEngine
 from agent.policy.synthetic import smollm2_rows
-from conftest import REPO, make_snap
 
 
 @pytest.fixture

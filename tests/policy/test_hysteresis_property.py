@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
+from conftest import REPO, make_snap
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -10,10 +14,6 @@ from agent.policy.loader import load_policy
 from agent.policy.state import PolicyState
 from agent.policy.synthetic import smollm2_rows
 from agent.sensors.snapshot import THERMAL_LEVELS
-from conftest import REPO, make_snap
-
-from dataclasses import replace
-from pathlib import Path
 
 REACTIVE = load_policy([Path(__file__).parent / "fixtures" / "reactive.toml"])
 POLICIES = [REACTIVE] + [load_policy([REPO / "policies" / n]) for n in ("balanced.toml", "thermal-guard.toml",
@@ -36,7 +36,7 @@ reading = st.tuples(
 def test_oscillating_readings_cause_at_most_one_swap_per_30s_per_model(policy, period, a, b, noise) -> None:  # type: ignore[no-untyped-def]
     state = PolicyState()
     last: dict[str, float] = {}
-    for t in range(0, 300):
+    for t in range(300):
         if noise and t % 7 == 0:
             r = noise[(t // 7) % len(noise)]
         else:

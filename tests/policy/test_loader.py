@@ -1,13 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
+from conftest import REPO
 
 from agent.errors import PolicyError
 from agent.policy.loader import check_files, load_policy
-from conftest import REPO
 
 GOOD_RULE = """
 [[rules]]

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import REPO, make_snap
 
 from agent.errors import ConfigError, InvalidParams
 from agent.policy.cli import main, zoo_table
@@ -13,8 +14,15 @@ from agent.policy.synthetic import SCENARIOS, scenario, smollm2_rows, write_scen
 from agent.policy.table import VariantRow, table_from_manifests
 from agent.policy.trace import load_trace, write_trace
 from agent.policy.workload import parse_workload
-from agent.zoo.manifest import Manifest, Measurement, Quality, TensorSpec, Variant, load_manifest, save_manifest
-from conftest import REPO, make_snap
+from agent.zoo.manifest import (
+    Manifest,
+    Measurement,
+    Quality,
+    TensorSpec,
+    Variant,
+    load_manifest,
+    save_manifest,
+)
 
 BALANCED = REPO / "policies" / "balanced.toml"
 
