@@ -85,7 +85,11 @@ def test_worker_killed_mid_request_is_retried_and_restarted(daemon):
 
     t = threading.Thread(target=call)
     t.start()
-    time.sleep(0.15)
+    with daemon.client() as c:   # kill only once the request is inside the worker
+        deadline = time.monotonic() + 30
+        while c.status()["models"]["mlp"]["active"]["inflight"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
     os.kill(before, signal.SIGKILL)
     t.join(60)
     r = result["r"]
