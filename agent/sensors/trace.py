@@ -187,6 +187,10 @@ def load_trace(path: str | Path) -> Trace:
     start_wall = header.get("started_wall", 0.0)
     if isinstance(start_wall, bool) or not isinstance(start_wall, (int, float)):
         raise ConfigError(f"expected a number, got {start_wall!r}", file=str(p), line=1, key="started_wall")
+    interval = header.get("interval_s", 1.0)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not (
+            math.isfinite(interval) and interval > 0):
+        raise ConfigError(f"expected a positive number, got {interval!r}", file=str(p), line=1, key="interval_s")
     times: list[float] = []
     snaps: list[Snapshot] = []
     source = f"trace:{p.name}"

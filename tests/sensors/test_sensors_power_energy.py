@@ -212,3 +212,19 @@ def test_accountant_takes_snapshots_from_a_trace():
     assert a.energy.meter == b.energy.meter == "battery"
     joules, which = EnergyAccountant().joules(30.0, 60.0, a, b)
     assert which == "battery" and joules > 0
+
+
+def test_nvml_without_library_or_gpu_gives_nulls_with_a_reason_and_is_tried_once():
+    from agent.sensors.power import NvmlReader
+
+    r = NvmlReader()
+    notes = Notes()
+    out = r.read(notes)
+    if out["power_w"] is None:          # no nvidia-ml-py, or no driver/GPU (this build machine)
+        assert out == {"power_w": None, "temp_c": None, "util": None, "joules": None}
+        why = notes.get("energy.gpu") or ""
+        assert "not installed" in why or "NVML unavailable" in why
+        r.read(Notes())
+        assert r._tried and r._nv is None
+    r.close()
+    r.close()
