@@ -111,6 +111,8 @@ class Controller:
     def _on_sample(self, snap: Snapshot) -> None:
         self.prev, self.last = self.last, snap
         self.last_tick_mono = time.monotonic()
+        if self.prev is not None:
+            self.acct.calibrate(self.prev, snap)   # learns watts per busy core where a meter exists
         self.telemetry.record("samples", flat_sample(snap))
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._decide, snap)

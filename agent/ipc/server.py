@@ -204,10 +204,14 @@ class Server:
         return not self.busy()
 
     def busy(self) -> bool:
-        return self.inflight > 0 or any(c.reader.pending() for c in self.conns)
+        """A request in flight, half received, or a reply not yet written out."""
+        return self.inflight > 0 or any(
+            c.reader.pending() or (c.transport is not None and c.transport.get_write_buffer_size())
+            for c in self.conns)
 
     async def close(self) -> None:
         self.stop_accepting()
+        await self.drain(5.0)   # replies still in the write buffers go out first
         for c in list(self.conns):
             c.close()
         if self._server is not None:
