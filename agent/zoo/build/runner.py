@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -120,6 +121,13 @@ def _variant_dir(m: Manifest, v: Variant) -> Path | None:
     return m.folder / rel.parts[0]
 
 
+def _publish_mode(d: Path) -> None:
+    """mkdtemp makes 0700 dirs; give the variant dir the mode a plain mkdir would (the daemon may read it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(d, 0o777 & ~mask)
+
+
 def _rmtree(p: Path | None) -> None:
     if p is not None and p.exists():
         shutil.rmtree(p, ignore_errors=True)
@@ -199,6 +207,7 @@ class Builder:
             if final.exists():
                 aside = self.folder / f".tmp-old-{final.name}-{os.getpid()}"
                 os.replace(final, aside)
+            _publish_mode(tmp)
             os.replace(tmp, final)
             main = safe_join(final, result.main)
             rel = f"{final.name}/{result.main}"
@@ -234,6 +243,9 @@ class Builder:
 
         ctx = BuildContext(recipe=recipe, spec=spec, input_path=inp, reference_path=ref, out_dir=out,
                            log=self.rep.log, calibration=calibration)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # ORT's quantizers warn on the root logger; keep the progress readable
         try:
             result = spec.builder.fn(ctx)
         except AgentError as e:
@@ -241,6 +253,8 @@ class Builder:
         except Exception as e:  # a tool's own exception: map at the boundary, keep it on one line
             msg = " ".join(str(e).split())[:300] or type(e).__name__
             raise self.fail(spec.id, f"{spec.method} failed: {type(e).__name__}: {msg}") from e
+        finally:
+            root.setLevel(level)
         try:
             main = safe_join(out, result.main)
         except ManifestError as e:
