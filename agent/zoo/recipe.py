@@ -213,6 +213,9 @@ def load_recipe(path: Path | str) -> Recipe:
         if spec is None:
             raise vc.error("method", f"expected a registered method ({', '.join(sorted(builders()))}), got {method!r}")
         parent = vc.str("derived_from", required=False) or ("source" if vid == reference else reference)
+        if parent != "source" and parent not in seen and "derived_from" not in vc.table:
+            raise vc.error("id", f"derived_from: missing, and its default (the reference {reference!r}) is not "
+                                 f"defined above; define the reference first or set derived_from")
         if parent != "source" and parent not in seen:
             raise vc.error("derived_from", f"expected 'source' or a variant defined above ({sorted(seen)}), "
                                            f"got {parent!r}")

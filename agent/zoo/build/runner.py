@@ -323,10 +323,14 @@ def build_recipe(recipe: Recipe, zoo: Path, *, only: Sequence[str] | None = None
     """
     rep = reporter or SilentReporter()
     b = Builder(recipe, zoo, rep, command or f"agentctl zoo build {recipe.path}")
+    created = not b.folder.exists()
     try:
         return b.run(only)
     finally:
-        b._sweep()
+        if b.folder.exists():
+            b._sweep()
+            if created and not (b.folder / MANIFEST).exists():
+                shutil.rmtree(b.folder, ignore_errors=True)
         rep.close()
 
 
