@@ -236,3 +236,16 @@ def load_recipe(path: Path | str) -> Recipe:
     return Recipe(path=p, name=name, kind=kind, reference=reference,
                   description=c.str("description", required=False) or "", source=source,
                   variants=tuple(variants), eval=eval_spec, measure=_measure(c.table_of("measure")))
+
+
+def load_eval(path: Path | str, kind: str) -> Any:
+    """Only the ``[eval]`` table of a recipe, parsed by ``kind``'s plugin (measurement subprocesses use
+    this, so they need no builder registered outside ``agent.zoo.build``)."""
+    p = Path(path)
+    doc = TomlDoc.load(p / "recipe.toml" if p.is_dir() else p, RecipeError)
+    plugin = get_kind(kind)
+    if plugin is None:
+        raise RecipeError(f"expected a registered kind ({', '.join(kinds())}), got {kind!r}", file=str(p))
+    ev = Checker(doc, doc.data).table_of("eval", required=True)
+    assert ev is not None
+    return plugin.parse_eval(ev, p.parent.resolve() if not p.is_dir() else p.resolve())

@@ -60,10 +60,9 @@ def measure(req: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from agent.zoo.build import evaldata
-    from agent.zoo.recipe import load_recipe
+    from agent.zoo.recipe import load_eval
 
-    recipe = load_recipe(req["recipe"])
-    ev = recipe.eval
+    ev = load_eval(req["recipe"], "tensor")
     rss0, _ = _hwm()
     t = time.perf_counter()
     try:
