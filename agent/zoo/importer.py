@@ -16,8 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import InvalidParams, LoadError
-from agent.zoo.manifest import (_ID, MANIFEST, ORT_TYPES, PRECISIONS, Manifest, TensorSpec, Variant,
-                                _signature_mismatch, load_manifest, save_manifest, sha256_file, with_variant)
+from agent.zoo.manifest import (
+    _ID,
+    MANIFEST,
+    ORT_TYPES,
+    PRECISIONS,
+    Manifest,
+    TensorSpec,
+    Variant,
+    _signature_mismatch,
+    load_manifest,
+    save_manifest,
+    sha256_file,
+    with_variant,
+)
 
 
 def read_signature(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
@@ -141,7 +153,7 @@ def import_variant(zoo: Path, model: str, variant: str, path: Path, *, precision
                     inputs=inputs, outputs=outputs,
                     build={"source": str(path.resolve()), "source_sha256": sha,
                            "command": command or f"agentctl zoo import {model} {variant} {path}",
-                           "imported_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
+                           "imported_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
         if old is None:
             m = Manifest(name=model, kind="tensor", reference=variant, inputs=inputs, outputs=outputs,
                          variants=(v,), folder=folder)

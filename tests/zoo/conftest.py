@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("onnx", reason="the zoo builders need the 'build' extra (onnx)")
 
-from zoo_helpers import make_mlp  # noqa: E402
+from zoo_helpers import make_mlp
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,12 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from zoo_helpers import make_custom_op_model, sha256, write_recipe
 
 from agent.errors import BuildError
 from agent.zoo.build.runner import build_recipe
 from agent.zoo.manifest import MANIFEST, load_manifest
 from agent.zoo.recipe import load_recipe
-from zoo_helpers import make_custom_op_model, sha256, write_recipe
 
 
 def _zoo_state(zoo: Path) -> dict[str, bytes]:
@@ -29,7 +29,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, mlp_file: Path):
 
 
 def test_builds_every_variant_of_the_ladder_with_measured_figures(built) -> None:
-    recipe, m, reports, zoo = built
+    recipe, _, reports, zoo = built
     assert [r.action for r in reports] == ["built"] * len(recipe.variants)
     again = load_manifest(zoo / "mlp")  # the written manifest validates, files and all
     assert sorted(again.variant_ids()) == sorted(v.id for v in recipe.variants)
@@ -151,3 +151,31 @@ def test_failed_rebuild_keeps_the_previous_manifest_and_files(tmp_path: Path, ml
                                        'method = "magnitude-prune"\n[variants.params]\nmin_size = 100000000\n'))
     _fails_cleanly(p, zoo, "pr:", "magnitude-prune failed", "no MatMul/Gemm/Conv weight")
     assert load_manifest(zoo / "mlp").variant_ids() == ["fp32", "pr"]
+
+
+def test_a_second_concurrent_build_of_the_same_model_is_refused(tmp_path: Path, mlp_file: Path) -> None:
+    import fcntl
+
+    p = write_recipe(tmp_path / "r", mlp_file)
+    zoo = tmp_path / "zoo"
+    (zoo / ".cache" / "locks").mkdir(parents=True)
+    with open(zoo / ".cache" / "locks" / "mlp.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(BuildError, match="another build of 'mlp'"):
+            build_recipe(load_recipe(p), zoo)
+    assert not (zoo / "mlp").exists()
+
+
+def test_changed_measure_settings_remeasure_without_rebuilding(tmp_path: Path, mlp_file: Path) -> None:
+    v = '[[variants]]\nid = "fp32"\nmethod = "copy"\n[[variants]]\nid = "w8"\nmethod = "matmul-nbits"\n' \
+        '[variants.params]\nbits = 8\n'
+    p = write_recipe(tmp_path / "r", mlp_file, variants=v)
+    zoo = tmp_path / "zoo"
+    m1, _ = build_recipe(load_recipe(p), zoo)
+    p.write_text(p.read_text().replace("runs = 20", "runs = 30"))
+    m2, reports = build_recipe(load_recipe(p), zoo)
+    assert [r.action for r in reports] == ["measured", "measured"]
+    w1, w2 = m1.variant("w8"), m2.variant("w8")
+    assert (w2.file, w2.sha256, w2.precision) == (w1.file, w1.sha256, "int8")
+    assert w2.build["eval"]["runs"] >= 30 and w1.build["eval"]["runs"] < 30
+    assert load_manifest(zoo / "mlp").variant("w8").build["measure_key"] != w1.build["measure_key"]

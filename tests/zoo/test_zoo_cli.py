@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from zoo_helpers import write_recipe
 
 from agent.zoo.cli import add_parsers, default_zoo_dir, main
-from zoo_helpers import write_recipe
 
 SMALL = '[[variants]]\nid = "fp32"\nmethod = "copy"\n[[variants]]\nid = "int8"\nmethod = "int8-dynamic"\n'
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from zoo_helpers import make_custom_op_model, make_mlp, sha256
 
 from agent.errors import InvalidParams, LoadError
 from agent.zoo.cli import main
 from agent.zoo.importer import import_variant
 from agent.zoo.manifest import MANIFEST, load_manifest
-from zoo_helpers import make_custom_op_model, make_mlp, sha256
 
 
 def _files(zoo: Path) -> dict[str, bytes]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from zoo_helpers import make_mlp, sha256, write_recipe
 
 from agent.errors import BuildError
 from agent.zoo.build.registry import BuildContext, BuildResult, Param, builders, register_builder
 from agent.zoo.build.runner import build_recipe
 from agent.zoo.manifest import load_manifest
 from agent.zoo.recipe import load_recipe
-from zoo_helpers import make_mlp, sha256, write_recipe
 
 SEEN: dict[str, object] = {}
 

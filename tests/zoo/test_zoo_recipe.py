@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
+from zoo_helpers import write_recipe
 
 from agent.errors import RecipeError
 from agent.zoo.recipe import load_recipe
-from zoo_helpers import write_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 

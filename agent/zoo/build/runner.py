@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import logging
@@ -11,17 +12,33 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from agent.errors import AgentError, BuildError, ManifestError
 from agent.zoo.build.fetch import resolve_source
-from agent.zoo.build.registry import (BuildContext, BuildResult, KindPlugin, MeasureContext, MeasureResult,
-                                      get_kind, tool_versions)
-from agent.zoo.manifest import (MANIFEST, Manifest, Variant, _signature_mismatch, load_manifest, safe_join,
-                                save_manifest, sha256_file, with_variant)
+from agent.zoo.build.registry import (
+    BuildContext,
+    BuildResult,
+    KindPlugin,
+    MeasureContext,
+    MeasureResult,
+    get_kind,
+    tool_versions,
+)
+from agent.zoo.manifest import (
+    MANIFEST,
+    Manifest,
+    Variant,
+    _signature_mismatch,
+    load_manifest,
+    safe_join,
+    save_manifest,
+    sha256_file,
+    with_variant,
+)
 from agent.zoo.recipe import Recipe, VariantSpec
 
 
@@ -186,7 +203,7 @@ class Builder:
                 return manifest, StepReport(spec.id, "skipped")
             t = time.perf_counter()
             res = self._measure(spec, self.paths[spec.id], manifest)
-            new = self._variant(spec, manifest.path_of(old), old.file, src_sha, key, None, res,
+            new = self._variant(spec, manifest.path_of(old), old.file, src_sha, key, old.precision,
                                 old.build.get("build_s", 0.0), time.perf_counter() - t, old.build.get("info"))
             m2 = self._manifest(manifest, new, None, res)
             save_manifest(m2)
@@ -211,7 +228,8 @@ class Builder:
             os.replace(tmp, final)
             main = safe_join(final, result.main)
             rel = f"{final.name}/{result.main}"
-            new = self._variant(spec, main, rel, src_sha, key, result, build_s, measure_s, result.info)
+            new = self._variant(spec, main, rel, src_sha, key, result.precision or spec.precision, build_s,
+                                measure_s, result.info)
             m2 = self._manifest(manifest, new, result, res)
             try:
                 save_manifest(m2)
@@ -286,17 +304,16 @@ class Builder:
         return res
 
     def _variant(self, spec: VariantSpec, main: Path, rel: str, src_sha: str, key: tuple[str, str],
-                 result: BuildResult | None, build_s: float, measure_s: float, info: Any) -> Variant:
+                 precision: str, build_s: float, measure_s: float, info: Any) -> Variant:
         build = _jsonable({
             "key": key[0], "measure_key": key[1], "source": self.recipe.source.describe(),
             "source_sha256": src_sha, "recipe": str(self.recipe.path), "command": self.command,
             "params": dict(spec.params), "tools": tool_versions(spec.builder.tools),
-            "built_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "built_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "build_s": round(build_s, 3), "measure_s": round(measure_s, 3),
             "info": info or None,
         })
-        return Variant(id=spec.id, file=rel, precision=(result.precision if result and result.precision else
-                                                        spec.precision),
+        return Variant(id=spec.id, file=rel, precision=precision,
                        derived_from=spec.derived_from, method=spec.method, sha256=sha256_file(main),
                        size_bytes=main.stat().st_size, build=build)
 
@@ -322,6 +339,18 @@ def build_recipe(recipe: Recipe, zoo: Path, *, only: Sequence[str] | None = None
     files as they were.
     """
     rep = reporter or SilentReporter()
+    locks = zoo / ".cache" / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{recipe.name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise BuildError(f"{recipe.path}: another build of {recipe.name!r} into {zoo} is running") from None
+        return _locked_build(recipe, zoo, only, rep, command)
+
+
+def _locked_build(recipe: Recipe, zoo: Path, only: Sequence[str] | None, rep: Reporter,
+                  command: str) -> tuple[Manifest, list[StepReport]]:
     b = Builder(recipe, zoo, rep, command or f"agentctl zoo build {recipe.path}")
     created = not b.folder.exists()
     try:
@@ -333,5 +362,3 @@ def build_recipe(recipe: Recipe, zoo: Path, *, only: Sequence[str] | None = None
                 shutil.rmtree(b.folder, ignore_errors=True)
         rep.close()
 
-
-Log = Callable[[str], None]
