@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.zoo.build.tensor_kind import run_worker  # noqa: E402
-from agent.zoo.cli import default_zoo_dir  # noqa: E402
-from agent.zoo.manifest import load_manifest  # noqa: E402
-from agent.zoo.recipe import load_recipe  # noqa: E402
+from agent.zoo.build.tensor_kind import run_worker
+from agent.zoo.cli import default_zoo_dir
+from agent.zoo.manifest import load_manifest
+from agent.zoo.recipe import load_recipe
 
 
 def main() -> int:

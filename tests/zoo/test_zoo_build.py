@@ -179,3 +179,18 @@ def test_changed_measure_settings_remeasure_without_rebuilding(tmp_path: Path, m
     assert (w2.file, w2.sha256, w2.precision) == (w1.file, w1.sha256, "int8")
     assert w2.build["eval"]["runs"] >= 30 and w1.build["eval"]["runs"] < 30
     assert load_manifest(zoo / "mlp").variant("w8").build["measure_key"] != w1.build["measure_key"]
+
+
+def test_a_corrupted_variant_file_is_rebuilt(tmp_path: Path, mlp_file: Path) -> None:
+    v = '[[variants]]\nid = "fp32"\nmethod = "copy"\n[[variants]]\nid = "fp16"\nmethod = "fp16"\n'
+    p = write_recipe(tmp_path / "r", mlp_file, variants=v)
+    zoo = tmp_path / "zoo"
+    m, _ = build_recipe(load_recipe(p), zoo)
+    f = m.path_of(m.variant("fp16"))
+    data = bytearray(f.read_bytes())
+    data[-10] ^= 0xFF   # same size, different bytes
+    f.write_bytes(bytes(data))
+    m2, reports = build_recipe(load_recipe(p), zoo)
+    assert {r.variant: r.action for r in reports} == {"fp32": "skipped", "fp16": "built"}
+    assert m2.path_of(m2.variant("fp16")).read_bytes() != bytes(data)
+    assert load_manifest(zoo / "mlp").variant("fp16").sha256 == m.variant("fp16").sha256

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from pathlib import Path
 
@@ -71,3 +72,31 @@ def test_default_zoo_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch
     assert default_zoo_dir() == tmp_path / "zoo"
     monkeypatch.setenv("AGENT_ZOO", str(tmp_path / "z2"))
     assert default_zoo_dir() == tmp_path / "z2"
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_tty_gets_a_tqdm_bar_and_a_pipe_gets_lines(tmp_path: Path, mlp_file: Path) -> None:
+    pytest.importorskip("tqdm")
+    from agent.zoo.build.runner import build_recipe
+    from agent.zoo.cli import LineReporter, TqdmReporter, make_reporter
+    from agent.zoo.recipe import load_recipe
+
+    assert isinstance(make_reporter(io.StringIO()), LineReporter)
+    out = _Tty()
+    rep = make_reporter(out)
+    assert isinstance(rep, TqdmReporter)
+    build_recipe(load_recipe(write_recipe(tmp_path / "r", mlp_file, variants=SMALL)), tmp_path / "zoo",
+                 reporter=rep)
+    text = out.getvalue()
+    assert "✓ fp32 (copy)" in text and "✓ int8 (int8-dynamic)" in text and "3/3" in text
+
+
+def test_show_of_a_broken_manifest_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "manifest.toml").write_text('schema = 1\nname = "m"\nkind = "banana"\n')
+    assert main(["zoo", "show", "m", "--zoo", str(tmp_path)]) == 2
+    assert "manifest.toml:3: kind: expected one of tensor, causal-lm" in capsys.readouterr().err

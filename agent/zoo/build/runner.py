@@ -128,7 +128,9 @@ def _files_ok(m: Manifest, v: Variant) -> bool:
         p = m.path_of(v)
     except ManifestError:
         return False
-    return p.is_file() and (v.size_bytes is None or p.stat().st_size == v.size_bytes)
+    if not p.is_file() or (v.size_bytes is not None and p.stat().st_size != v.size_bytes):
+        return False
+    return v.sha256 is None or sha256_file(p) == v.sha256
 
 
 def _variant_dir(m: Manifest, v: Variant) -> Path | None:
