@@ -194,3 +194,23 @@ def test_a_corrupted_variant_file_is_rebuilt(tmp_path: Path, mlp_file: Path) -> 
     assert {r.variant: r.action for r in reports} == {"fp32": "skipped", "fp16": "built"}
     assert m2.path_of(m2.variant("fp16")).read_bytes() != bytes(data)
     assert load_manifest(zoo / "mlp").variant("fp16").sha256 == m.variant("fp16").sha256
+
+
+def test_the_template_recipe_builds_a_users_model_into_a_ladder(tmp_path: Path, mlp_file: Path) -> None:
+    import shutil
+
+    tpl = Path(__file__).resolve().parents[2] / "model_zoo" / "template" / "recipe.toml"
+    folder = tmp_path / "mymodel"
+    folder.mkdir()
+    shutil.copy(mlp_file, folder / "model.onnx")
+    text = tpl.read_text().replace("runs = 100", "runs = 20")
+    (folder / "recipe.toml").write_text(text)
+    zoo = tmp_path / "zoo"
+    # as shipped, the placeholder sha256 fails and the message gives the file's real one
+    msg = _fails_cleanly(folder / "recipe.toml", zoo, "model.onnx has sha256 " + sha256(mlp_file))
+    assert msg.endswith("expected " + "0" * 64)
+    (folder / "recipe.toml").write_text(text.replace("0" * 64, sha256(mlp_file)))
+    m, reports = build_recipe(load_recipe(folder), zoo)
+    assert sorted(m.variant_ids()) == sorted(["fp32", "fp16", "int8", "int8-static", "int4", "mixed", "pruned50"])
+    assert all(v.quality and v.quality.metric == "cosine" for v in m.variants)
+    assert m.variant("fp16").quality.value > 0.999 and m.variant("int4").quality.value > 0.9
