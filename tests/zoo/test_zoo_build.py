@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from zoo_helpers import make_custom_op_model, sha256, write_recipe
+from zoo_helpers import make_custom_op_model, make_mlp, sha256, write_recipe
 
 from agent.errors import BuildError
 from agent.zoo.build.runner import build_recipe
@@ -210,7 +210,22 @@ def test_the_template_recipe_builds_a_users_model_into_a_ladder(tmp_path: Path, 
     msg = _fails_cleanly(folder / "recipe.toml", zoo, "model.onnx has sha256 " + sha256(mlp_file))
     assert msg.endswith("expected " + "0" * 64)
     (folder / "recipe.toml").write_text(text.replace("0" * 64, sha256(mlp_file)))
-    m, reports = build_recipe(load_recipe(folder), zoo)
+    m, _ = build_recipe(load_recipe(folder), zoo)
     assert sorted(m.variant_ids()) == sorted(["fp32", "fp16", "int8", "int8-static", "int4", "mixed", "pruned50"])
     assert all(v.quality and v.quality.metric == "cosine" for v in m.variants)
     assert m.variant("fp16").quality.value > 0.999 and m.variant("int4").quality.value > 0.9
+
+
+def test_a_new_source_with_another_signature_drops_stale_variants(tmp_path: Path, mlp_file: Path) -> None:
+    v = '[[variants]]\nid = "fp32"\nmethod = "copy"\n[[variants]]\nid = "fp16"\nmethod = "fp16"\n'
+    p = write_recipe(tmp_path / "r", mlp_file, variants=v)
+    zoo = tmp_path / "zoo"
+    build_recipe(load_recipe(p), zoo)
+    (zoo / "mlp" / "keep-me").mkdir()   # not ours: left alone
+    other = make_mlp(tmp_path / "narrow.onnx", d_in=64)
+    p2 = write_recipe(tmp_path / "r", other, variants=v)
+    m, _ = build_recipe(load_recipe(p2), zoo, only=["fp32"])
+    assert m.variant_ids() == ["fp32"] and m.inputs[0].shape == ("batch", 64)
+    assert load_manifest(zoo / "mlp").variant_ids() == ["fp32"]
+    dirs = sorted(d.name for d in (zoo / "mlp").iterdir() if d.is_dir())
+    assert len(dirs) == 2 and "keep-me" in dirs and dirs[0].startswith("fp32-")

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -40,6 +41,8 @@ from agent.zoo.manifest import (
     with_variant,
 )
 from agent.zoo.recipe import Recipe, VariantSpec
+
+_OURS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*-[0-9a-f]{8}$")
 
 
 class Reporter(Protocol):
@@ -133,13 +136,6 @@ def _files_ok(m: Manifest, v: Variant) -> bool:
     return v.sha256 is None or sha256_file(p) == v.sha256
 
 
-def _variant_dir(m: Manifest, v: Variant) -> Path | None:
-    rel = Path(v.file)
-    if len(rel.parts) < 2:
-        return None
-    return m.folder / rel.parts[0]
-
-
 def _publish_mode(d: Path) -> None:
     """mkdtemp makes 0700 dirs; give the variant dir the mode a plain mkdir would (the daemon may read it)."""
     mask = os.umask(0)
@@ -184,11 +180,19 @@ class Builder:
             reports.append(rep)
         assert manifest is not None
         self._sweep()
+        self._drop_orphans(manifest)
         return manifest, reports
 
     def _sweep(self) -> None:
         for p in self.folder.glob(".tmp-*"):
             _rmtree(p)
+
+    def _drop_orphans(self, m: Manifest) -> None:
+        """Remove variant dirs of ours (``<id>-<8 hex>``) that the manifest no longer refers to."""
+        used = {Path(v.file).parts[0] for v in m.variants if len(Path(v.file).parts) > 1}
+        for p in self.folder.iterdir():
+            if p.is_dir() and p.name not in used and _OURS.match(p.name):
+                _rmtree(p)
 
     def _one(self, spec: VariantSpec, manifest: Manifest | None, src_path: Path, src_sha: str,
              key: tuple[str, str]) -> tuple[Manifest, StepReport]:
@@ -241,10 +245,6 @@ class Builder:
                     os.replace(aside, final)
                 raise
             _rmtree(aside)
-            if old is not None and manifest is not None:
-                od = _variant_dir(manifest, old)
-                if od is not None and od != final:
-                    _rmtree(od)
             self.paths[spec.id] = main
             self.rep.done(label, build_s + measure_s, f"build {build_s:.1f}s, measure {measure_s:.1f}s")
             return m2, StepReport(spec.id, "built", build_s, measure_s)
@@ -328,8 +328,12 @@ class Builder:
             base = manifest or Manifest(name=self.recipe.name, kind=self.recipe.kind, reference=v.id,
                                         inputs=res.inputs, outputs=res.outputs, variants=(), folder=self.folder)
             llm = result.llm if result is not None and result.llm is not None else base.llm
+            # a new reference with another signature makes the other variants stale: drop them
+            keep = tuple(x for x in base.variants
+                         if (x.inputs is None or not _signature_mismatch(res.inputs, x.inputs))
+                         and (x.outputs is None or not _signature_mismatch(res.outputs, x.outputs)))
             manifest = replace(base, reference=v.id, inputs=res.inputs, outputs=res.outputs,
-                               description=self.recipe.description, llm=llm)
+                               description=self.recipe.description, llm=llm, variants=keep)
         return with_variant(manifest, v)
 
 
