@@ -64,6 +64,7 @@ class Controller:
         self._pending: Snapshot | None = None
         self._last_key: tuple[Any, ...] | None = None
         self._table: list[VariantRow] = []
+        self.hints: dict[str, dict[str, float]] = {}
         self.energy: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0.0])  # n, J, s
         self.refresh_table()
 
@@ -166,6 +167,10 @@ class Controller:
         self.telemetry.record("decisions", fields)
         self.emit({"event": "decision", "profile": d.profile, "rule": d.rule, "source": d.source,
                    "changes": fields.get("changes"), "readings": d.readings})
+
+    def hint(self, model: str, hints: dict[str, float]) -> None:
+        """Per-request QoS hints (deadline_ms, min_quality): kept per model and shown with decisions."""
+        self.hints[model] = {**hints, "at": time.time()}
 
     # -- energy -------------------------------------------------------------------------------------
     def attribute(self, model: str, variant: str, cpu_s: float, wall_s: float) -> tuple[float, str]:

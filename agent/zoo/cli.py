@@ -16,13 +16,10 @@ from agent.zoo.manifest import MANIFEST, Manifest, load_manifest, manifest_to_to
 
 
 def default_zoo_dir() -> Path:
-    """$AGENT_ZOO, else $AGENT_STATE_DIR/zoo, else $XDG_STATE_HOME/ondevice-agent/zoo."""
-    if os.environ.get("AGENT_ZOO"):
-        return Path(os.environ["AGENT_ZOO"])
-    if os.environ.get("AGENT_STATE_DIR"):
-        return Path(os.environ["AGENT_STATE_DIR"]) / "zoo"
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "ondevice-agent" / "zoo"
+    """$AGENT_ZOO, else the state directory's zoo (see agent.paths)."""
+    from agent.paths import default_zoo
+
+    return default_zoo()
 
 
 class LineReporter:
