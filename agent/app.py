@@ -50,6 +50,7 @@ class Config:
     spare_workers: int = 1
     retention_s: float = 7 * 86400
     devices: dict[str, str] = field(default_factory=dict)   # model -> initial device
+    http: str | None = None        # OpenAI-compatible endpoint: "127.0.0.1:8077" | "unix:PATH" (None: off)
 
 
 @dataclass
@@ -80,6 +81,7 @@ class App:
         self.server = Server(self.handlers(), max_frame=cfg.max_frame, max_inflight=cfg.max_inflight,
                              on_disconnect=self.on_disconnect)
         self.ready = asyncio.Event()
+        self.http: Any = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -108,6 +110,11 @@ class App:
                 except AgentError as e2:
                     log.error("reference load failed", extra={"fields": {"model": name, "error": str(e2)}})
         await self.server.start(self.cfg.socket, sock=self.listen_sock)
+        if self.cfg.http:
+            from agent.http.server import HttpServer, parse_address
+
+            self.http = HttpServer(self, parse_address(self.cfg.http))
+            await self.http.start()
         self.controller.start()
         self.ready.set()
         log.info("ready", extra={"fields": {"socket": str(self.cfg.socket), "models": sorted(self.manifests),
@@ -117,6 +124,8 @@ class App:
         """Graceful stop: stop accepting, finish in-flight requests, stop workers, flush telemetry."""
         timeout = self.cfg.drain_timeout if timeout is None else timeout
         self.server.stop_accepting()
+        if self.http is not None:
+            await self.http.stop()
         drained = await self.server.drain(timeout)
         if self.controller is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.controller.stop)
@@ -159,15 +168,27 @@ class App:
     async def h_generate(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         """Stream tokens as ``token`` notifications ({id, text, index}); the response is the whole text,
         finish_reason, usage, and the variant and device that served it."""
-        t0 = time.perf_counter()
-        model = _str(params, "model")
         rid = REQUEST_ID.get()
         stream = params.get("stream", True)
+
+        def on_token(p: dict[str, Any]) -> None:
+            if stream and rid is not None:
+                peer.send({"jsonrpc": "2.0", "method": "token",
+                           "params": {"id": rid, "text": p.get("text", ""), "index": p.get("index")}}, [])
+        return await self.generate(params, on_token), []
+
+    async def generate(self, params: dict[str, Any], on_token: Any) -> dict[str, Any]:
+        """One generation for any front end (IPC, HTTP): validates, passes QoS hints to the policy, streams
+        each token to ``on_token({text, index, variant, device})``, records telemetry and energy."""
+        t0 = time.perf_counter()
+        model = _str(params, "model")
         allowed = {"model", "prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
                    "stream", "deadline_ms", "min_quality"}
         unknown = sorted(set(params) - allowed)
         if unknown:
             raise InvalidParams(f"unknown generate parameter {unknown[0]!r}; expected {', '.join(sorted(allowed))}")
+        if not isinstance(params.get("stream", True), bool):
+            raise InvalidParams(f"stream: expected true or false, got {params['stream']!r}")
         hints = {k: params[k] for k in ("deadline_ms", "min_quality") if params.get(k) is not None}
         for k, v in hints.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
@@ -175,11 +196,6 @@ class App:
         if hints and self.controller is not None:
             self.controller.hint(model, hints)
         fwd = {k: v for k, v in params.items() if k not in ("model", "stream", "deadline_ms", "min_quality")}
-
-        def on_token(p: dict[str, Any]) -> None:
-            if stream and rid is not None:
-                peer.send({"jsonrpc": "2.0", "method": "token",
-                           "params": {"id": rid, "text": p.get("text", ""), "index": p.get("index")}}, [])
         try:
             res = await self.rt().generate(model, fwd, on_token)
         except asyncio.CancelledError:
@@ -204,7 +220,7 @@ class App:
                                            "tokens": toks, "ttft_ms": usage.get("ttft_ms"),
                                            "tokens_per_s": usage.get("decode_tokens_per_s"),
                                            "finish": res.get("finish_reason"), "joules": joules, "meter": meter})
-        return res, []
+        return res
 
     async def h_cancel(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         rid = params.get("id")
@@ -247,7 +263,8 @@ class App:
         return {
             "daemon": {"pid": os.getpid(), "version": __version__, "uptime_s": round(time.time() - self.started, 1),
                        "socket": str(self.cfg.socket), "zoo": str(self.cfg.zoo), "state_dir": str(self.cfg.state_dir),
-                       "reload_error": self.reload_error, "last_reload": self.last_reload},
+                       "reload_error": self.reload_error, "last_reload": self.last_reload,
+                       "http": self.http.url if self.http is not None else None},
             "models": self.rt().status() if self.runtime else {},
             "zoo_errors": self.zoo_errors,
             "policy": self.engine.status() if self.engine else None,

@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--headroom-mb", type=int, default=256, help="memory kept free when loading a variant")
     ap.add_argument("--device", action="append", default=[], metavar="MODEL=DEVICE",
                     help="initial device of a model (repeatable)")
+    ap.add_argument("--http", metavar="HOST:PORT|unix:PATH",
+                    help="also serve the OpenAI-compatible HTTP API there (loopback only; off by default)")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     a = ap.parse_args(argv)
     for name, lo in (("threads", 1), ("max_frame", 1024), ("spare_workers", 0), ("headroom_mb", 0)):
@@ -55,6 +57,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for d in a.device:
         if "=" not in d or not all(d.split("=", 1)):
             ap.error(f"--device: expected MODEL=DEVICE, got {d!r}")
+    if a.http is not None:
+        from agent.http.server import parse_address
+
+        try:
+            parse_address(a.http)
+        except AgentError as e:
+            ap.error(str(e))
     return a
 
 
@@ -64,7 +73,8 @@ def config_from(a: argparse.Namespace) -> Config:
                   policy=list(a.policy), sensors=a.sensors, sysfs_root=a.sysfs_root, procfs_root=a.procfs_root,
                   sample_interval_s=a.sample_interval, threads=a.threads, max_frame=a.max_frame,
                   drain_timeout=a.drain_timeout, spare_workers=a.spare_workers,
-                  headroom_bytes=a.headroom_mb << 20, devices=dict(d.split("=", 1) for d in a.device))
+                  headroom_bytes=a.headroom_mb << 20, devices=dict(d.split("=", 1) for d in a.device),
+                  http=a.http)
 
 
 def listen_socket() -> Any:

@@ -39,8 +39,12 @@ class LLMHost:
     def generate(self, params: dict[str, Any], payload: memoryview) -> None:
         rid = self.worker.current_id
         prompt: Any = params.get("messages") if params.get("messages") is not None else params.get("prompt")
-        if prompt is None:
-            raise InvalidParams("expected 'prompt' (a string) or 'messages' (a list of {role, content})")
+        if (params.get("messages") is None) == (params.get("prompt") is None):
+            raise InvalidParams("expected either 'prompt' (a string) or 'messages' (a list of {role, content})")
+        if params.get("messages") is not None and not isinstance(params["messages"], list):
+            raise InvalidParams(f"messages: expected a list of {{role, content}}, got {type(params['messages']).__name__}")
+        if params.get("prompt") is not None and not isinstance(params["prompt"], str):
+            raise InvalidParams(f"prompt: expected a string, got {type(params['prompt']).__name__}")
         gen = {k: params[k] for k in ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop") if k in params}
         ev = threading.Event()
         it = self.engine.generate(prompt, gen, cancel=ev)   # raises InvalidParams before any token

@@ -357,7 +357,7 @@ class Runtime:
             def cb(p: dict[str, Any], payload: memoryview) -> None:
                 nonlocal sent
                 sent += 1
-                on_token(p)
+                on_token({**p, "variant": h.variant, "device": h.device})
             try:
                 res = await h.stream("generate", params, cb)
                 h.requests += 1
