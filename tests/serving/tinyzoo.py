@@ -25,7 +25,7 @@ def make_tiny_llm_zoo(zoo: Path, name: str = MODEL, variants: tuple[str, ...] = 
     from agent.llm.gguf_source import GGUFModel
     from agent.zoo.manifest import Manifest, TensorSpec, Variant, save_manifest, sha256_file
 
-    from tiny import make_tiny_gguf  # type: ignore[import-not-found]
+    from tiny_gguf import make_tiny_gguf  # type: ignore[import-not-found]
 
     import logging
 

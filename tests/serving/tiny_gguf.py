@@ -1,7 +1,7 @@
 """A tiny random llama written as a real GGUF file (byte-level BPE vocabulary, ChatML template).
 
-Copied unchanged from tests/llm/tiny.py on branch ``llm`` (not yet committed there at 10:37); when
-that lands, tests/serving can import it from there and this copy can go.
+Copied unchanged from tests/llm/tiny.py on branch ``llm`` (not yet committed there at 10:37; renamed so
+both can be collected in one run). When that lands, tests/serving can import it and this copy can go.
 
 The test keeps the weights in the Hugging Face layout and writes them the way llama.cpp's converter
 does (Q/K rows permuted, embedding Q8_0-quantized), so the reference forward pass below uses weights
