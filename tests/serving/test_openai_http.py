@@ -165,3 +165,32 @@ def test_agentd_refuses_a_non_loopback_or_malformed_http_address(addr, tmp_path)
     r = subprocess.run([sys.executable, "-m", "agent.daemon", "--zoo", str(tmp_path), "--socket",
                         str(tmp_path / "s"), "--http", addr], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--http" in r.stderr
+
+
+def test_the_endpoint_can_listen_on_a_unix_socket_instead(llm_zoo, tmp_path):
+    import tempfile
+    from pathlib import Path
+
+    from tests.conftest import start_daemon
+
+    sock = Path(tempfile.mkdtemp(prefix="agh", dir="/tmp")) / "http.sock"
+    d = start_daemon(llm_zoo, tmp_path, "--http", f"unix:{sock}", "--spare-workers", "0")
+    try:
+        with d.client() as c:
+            assert c.status()["daemon"]["http"] == f"unix:{sock}"
+        assert sock.is_socket() and (sock.stat().st_mode & 0o777) == 0o660
+        body = json.dumps({"model": MODEL, "prompt": "Hi", "max_tokens": 3}).encode()
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(30)
+            s.connect(str(sock))
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: agent\r\nconnection: close\r\n"
+                      b"content-type: application/json\r\n" + f"content-length: {len(body)}\r\n\r\n".encode() + body)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        head, _, payload = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert json.loads(payload)["usage"]["completion_tokens"] == 3
+    finally:
+        assert d.stop() == 0
+    assert not sock.exists()   # removed on a graceful stop
