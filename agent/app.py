@@ -109,12 +109,13 @@ class App:
                     await self.runtime.swap(name, ref, "cpu", {"why": "startup fallback", "error": err})
                 except AgentError as e2:
                     log.error("reference load failed", extra={"fields": {"model": name, "error": str(e2)}})
-        await self.server.start(self.cfg.socket, sock=self.listen_sock)
-        if self.cfg.http:
+        if self.cfg.http:   # before the socket: once agentd answers there, the endpoint is up too
             from agent.http.server import HttpServer, parse_address
 
-            self.http = HttpServer(self, parse_address(self.cfg.http))
-            await self.http.start()
+            http = HttpServer(self, parse_address(self.cfg.http))
+            await http.start()
+            self.http = http
+        await self.server.start(self.cfg.socket, sock=self.listen_sock)
         self.controller.start()
         self.ready.set()
         log.info("ready", extra={"fields": {"socket": str(self.cfg.socket), "models": sorted(self.manifests),

@@ -216,6 +216,14 @@ class _Gen:
             self.task.cancel()
 
 
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body was already read, so the next message is the end)."""
+    while True:
+        msg = await request.receive()
+        if msg["type"] == "http.disconnect":
+            return
+
+
 def build_app(agent_app: Any) -> Starlette:
     """The ASGI application. ``agent_app`` is :class:`agent.app.App` (uses ``generate``, ``manifests``,
     ``rt()``)."""
@@ -271,6 +279,31 @@ def build_app(agent_app: Any) -> Starlette:
         cid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         created = int(time.time())
         gen = _Gen(agent_app.generate, params)
+        obj = "chat.completion" if chat else "text_completion"
+        if not stream:
+            disc = asyncio.ensure_future(_disconnected(request))
+            try:
+                await asyncio.wait({gen.task, disc}, return_when=asyncio.FIRST_COMPLETED)
+                if not gen.task.done():   # the client left: stop the generation, free its KV
+                    gen.cancel()
+                    return Response(status_code=499)
+                res = gen.task.result()
+            except AgentError as e:
+                raise from_agent_error(e) from None
+            finally:
+                disc.cancel()
+                gen.cancel()
+            variant, device = res["variant"], res["device"]
+            text = res.get("text", "")
+            finish = _finish(res.get("finish_reason"))
+            choice: dict[str, Any] = ({"index": 0, "message": {"role": "assistant", "content": text},
+                                       "logprobs": None, "finish_reason": finish}
+                                      if chat else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
+            return JSONResponse({"id": cid, "object": obj, "created": created, "model": model_name,
+                                 "system_fingerprint": f"{variant}@{device}", "choices": [choice],
+                                 "usage": _usage(res), "agent": _agent_info(variant, device, res)},
+                                headers={"x-agent-variant": variant, "x-agent-device": device})
+
         try:
             kind, first = await gen.next()   # the first token, or the whole result (or its error)
         except AgentError as e:
@@ -284,25 +317,6 @@ def build_app(agent_app: Any) -> Starlette:
             variant, device = first.get("variant") or "?", first.get("device") or "?"
         fp = f"{variant}@{device}"
         headers = {"x-agent-variant": variant, "x-agent-device": device}
-        obj = "chat.completion" if chat else "text_completion"
-
-        if not stream:
-            res = first
-            try:
-                while kind != "end":
-                    kind, res = await gen.next()
-            except AgentError as e:
-                raise from_agent_error(e) from None
-            finally:
-                gen.cancel()
-            text = res.get("text", "")
-            choice: dict[str, Any] = ({"index": 0, "message": {"role": "assistant", "content": text},
-                                       "logprobs": None, "finish_reason": _finish(res.get("finish_reason"))}
-                                      if chat else {"index": 0, "text": text, "logprobs": None,
-                                                    "finish_reason": _finish(res.get("finish_reason"))})
-            return JSONResponse({"id": cid, "object": obj, "created": created, "model": model_name,
-                                 "system_fingerprint": fp, "choices": [choice], "usage": _usage(res),
-                                 "agent": _agent_info(variant, device, res)}, headers=headers)
 
         chunk_obj = "chat.completion.chunk" if chat else "text_completion"
 
