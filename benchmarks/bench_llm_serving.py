@@ -130,7 +130,7 @@ def run_inproc(folder: Path, variant: str, threads: int | None, tokens: int, ps:
 
     spec = {"folder": str(folder), "variant": variant, "threads": threads, "tokens": tokens, "prompts": ps}
     r = subprocess.run([sys.executable, __file__, "--inproc-child", json.dumps(spec)], capture_output=True,
-                       text=True, timeout=1800)
+                       text=True, timeout=1800, check=False)
     if r.returncode != 0:
         raise SystemExit(f"in-process run failed: {r.stderr[-2000:]}")
     rows: list[dict[str, Any]] = json.loads(r.stdout.strip().splitlines()[-1])
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     variants = [v for v in a.variants.split(",") if v]
     tmp = Path(tempfile.mkdtemp(prefix="bench-llm-"))
-    from tests.conftest import start_daemon   # the test suite's way of starting a real agentd
+    from tests.conftest import start_daemon  # the test suite's way of starting a real agentd
 
     try:
         zoo = tmp / "zoo"

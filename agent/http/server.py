@@ -125,7 +125,7 @@ class HttpServer:
         self._server.should_exit = True
         try:
             await asyncio.wait_for(asyncio.shield(self._task), self.graceful_timeout + 2)
-        except (asyncio.TimeoutError, Exception):   # noqa: BLE001 - never block the daemon's stop
+        except (TimeoutError, Exception):   # noqa: BLE001 - never block the daemon's stop
             self._server.force_exit = True
             self._task.cancel()
         if self.address.uds is not None:

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tinyzoo import MODEL, VARIANTS, engine_for, greedy_text, make_tiny_llm_zoo  # noqa: E402
+from tinyzoo import MODEL, VARIANTS, engine_for, greedy_text, make_tiny_llm_zoo
 
 # seedless greedy prompts: plain prompts and chats (the chat template adds a shared system prefix)
 PROMPTS: list[Any] = [

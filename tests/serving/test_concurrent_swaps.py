@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from tinyzoo import MODEL, engine_for, greedy_text
 
 from agent.client import AsyncClient
-from tinyzoo import MODEL, engine_for, greedy_text
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import MAX_TOKENS, PROMPTS
 from tinyzoo import MODEL, engine_for, greedy_text
 
@@ -18,7 +17,7 @@ pytestmark = pytest.mark.integration
 def agentctl(daemon, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[bytes]:  # type: ignore[no-untyped-def]
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     return subprocess.run([sys.executable, "-m", "agent.cli", "--socket", str(daemon.socket), *args],
-                          input=stdin.encode() if stdin is not None else None, capture_output=True, timeout=120,
+                          input=stdin.encode() if stdin is not None else None, capture_output=True, timeout=120, check=False,
                           env=env)
 
 

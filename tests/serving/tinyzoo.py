@@ -21,13 +21,13 @@ def make_tiny_llm_zoo(zoo: Path, name: str = MODEL, variants: tuple[str, ...] = 
 
     ``eos=False`` empties the EOS list: a random model would stop at arbitrary points, and tests want
     every generation to run to ``max_tokens`` so their lengths are comparable."""
-    from agent.llm.convert import export_variant, llm_table, write_tokenizer
-    from agent.llm.gguf_source import GGUFModel
-    from agent.zoo.manifest import Manifest, TensorSpec, Variant, save_manifest, sha256_file
+    import logging
 
     from tiny_gguf import make_tiny_gguf  # type: ignore[import-not-found]
 
-    import logging
+    from agent.llm.convert import export_variant, llm_table, write_tokenizer
+    from agent.llm.gguf_source import GGUFModel
+    from agent.zoo.manifest import Manifest, TensorSpec, Variant, save_manifest, sha256_file
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     folder = zoo / name
