@@ -234,6 +234,10 @@ def quantize_weight_only(model: Any, bits: int, *, block_size: int = 32, accurac
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     except ImportError as e:
         raise BuildError(f"weight-only quantization needs onnxruntime's quantizer and onnx-ir: {e}") from None
+    import logging
+
+    qlog = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    qlog.setLevel(logging.WARNING)
     head_nodes = [n.name for n in model.graph.node if n.op_type == "MatMul" and "lm_head" in n.input[1]]
     if head_bits is None or head_bits == bits:
         passes = [(bits, None, None)]

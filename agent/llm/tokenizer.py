@@ -87,10 +87,11 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
     return out
 
 
-def render_chat(messages: Any, template: str = "chatml", default_system_prompt: str = "",
+def render_chat(messages: Any, chat_template: str = "chatml", default_system_prompt: str = "",
                 add_generation_prompt: bool = True) -> str:
     """The prompt text for chat ``messages`` (SmolLM2's ChatML: a default system turn when none is given)."""
     msgs = check_messages(messages)
+    template = chat_template
     if template == "none":
         text = "".join(m["content"] + "\n" for m in msgs)
         return text
