@@ -112,7 +112,8 @@ def measure(ctx: MeasureContext) -> MeasureResult:
     })
     ppl = float(res["perplexity"])
     info: dict[str, Any] = {"perplexity": round(ppl, 4), "eval_tokens": res["eval_tokens"], "text": ev.text,
-                            "decode_ms_p50": round(res["decode_ms_p50"], 3), "baseline_rss": res["baseline_rss"]}
+                            "decode_ms_p50": round(res["decode_ms_p50"], 3), "baseline_rss": res["baseline_rss"],
+                            "eval_peak_rss": res["eval_peak_rss"]}
     if ctx.reference is None:
         quality = Quality("perplexity", round(ppl, 4), 1.0)
     else:
