@@ -213,6 +213,9 @@ def load_recipe(path: Path | str) -> Recipe:
         if spec is None:
             raise vc.error("method", f"expected a registered method ({', '.join(sorted(builders()))}), got {method!r}")
         parent = vc.str("derived_from", required=False) or ("source" if vid == reference else reference)
+        if parent != "source" and parent not in seen and "derived_from" not in vc.table:
+            raise vc.error("id", f"derived_from: missing, and its default (the reference {reference!r}) is not "
+                                 f"defined above; define the reference first or set derived_from")
         if parent != "source" and parent not in seen:
             raise vc.error("derived_from", f"expected 'source' or a variant defined above ({sorted(seen)}), "
                                            f"got {parent!r}")
@@ -233,3 +236,16 @@ def load_recipe(path: Path | str) -> Recipe:
     return Recipe(path=p, name=name, kind=kind, reference=reference,
                   description=c.str("description", required=False) or "", source=source,
                   variants=tuple(variants), eval=eval_spec, measure=_measure(c.table_of("measure")))
+
+
+def load_eval(path: Path | str, kind: str) -> Any:
+    """Only the ``[eval]`` table of a recipe, parsed by ``kind``'s plugin (measurement subprocesses use
+    this, so they need no builder registered outside ``agent.zoo.build``)."""
+    p = Path(path)
+    doc = TomlDoc.load(p / "recipe.toml" if p.is_dir() else p, RecipeError)
+    plugin = get_kind(kind)
+    if plugin is None:
+        raise RecipeError(f"expected a registered kind ({', '.join(kinds())}), got {kind!r}", file=str(p))
+    ev = Checker(doc, doc.data).table_of("eval", required=True)
+    assert ev is not None
+    return plugin.parse_eval(ev, p.parent.resolve() if not p.is_dir() else p.resolve())

@@ -33,12 +33,12 @@ def _download_wheel(recipe: Recipe, cache: Path, log: Callable[[str], None]) -> 
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "-q", "-d", tmp, src.pypi]
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise _fail(recipe, f"pip download {src.pypi} failed: {e}") from e
         if r.returncode != 0:
             last = [ln for ln in (r.stderr or r.stdout).splitlines() if ln.strip() and "WARNING" not in ln]
-            raise _fail(recipe, f"pip download {src.pypi} failed: {last[-1] if last else 'exit %d' % r.returncode}")
+            raise _fail(recipe, f"pip download {src.pypi} failed: {last[-1] if last else f'exit {r.returncode}'}")
         wheels = list(Path(tmp).glob("*.whl"))
         if len(wheels) != 1:
             raise _fail(recipe, f"pip download {src.pypi} gave {len(wheels)} wheels, expected 1")

@@ -10,7 +10,6 @@ including the interpreter (~baseline reported too).
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from typing import Any
@@ -60,15 +59,14 @@ def measure(req: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from agent.zoo.build import evaldata
-    from agent.zoo.recipe import load_recipe
+    from agent.zoo.recipe import load_eval
 
-    recipe = load_recipe(req["recipe"])
-    ev = recipe.eval
+    ev = load_eval(req["recipe"], "tensor")
     rss0, _ = _hwm()
     t = time.perf_counter()
     try:
         sess = _session(req["model"], req.get("threads"))
-    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
         return {"error": "onnxruntime cannot load the variant: " + " ".join(str(e).split())[:400]}
     load_ms = (time.perf_counter() - t) * 1000
     ins, outs = _sig(sess.get_inputs()), _sig(sess.get_outputs())
@@ -89,7 +87,7 @@ def measure(req: dict[str, Any]) -> dict[str, Any]:
         lat.append(time.perf_counter() - t0)
         return r
 
-    warm_feeds, _ = evaldata.run_stream(sess, ev, held[0][: max(1, req["warmup"])], inputs, out_names)
+    evaldata.run_stream(sess, ev, held[0][: max(1, req["warmup"])], inputs, out_names)
     cpu0 = time.process_time()
     got: list[Any] = []
     all_feeds: list[dict[str, Any]] = []
@@ -109,7 +107,6 @@ def measure(req: dict[str, Any]) -> dict[str, Any]:
         "runs": len(lat), "peak_rss": int(peak), "baseline_rss": int(rss0), "cpu_s": cpu_s,
         "inputs": ins, "outputs": outs, "steps": len(got),
     }
-    del sess
     if req.get("reference"):
         ref = _session(req["reference"], req.get("threads"))
         ref_outs = [o.name for o in ref.get_outputs()]
@@ -132,7 +129,7 @@ def main() -> int:
         res = measure(req)
     except AgentError as e:
         res = {"error": e.message}
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure becomes one JSON error line
         res = {"error": f"{type(e).__name__}: " + " ".join(str(e).split())[:400]}
     sys.stdout.write(json.dumps(res) + "\n")
     return 0 if "error" not in res else 2

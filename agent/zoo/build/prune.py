@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from agent.errors import BuildError
-from agent.zoo.build.quant import MAIN, _load, _save
+from agent.zoo.build.quant import MAIN, _load, _save, constants_to_initializers
 from agent.zoo.build.registry import BuildContext, BuildResult, Param, register_builder
 
 
@@ -46,6 +46,7 @@ def magnitude_prune(ctx: BuildContext) -> BuildResult:
 
     p = ctx.params
     m = _load(ctx.input_path)
+    constants_to_initializers(m)
     inits = {t.name: t for t in m.graph.initializer}
     targets = {n.input[1] for n in m.graph.node
                if n.op_type in p["op_types"] and len(n.input) > 1 and n.input[1] in inits}

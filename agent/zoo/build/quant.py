@@ -25,6 +25,34 @@ def _load(path: Path) -> Any:
         raise BuildError(f"{path.name} is not a readable ONNX model: {' '.join(str(e).split())[:200]}") from e
 
 
+def constants_to_initializers(model: Any) -> int:
+    """Move top-level ``Constant`` tensors into initializers (the quantizers only see initializers)."""
+    keep, moved = [], 0
+    for node in model.graph.node:
+        attr = node.attribute[0] if node.op_type == "Constant" and len(node.attribute) == 1 else None
+        if attr is not None and attr.name == "value" and node.domain in ("", "ai.onnx"):
+            t = model.graph.initializer.add()
+            t.CopyFrom(attr.t)
+            t.name = node.output[0]
+            moved += 1
+        else:
+            keep.append(node)
+    if moved:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return moved
+
+
+def _prepared(ctx: BuildContext) -> Path:
+    """The input with constants as initializers, as a file in out_dir (the ORT quantizers take paths)."""
+    m = _load(ctx.input_path)
+    if not constants_to_initializers(m):
+        return ctx.input_path
+    p = ctx.out_dir / ".prepared.onnx"
+    _save(m, p)
+    return p
+
+
 def _save(model: Any, out: Path) -> None:
     import onnx
 
@@ -63,21 +91,87 @@ def fp16(ctx: BuildContext) -> BuildResult:
     return BuildResult(MAIN, info={"op_block_list": list(ctx.params["op_block_list"])})
 
 
-@register_builder("int8-dynamic", precision="int8", params={
+_EXCLUDE_PARAMS = {
+    "exclude": Param(list, [], "keep nodes whose name contains any of these strings in float"),
+    "auto_exclude": Param(int, 0, "also keep in float the N nodes whose lone quantization changes the "
+                                  "outputs most on the calibration data (measured)", lo=0, hi=1000),
+}
+
+
+def _run_all(path: Path, feeds: list[dict[str, Any]]) -> list[Any]:
+    import numpy as np
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    return [np.concatenate([np.asarray(o, np.float64).ravel() for o in sess.run(None, {k: v for k, v in f.items()
+                                                                                       if k in names})])
+            for f in feeds]
+
+
+def _excluded(ctx: BuildContext, src: Path, op_types: list[str], quantize: Any) -> tuple[list[str], dict[str, float]]:
+    """Node names to keep in float: the ``exclude`` matches plus the ``auto_exclude`` most sensitive nodes.
+
+    Sensitivity of a node = mean |output change| on the calibration feeds when that node alone is
+    quantized with ``quantize(src, out, nodes_to_quantize=[name])``.
+    """
+    import numpy as np
+
+    p = ctx.params
+    m = _load(src)
+    names = [n.name for n in m.graph.node if n.name]
+    out = [n for n in names if any(e in n for e in p["exclude"])]
+    scores: dict[str, float] = {}
+    if p["auto_exclude"]:
+        ops = set(op_types or ["Conv", "MatMul", "Gemm", "LSTM", "GRU", "Attention", "Gather", "EmbedLayerNormalization"])
+        cands = [n.name for n in m.graph.node if n.name and n.op_type in ops and n.name not in out]
+        feeds = ctx.calibration()[:64]
+        base = _run_all(src, feeds)
+        probe = ctx.out_dir / ".probe.onnx"
+        ctx.log(f"measuring the sensitivity of {len(cands)} nodes on {len(feeds)} calibration feeds")
+        for name in cands:
+            quantize(src, probe, [name])
+            got = _run_all(probe, feeds)
+            scores[name] = float(np.mean([np.abs(a - b).mean() for a, b in zip(base, got)]))
+        probe.unlink(missing_ok=True)
+        worst = sorted(scores, key=lambda k: -scores[k])[: p["auto_exclude"]]
+        out += [w for w in worst if w not in out]
+    return out, scores
+
+
+def _exclusion_info(excl: list[str], scores: dict[str, float]) -> dict[str, Any]:
+    info: dict[str, Any] = {"kept_float": excl}
+    if scores:
+        info["sensitivity"] = {k: round(v, 6) for k, v in sorted(scores.items(), key=lambda kv: -kv[1])}
+    return info
+
+
+@register_builder("int8-dynamic", precision="int8", uses_eval=True, params={
     "weight_type": Param(str, "int8", choices=_QTYPES),
     "per_channel": Param(bool, False),
     "reduce_range": Param(bool, False),
     "op_types": Param(list, [], "op types to quantize (default: all that ORT supports)"),
+    **_EXCLUDE_PARAMS,
 })
 def int8_dynamic(ctx: BuildContext) -> BuildResult:
     """int8 weights, activations quantized at run time (quantize_dynamic)."""
     from onnxruntime.quantization import quantize_dynamic
 
     p = ctx.params
-    quantize_dynamic(str(ctx.input_path), str(ctx.out_dir / MAIN), weight_type=_qtype(p["weight_type"]),
-                     per_channel=p["per_channel"], reduce_range=p["reduce_range"],
-                     op_types_to_quantize=p["op_types"] or None)
-    return BuildResult(MAIN)
+
+    def q(src: Path, out: Path, only: list[str] | None = None, exclude: list[str] | None = None) -> None:
+        quantize_dynamic(str(src), str(out), weight_type=_qtype(p["weight_type"]), per_channel=p["per_channel"],
+                         reduce_range=p["reduce_range"], op_types_to_quantize=p["op_types"] or None,
+                         nodes_to_quantize=only, nodes_to_exclude=exclude)
+
+    src = _prepared(ctx)
+    excl, scores = _excluded(ctx, src, p["op_types"], q)
+    q(src, ctx.out_dir / MAIN, exclude=excl)
+    if src != ctx.input_path:
+        src.unlink()
+    return BuildResult(MAIN, info=_exclusion_info(excl, scores))
 
 
 class _Reader:
@@ -97,6 +191,7 @@ class _Reader:
     "per_channel": Param(bool, False),
     "calibrate_method": Param(str, "minmax", choices=("minmax", "entropy", "percentile")),
     "op_types": Param(list, [], "op types to quantize (default: all that ORT supports)"),
+    **_EXCLUDE_PARAMS,
 })
 def int8_static(ctx: BuildContext) -> BuildResult:
     """int8 QDQ with activation ranges calibrated on the recipe's calibration data (quantize_static)."""
@@ -112,15 +207,23 @@ def int8_static(ctx: BuildContext) -> BuildResult:
     ctx.log(f"calibrating on {len(feeds)} feeds ({p['calibrate_method']})")
     work = ctx.out_dir / ".calib"
     work.mkdir()
+
+    def q(src: Path, out: Path, only: list[str] | None = None, exclude: list[str] | None = None) -> None:
+        quantize_static(str(src), str(out), _Reader(feeds, names), quant_format=QuantFormat.QDQ,
+                        activation_type=_qtype(p["activation_type"]), weight_type=_qtype(p["weight_type"]),
+                        per_channel=p["per_channel"], calibrate_method=method,
+                        op_types_to_quantize=p["op_types"] or None, nodes_to_quantize=only,
+                        nodes_to_exclude=exclude)
+
+    src = _prepared(ctx)
     try:
-        quantize_static(str(ctx.input_path), str(ctx.out_dir / MAIN), _Reader(feeds, names),
-                        quant_format=QuantFormat.QDQ, activation_type=_qtype(p["activation_type"]),
-                        weight_type=_qtype(p["weight_type"]), per_channel=p["per_channel"],
-                        calibrate_method=method, op_types_to_quantize=p["op_types"] or None,
-                        calibration_cache_path=work / "calib")
+        excl, scores = _excluded(ctx, src, p["op_types"], q)
+        q(src, ctx.out_dir / MAIN, exclude=excl)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return BuildResult(MAIN, info={"calibration_feeds": len(feeds)})
+        if src != ctx.input_path:
+            src.unlink()
+    return BuildResult(MAIN, info={"calibration_feeds": len(feeds), **_exclusion_info(excl, scores)})
 
 
 def _nbits(model: Any, bits: int, block: int, sym: bool, level: int, exclude: list[str]) -> Any:
@@ -152,7 +255,9 @@ def matmul_nbits(ctx: BuildContext) -> BuildResult:
     p = ctx.params
     if p["bits"] not in (4, 8):
         raise BuildError(f"bits: expected 4 or 8, got {p['bits']}")
-    m = _nbits(_load(ctx.input_path), p["bits"], p["block_size"], p["symmetric"], p["accuracy_level"],
+    m = _load(ctx.input_path)
+    constants_to_initializers(m)
+    m = _nbits(m, p["bits"], p["block_size"], p["symmetric"], p["accuracy_level"],
                list(p["exclude"]))
     n = _count(m, "MatMulNBits")
     if n == 0:
@@ -187,6 +292,7 @@ def mixed(ctx: BuildContext) -> BuildResult:
 
     p = ctx.params
     m = _load(ctx.input_path)
+    constants_to_initializers(m)
     for i, node in enumerate(m.graph.node):
         if not node.name:
             node.name = f"{node.op_type}_{i}"

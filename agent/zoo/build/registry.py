@@ -46,8 +46,8 @@ class Param:
 class BuildContext:
     """What a builder gets. Write only under ``out_dir``; never touch the zoo otherwise."""
 
-    recipe: "Recipe"
-    spec: "VariantSpec"            # .id, .method, .params (validated, defaults filled), .derived_from
+    recipe: Recipe
+    spec: VariantSpec            # .id, .method, .params (validated, defaults filled), .derived_from
     input_path: Path               # the file to start from: the source (ONNX or GGUF) or the parent's main file
     reference_path: Path | None    # the reference variant's main file, None while building the reference
     out_dir: Path                  # an empty temp dir inside the zoo; renamed into place on success
@@ -85,7 +85,7 @@ class BuilderSpec:
 
 @dataclass(frozen=True)
 class MeasureContext:
-    recipe: "Recipe"
+    recipe: Recipe
     variant_id: str
     model_path: Path                 # the built variant's main file (still in its temp dir)
     reference_path: Path | None      # None when measuring the reference itself
@@ -106,10 +106,10 @@ class MeasureResult:
 @dataclass(frozen=True)
 class KindPlugin:
     kind: str                                             # manifest kind: "tensor" | "causal-lm"
-    parse_eval: Callable[["Checker", Path], Any]          # ([eval] table, recipe dir) -> eval spec object
+    parse_eval: Callable[[Checker, Path], Any]          # ([eval] table, recipe dir) -> eval spec object
     measure: Callable[[MeasureContext], MeasureResult]
     eval_fingerprint: Callable[[Any], str]                # stable text that changes when the eval data does
-    calibration: Callable[["Recipe", Path], list[dict[str, Any]]] | None = None  # (recipe, model) -> feeds
+    calibration: Callable[[Recipe, Path], list[dict[str, Any]]] | None = None  # (recipe, model) -> feeds
 
 
 _BUILDERS: dict[str, BuilderSpec] = {}

@@ -3,26 +3,46 @@
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from agent.errors import AgentError, BuildError, ManifestError
 from agent.zoo.build.fetch import resolve_source
-from agent.zoo.build.registry import (BuildContext, BuildResult, KindPlugin, MeasureContext, MeasureResult,
-                                      get_kind, tool_versions)
-from agent.zoo.manifest import (MANIFEST, Manifest, Variant, _signature_mismatch, load_manifest, safe_join,
-                                save_manifest, sha256_file, with_variant)
+from agent.zoo.build.registry import (
+    BuildContext,
+    BuildResult,
+    KindPlugin,
+    MeasureContext,
+    MeasureResult,
+    get_kind,
+    tool_versions,
+)
+from agent.zoo.manifest import (
+    MANIFEST,
+    Manifest,
+    Variant,
+    _signature_mismatch,
+    load_manifest,
+    safe_join,
+    save_manifest,
+    sha256_file,
+    with_variant,
+)
 from agent.zoo.recipe import Recipe, VariantSpec
+
+_OURS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*-[0-9a-f]{8}$")
 
 
 class Reporter(Protocol):
@@ -111,14 +131,9 @@ def _files_ok(m: Manifest, v: Variant) -> bool:
         p = m.path_of(v)
     except ManifestError:
         return False
-    return p.is_file() and (v.size_bytes is None or p.stat().st_size == v.size_bytes)
-
-
-def _variant_dir(m: Manifest, v: Variant) -> Path | None:
-    rel = Path(v.file)
-    if len(rel.parts) < 2:
-        return None
-    return m.folder / rel.parts[0]
+    if not p.is_file() or (v.size_bytes is not None and p.stat().st_size != v.size_bytes):
+        return False
+    return v.sha256 is None or sha256_file(p) == v.sha256
 
 
 def _publish_mode(d: Path) -> None:
@@ -165,11 +180,19 @@ class Builder:
             reports.append(rep)
         assert manifest is not None
         self._sweep()
+        self._drop_orphans(manifest)
         return manifest, reports
 
     def _sweep(self) -> None:
         for p in self.folder.glob(".tmp-*"):
             _rmtree(p)
+
+    def _drop_orphans(self, m: Manifest) -> None:
+        """Remove variant dirs of ours (``<id>-<8 hex>``) that the manifest no longer refers to."""
+        used = {Path(v.file).parts[0] for v in m.variants if len(Path(v.file).parts) > 1}
+        for p in self.folder.iterdir():
+            if p.is_dir() and p.name not in used and _OURS.match(p.name):
+                _rmtree(p)
 
     def _one(self, spec: VariantSpec, manifest: Manifest | None, src_path: Path, src_sha: str,
              key: tuple[str, str]) -> tuple[Manifest, StepReport]:
@@ -186,7 +209,7 @@ class Builder:
                 return manifest, StepReport(spec.id, "skipped")
             t = time.perf_counter()
             res = self._measure(spec, self.paths[spec.id], manifest)
-            new = self._variant(spec, manifest.path_of(old), old.file, src_sha, key, None, res,
+            new = self._variant(spec, manifest.path_of(old), old.file, src_sha, key, old.precision,
                                 old.build.get("build_s", 0.0), time.perf_counter() - t, old.build.get("info"))
             m2 = self._manifest(manifest, new, None, res)
             save_manifest(m2)
@@ -211,7 +234,8 @@ class Builder:
             os.replace(tmp, final)
             main = safe_join(final, result.main)
             rel = f"{final.name}/{result.main}"
-            new = self._variant(spec, main, rel, src_sha, key, result, build_s, measure_s, result.info)
+            new = self._variant(spec, main, rel, src_sha, key, result.precision or spec.precision, build_s,
+                                measure_s, result.info)
             m2 = self._manifest(manifest, new, result, res)
             try:
                 save_manifest(m2)
@@ -221,10 +245,6 @@ class Builder:
                     os.replace(aside, final)
                 raise
             _rmtree(aside)
-            if old is not None and manifest is not None:
-                od = _variant_dir(manifest, old)
-                if od is not None and od != final:
-                    _rmtree(od)
             self.paths[spec.id] = main
             self.rep.done(label, build_s + measure_s, f"build {build_s:.1f}s, measure {measure_s:.1f}s")
             return m2, StepReport(spec.id, "built", build_s, measure_s)
@@ -286,17 +306,16 @@ class Builder:
         return res
 
     def _variant(self, spec: VariantSpec, main: Path, rel: str, src_sha: str, key: tuple[str, str],
-                 result: BuildResult | None, build_s: float, measure_s: float, info: Any) -> Variant:
+                 precision: str, build_s: float, measure_s: float, info: Any) -> Variant:
         build = _jsonable({
             "key": key[0], "measure_key": key[1], "source": self.recipe.source.describe(),
             "source_sha256": src_sha, "recipe": str(self.recipe.path), "command": self.command,
             "params": dict(spec.params), "tools": tool_versions(spec.builder.tools),
-            "built_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "built_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "build_s": round(build_s, 3), "measure_s": round(measure_s, 3),
             "info": info or None,
         })
-        return Variant(id=spec.id, file=rel, precision=(result.precision if result and result.precision else
-                                                        spec.precision),
+        return Variant(id=spec.id, file=rel, precision=precision,
                        derived_from=spec.derived_from, method=spec.method, sha256=sha256_file(main),
                        size_bytes=main.stat().st_size, build=build)
 
@@ -309,8 +328,12 @@ class Builder:
             base = manifest or Manifest(name=self.recipe.name, kind=self.recipe.kind, reference=v.id,
                                         inputs=res.inputs, outputs=res.outputs, variants=(), folder=self.folder)
             llm = result.llm if result is not None and result.llm is not None else base.llm
+            # a new reference with another signature makes the other variants stale: drop them
+            keep = tuple(x for x in base.variants
+                         if (x.inputs is None or not _signature_mismatch(res.inputs, x.inputs))
+                         and (x.outputs is None or not _signature_mismatch(res.outputs, x.outputs)))
             manifest = replace(base, reference=v.id, inputs=res.inputs, outputs=res.outputs,
-                               description=self.recipe.description, llm=llm)
+                               description=self.recipe.description, llm=llm, variants=keep)
         return with_variant(manifest, v)
 
 
@@ -322,12 +345,26 @@ def build_recipe(recipe: Recipe, zoo: Path, *, only: Sequence[str] | None = None
     files as they were.
     """
     rep = reporter or SilentReporter()
+    locks = zoo / ".cache" / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{recipe.name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise BuildError(f"{recipe.path}: another build of {recipe.name!r} into {zoo} is running") from None
+        return _locked_build(recipe, zoo, only, rep, command)
+
+
+def _locked_build(recipe: Recipe, zoo: Path, only: Sequence[str] | None, rep: Reporter,
+                  command: str) -> tuple[Manifest, list[StepReport]]:
     b = Builder(recipe, zoo, rep, command or f"agentctl zoo build {recipe.path}")
+    created = not b.folder.exists()
     try:
         return b.run(only)
     finally:
-        b._sweep()
+        if b.folder.exists():
+            b._sweep()
+            if created and not (b.folder / MANIFEST).exists():
+                shutil.rmtree(b.folder, ignore_errors=True)
         rep.close()
 
-
-Log = Callable[[str], None]
