@@ -122,6 +122,19 @@ def test_eos_token_ends_generation_with_stop(tiny_build):
     assert got == toks[: toks.index(toks[3])] and last.finish_reason == "stop"
 
 
+def test_text_held_back_for_a_possible_stop_is_released_at_eos(tiny_build):
+    table = json.loads(tiny_build["llm"].read_text())
+    probe = LLMEngine(tiny_build["fp32"], tiny_build["tokenizer"], table, threads=1)
+    toks, text, _ = collect(probe.generate("hello", {"max_tokens": 8}))
+    k = toks.index(toks[5])
+    before = probe.decode(toks[:k])
+    assert before
+    table["eos_token_ids"] = [toks[5]]
+    e = LLMEngine(tiny_build["fp32"], tiny_build["tokenizer"], table, threads=1)
+    _, got, last = collect(e.generate("hello", {"max_tokens": 8, "stop": [before[-1] + "\u2603never"]}))
+    assert got == before and last.finish_reason == "stop"
+
+
 @pytest.mark.parametrize("params", [
     {"max_tokens": 0}, {"temperature": -1}, {"top_p": 0}, {"top_k": -2}, {"seed": "x"}, {"stop": [""]},
     {"max_tokens": 5, "bogus": 1}, {"stop": ["a"] * 9}, "not a dict",
