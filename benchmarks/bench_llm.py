@@ -27,8 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.llm.engine import LLMEngine  # noqa: E402
-from agent.zoo.manifest import load_manifest  # noqa: E402
+from agent.llm.engine import LLMEngine
+from agent.zoo.manifest import load_manifest
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 SYSTEM = ("You are a careful assistant for a hardware store. " +
@@ -84,8 +84,8 @@ def prefix_cache_ttft(e: LLMEngine) -> tuple[float, float, int]:
 
 
 def ladder_table(m: Any) -> str:
-    rows = ["| variant | precision | method | size MB | perplexity | rel. quality | top-1 agree | TTFT ms | "
-            "decode tok/s | peak RSS MB | build s |", "|" + "---|" * 11]
+    rows = [("| variant | precision | method | size MB | perplexity | rel. quality | top-1 agree | TTFT ms | "
+            "decode tok/s | peak RSS MB | build s |"), "|" + "---|" * 11]
     for v in m.variants:
         ms = v.measurements[0] if v.measurements else None
         ev = v.build.get("eval", {})

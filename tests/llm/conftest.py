@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import Tiny, make_tiny_gguf  # noqa: E402
+from tiny import Tiny, make_tiny_gguf
 
 
 @pytest.fixture(scope="session")

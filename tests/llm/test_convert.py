@@ -54,7 +54,7 @@ def test_weight_only_variants_use_matmulnbits_with_accuracy_level_4(tiny_build):
         assert nb, p
         attrs = {a.name: a.i for a in nb[0].attribute}
         assert attrs["bits"] == bits and attrs["accuracy_level"] == 4
-        head = [n for n in nb if n.output[0] == "logits"][0]
+        head = next(n for n in nb if n.output[0] == "logits")
         assert {a.name: a.i for a in head.attribute}["bits"] == 8  # the head stays 8-bit in int4 too
 
 

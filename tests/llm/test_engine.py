@@ -125,7 +125,7 @@ def test_eos_token_ends_generation_with_stop(tiny_build):
 def test_text_held_back_for_a_possible_stop_is_released_at_eos(tiny_build):
     table = json.loads(tiny_build["llm"].read_text())
     probe = LLMEngine(tiny_build["fp32"], tiny_build["tokenizer"], table, threads=1)
-    toks, text, _ = collect(probe.generate("hello", {"max_tokens": 8}))
+    toks, _text, _ = collect(probe.generate("hello", {"max_tokens": 8}))
     k = toks.index(toks[5])
     before = probe.decode(toks[:k])
     assert before

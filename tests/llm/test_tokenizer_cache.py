@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tiny import CHATML
 
 from agent.errors import InvalidParams
 from agent.llm.prefix_cache import PrefixCache
 from agent.llm.tokenizer import StreamDecoder, chat_settings_from_gguf_template, load_tokenizer, render_chat
-from tiny import CHATML
 
 
 @pytest.fixture()

@@ -75,7 +75,7 @@ rank_tokens = 64
 def test_builds_a_measured_causal_lm_ladder_with_llm_table(tiny, tmp_path):
     recipe = load_recipe(write_recipe(tmp_path / "recipe", tiny.path, LADDER))
     zoo = tmp_path / "zoo"
-    m, reports = build_recipe(recipe, zoo)
+    m, _reports = build_recipe(recipe, zoo)
     m = load_manifest(zoo / "tinylm")
     assert m.kind == "causal-lm" and set(m.variant_ids()) == {"fp32", "int8", "pruned1"}
     assert m.llm is not None and m.llm["num_kv_heads"] == 2 and m.llm["chat_template"] == "chatml"
