@@ -54,14 +54,12 @@ class GenerationParams:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise InvalidParams(f"params: unknown keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        kw = dict(d)
+        kw = {k: v for k, v in d.items() if v is not None}  # null = the default (OpenAI clients send nulls)
         stop = kw.get("stop")
         if isinstance(stop, str):
             kw["stop"] = (stop,)
         elif isinstance(stop, list):
             kw["stop"] = tuple(stop)
-        elif stop is None:
-            kw.pop("stop", None)
         return cls(**kw)
 
 

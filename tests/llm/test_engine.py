@@ -175,3 +175,11 @@ def test_every_weight_only_variant_streams(tiny_build):
         e = LLMEngine(tiny_build[p], tiny_build["tokenizer"], table, threads=1)
         toks, _, last = collect(e.generate([{"role": "user", "content": "hi"}], {"max_tokens": 5}))
         assert len(toks) == 5 and last.finish_reason == "length"
+
+
+def test_null_params_mean_defaults(engine):
+    from agent.llm.sampling import GenerationParams
+
+    p = GenerationParams.from_dict({"max_tokens": None, "stop": None, "seed": None, "temperature": 0})
+    assert p == GenerationParams(temperature=0)
+    assert GenerationParams.from_dict({"stop": "END"}).stop == ("END",)
