@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agent.errors import InvalidParams, LoadError
+from agent.errors import InvalidParams, LoadError, WorkerError
 from agent.llm.prefix_cache import KV, PrefixCache
 from agent.llm.sampling import GenerationParams, Sampler
 from agent.llm.tokenizer import StreamDecoder, load_tokenizer, render_chat
@@ -196,7 +196,10 @@ class LLMEngine:
         }
         for name, arr in zip(self.past_names, past):
             feeds[name] = arr
-        out = self.session.run(self._out_names, feeds)
+        try:
+            out = self.session.run(self._out_names, feeds)
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types, mapped at the boundary
+            raise WorkerError(f"{self.model_path.name}: decoder run failed: {' '.join(str(e).split())[:300]}") from None
         return out[0][0], tuple(out[1:])
 
     # -- generation -----------------------------------------------------------------------------------
@@ -224,6 +227,7 @@ class LLMEngine:
         ttft = None
         t_first = t0
         finish = "length"
+        stopped_by_string = False
         past: KV | None = None
         try:
             with self._lock:
@@ -250,16 +254,20 @@ class LLMEngine:
                     text, stopped = stops.push(stream.push(tok))
                     yield TokenEvent(text, tok, step)
                     if stopped:
-                        finish = "stop"
+                        finish, stopped_by_string = "stop", True
                         break
                     if step == max_new - 1:
                         break
                     logits, past = self.forward([tok], len(fed), past)
                     fed.append(tok)
                     self._set_live(gid, past)
-            tail = "" if finish == "cancelled" else stops.push(stream.flush())[0] + stops.flush()
-            if finish == "stop" and p.stop and tail:
-                tail = ""
+            tail = ""
+            if finish != "cancelled" and not stopped_by_string:
+                tail, hit = stops.push(stream.flush())
+                if hit:
+                    finish = "stop"
+                else:
+                    tail += stops.flush()
             if finish != "cancelled" and past is not None:
                 self.prefix_cache.insert(fed, past)
             elapsed = time.perf_counter() - t_first

@@ -102,7 +102,7 @@ def build_decoder(cfg: LlamaConfig, w: LlamaWeights, *, dtype: str = "fp32", kee
     g = _G(dtype)
     hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
     rep = nh // nkv
-    i64 = lambda name, vals: g.const(name, np.asarray(vals, dtype=np.int64))  # noqa: E731
+    i64 = lambda name, vals: g.const(name, np.asarray(vals, dtype=np.int64))
 
     # shared constants
     cos_t, sin_t = rope_tables(cfg, max_positions or cfg.context_length)
@@ -234,7 +234,12 @@ def quantize_weight_only(model: Any, bits: int, *, block_size: int = 32, accurac
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     except ImportError as e:
         raise BuildError(f"weight-only quantization needs onnxruntime's quantizer and onnx-ir: {e}") from None
+    import logging
+
+    qlog = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    qlog.setLevel(logging.WARNING)
     head_nodes = [n.name for n in model.graph.node if n.op_type == "MatMul" and "lm_head" in n.input[1]]
+    passes: list[tuple[int, list[str] | None, list[str] | None]]
     if head_bits is None or head_bits == bits:
         passes = [(bits, None, None)]
     else:

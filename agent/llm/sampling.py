@@ -45,7 +45,7 @@ class GenerationParams:
             raise bad("stop", f"up to {MAX_STOPS} non-empty strings", self.stop)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "GenerationParams":
+    def from_dict(cls, d: Mapping[str, Any] | None) -> GenerationParams:
         """From a request's JSON object; unknown keys are an error."""
         if d is None:
             return cls()
@@ -54,14 +54,12 @@ class GenerationParams:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise InvalidParams(f"params: unknown keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        kw = dict(d)
+        kw = {k: v for k, v in d.items() if v is not None}  # null = the default (OpenAI clients send nulls)
         stop = kw.get("stop")
         if isinstance(stop, str):
             kw["stop"] = (stop,)
         elif isinstance(stop, list):
             kw["stop"] = tuple(stop)
-        elif stop is None:
-            kw.pop("stop", None)
         return cls(**kw)
 
 

@@ -20,7 +20,7 @@ from agent.errors import BuildError, InvalidParams, LoadError
 
 CHAT_TEMPLATES = ("chatml", "none")
 ROLES = ("system", "user", "assistant")
-_DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system(?:\\n|\n)(.*?)<\|im_end\|>", re.S)
+_DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system(?:\\n|\n)(.*?)<\|im_end\|>", re.DOTALL)
 
 
 def build_tokenizer(tokens: Sequence[str], merges: Sequence[str], special_ids: Sequence[int],
@@ -43,7 +43,7 @@ def build_tokenizer(tokens: Sequence[str], merges: Sequence[str], special_ids: S
         tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False))
     except Exception as e:  # noqa: BLE001 - tokenizers raises plain exceptions
         raise BuildError(f"cannot build the BPE tokenizer: {e}") from None
-    steps = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+    steps: list[Any] = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
     if pre in ("smollm", "digits"):
         steps.insert(0, pre_tokenizers.Digits(individual_digits=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence(steps)
@@ -87,10 +87,11 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
     return out
 
 
-def render_chat(messages: Any, template: str = "chatml", default_system_prompt: str = "",
+def render_chat(messages: Any, chat_template: str = "chatml", default_system_prompt: str = "",
                 add_generation_prompt: bool = True) -> str:
     """The prompt text for chat ``messages`` (SmolLM2's ChatML: a default system turn when none is given)."""
     msgs = check_messages(messages)
+    template = chat_template
     if template == "none":
         text = "".join(m["content"] + "\n" for m in msgs)
         return text

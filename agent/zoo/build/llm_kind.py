@@ -77,7 +77,7 @@ def run_evaluate(req: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
         r = subprocess.run([sys.executable, "-m", "agent.llm.evaluate"], input=json.dumps(req),
-                           capture_output=True, text=True, timeout=timeout, env=env)
+                           capture_output=True, text=True, timeout=timeout, env=env, check=False)
     except subprocess.TimeoutExpired as e:
         raise BuildError(f"measurement took longer than {timeout:.0f}s") from e
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
@@ -112,7 +112,8 @@ def measure(ctx: MeasureContext) -> MeasureResult:
     })
     ppl = float(res["perplexity"])
     info: dict[str, Any] = {"perplexity": round(ppl, 4), "eval_tokens": res["eval_tokens"], "text": ev.text,
-                            "decode_ms_p50": round(res["decode_ms_p50"], 3), "baseline_rss": res["baseline_rss"]}
+                            "decode_ms_p50": round(res["decode_ms_p50"], 3), "baseline_rss": res["baseline_rss"],
+                            "eval_peak_rss": res["eval_peak_rss"]}
     if ctx.reference is None:
         quality = Quality("perplexity", round(ppl, 4), 1.0)
     else:
