@@ -1,4 +1,4 @@
-"""A zoo holding the tiny random llama (tests/serving/tiny.py) as a ``causal-lm`` model: fp32 + int8.
+"""A zoo holding the tiny random llama (tests/llm/tiny.py) as a ``causal-lm`` model: fp32 + int8.
 
 The decoders are written by the project's own converter (``agent.llm.convert``), the manifest by
 ``agent.zoo.manifest.save_manifest``, exactly as the zoo builders would. Also used by
@@ -23,11 +23,10 @@ def make_tiny_llm_zoo(zoo: Path, name: str = MODEL, variants: tuple[str, ...] = 
     every generation to run to ``max_tokens`` so their lengths are comparable."""
     import logging
 
-    from tiny_gguf import make_tiny_gguf  # type: ignore[import-not-found]
-
     from agent.llm.convert import export_variant, llm_table, write_tokenizer
     from agent.llm.gguf_source import GGUFModel
     from agent.zoo.manifest import Manifest, TensorSpec, Variant, save_manifest, sha256_file
+    from tests.llm.tiny import make_tiny_gguf
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     folder = zoo / name
