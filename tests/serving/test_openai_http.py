@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -194,6 +195,20 @@ def test_the_endpoint_can_listen_on_a_unix_socket_instead(llm_zoo, tmp_path):
         head, _, payload = data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200")
         assert json.loads(payload)["usage"]["completion_tokens"] == 3
+        # a stream in flight when agentd is told to stop still completes, then agentd exits 0
+        body = json.dumps({"model": MODEL, "prompt": "Go", "max_tokens": 200, "stream": True}).encode()
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(30)
+            s.connect(str(sock))
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: agent\r\nconnection: close\r\n"
+                      b"content-type: application/json\r\n" + f"content-length: {len(body)}\r\n\r\n".encode() + body)
+            data = s.recv(65536)
+            d.proc.send_signal(signal.SIGTERM)
+            while chunk := s.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200") and b"data: [DONE]" in data
+        assert data.count(b'"finish_reason":"length"') == 1
+        assert d.proc.wait(30) == 0
     finally:
-        assert d.stop() == 0
+        d.stop()
     assert not sock.exists()   # removed on a graceful stop
