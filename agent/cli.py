@@ -45,6 +45,8 @@ def cmd_status(a: argparse.Namespace) -> int:
         return 0
     d = st["daemon"]
     print(f"agentd {d['version']}  pid {d['pid']}  up {d['uptime_s']}s  socket {d['socket']}")
+    if d.get("http"):
+        print(f"OpenAI-compatible HTTP endpoint: {d['http']}/v1")
     if d.get("reload_error"):
         print(f"last reload failed: {d['reload_error']}")
     for k in ("policy", "sensors"):
@@ -55,6 +57,10 @@ def cmd_status(a: argparse.Namespace) -> int:
         pin = f"  pinned {m['pinned']['variant']}@{m['pinned']['device']}" if m.get("pinned") else ""
         where = f"{act['variant']} on {act['device']} (pid {act['pid']})" if act else "none"
         print(f"\n{name} [{m['kind']}]  active: {where}{pin}  requests {m['requests']}  errors {m['errors']}")
+        if m.get("llm"):
+            from agent.llm.cli import llm_status_line
+
+            print(llm_status_line(m["llm"]))
         print(f"  {'variant':<16}{'precision':<10}{'state':<10}{'load ms':>9}  reason")
         for vid, v in m["variants"].items():
             lm = f"{v['load_ms']:.1f}" if v.get("load_ms") else "-"

@@ -21,6 +21,15 @@ from typing import Any, TextIO
 from agent.errors import InvalidParams
 
 
+def llm_status_line(llm: dict[str, Any]) -> str:
+    """One line of ``agentctl status`` for a causal-lm's worker stats."""
+    pc = llm.get("prefix_cache") or {}
+    return (f"  llm: {llm.get('active_generations', 0)} generating ({llm.get('live_kv_bytes', 0) >> 10} KiB KV)  "
+            f"{llm.get('requests', 0)} requests  {llm.get('completion_tokens', 0)} tokens  "
+            f"{llm.get('cancelled', 0)} cancelled  prefix cache: {pc.get('hits', 0)} hits / {pc.get('misses', 0)} "
+            f"misses, {pc.get('entries', 0)} entries, {pc.get('bytes', 0) >> 10} of {pc.get('max_bytes', 0) >> 10} KiB")
+
+
 def _params(a: argparse.Namespace) -> dict[str, Any]:
     p: dict[str, Any] = {"max_tokens": a.max_tokens}
     for key in ("temperature", "top_p", "top_k", "seed"):

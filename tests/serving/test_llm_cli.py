@@ -84,3 +84,16 @@ def test_chat_reset_starts_a_new_conversation(llm_daemon, reference, fp32_active
     assert r.returncode == 0, r.stderr
     assert r.stdout.decode() == (reference["fp32"][3] + "\n") * 2
     assert "[conversation reset]" in r.stderr.decode()
+
+
+def test_status_shows_the_http_endpoint_and_prefix_cache_hits_and_misses(llm_daemon, http_url):
+    agentctl(llm_daemon, "generate", MODEL, "-", "--chat", "--max-tokens", "2", "-q", stdin="Hello there")
+    r = agentctl(llm_daemon, "generate", MODEL, "-", "--chat", "--max-tokens", "2", "-q", stdin="Hello again")
+    assert r.returncode == 0
+    r = agentctl(llm_daemon, "status")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    assert f"{http_url}/v1" in out
+    line = next(ln for ln in out.splitlines() if ln.startswith("  llm: "))
+    hits = int(line.split("prefix cache: ")[1].split(" hits")[0])
+    assert hits >= 1 and "misses" in line
