@@ -170,3 +170,23 @@ def test_status_json_shows_llm_stats_with_prefix_cache_hits_and_misses(llm_daemo
     assert llm["prefix_cache"]["hits"] >= before["hits"] + 1
     assert llm["prefix_cache"]["misses"] >= before["misses"]
     assert {"live_kv_bytes", "active_generations", "completion_tokens"} <= set(llm)
+
+
+def test_a_worker_that_dies_mid_stream_fails_that_stream_clearly_and_the_model_comes_back(llm_daemon):
+    import os
+    import signal
+
+    from agent.errors import WorkerDied
+
+    with llm_daemon.client() as c:
+        pid = c.status()["models"][MODEL]["active"]["pid"]
+        it = c.generate(MODEL, "Keep talking", max_tokens=220)
+        next(it)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(WorkerDied):   # tokens already went out: not retried, the client is told
+            for _ in it:
+                pass
+        # the runtime restarts the worker; the next request is served normally
+        final = c.complete(MODEL, "Are you back?", max_tokens=3)
+        assert final.finish_reason == "length"
+        assert c.status()["models"][MODEL]["active"]["pid"] != pid
