@@ -190,3 +190,24 @@ def test_a_worker_that_dies_mid_stream_fails_that_stream_clearly_and_the_model_c
         final = c.complete(MODEL, "Are you back?", max_tokens=3)
         assert final.finish_reason == "length"
         assert c.status()["models"][MODEL]["active"]["pid"] != pid
+
+
+def test_async_client_breaking_out_of_a_stream_cancels_it(llm_daemon):
+    import asyncio
+
+    from agent.client import AsyncClient
+
+    before = _wait_idle(llm_daemon)
+
+    async def main() -> str:
+        async with AsyncClient(llm_daemon.socket) as c:
+            gen = c.generate(MODEL, "An endless list", max_tokens=220)
+            async for _ in gen:
+                break
+            await gen.aclose()   # what `async for` leaves to the garbage collector, done at once
+            final = [ch async for ch in c.generate(MODEL, "Then a short one", max_tokens=3)][-1]
+            return str(final.finish_reason)
+
+    assert asyncio.run(main()) == "length"
+    after = _wait_idle(llm_daemon)
+    assert after["cancelled"] == before["cancelled"] + 1 and after["live_kv_bytes"] == 0
