@@ -4,6 +4,7 @@ the in-process engine's greedy outputs as the reference."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ PROMPTS: list[Any] = [
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}],
 ]
 MAX_TOKENS = 24
+HAVE_HTTP = all(importlib.util.find_spec(m) is not None for m in ("starlette", "uvicorn"))
 
 
 @pytest.fixture(scope="session")
@@ -51,13 +53,16 @@ def reference(llm_zoo: Path) -> dict[str, list[str]]:
 def llm_daemon(llm_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from tests.conftest import start_daemon
 
-    d = start_daemon(llm_zoo, tmp_path_factory.mktemp("llm-daemon"), "--threads", "1", "--http", "127.0.0.1:0")
+    http = ["--http", "127.0.0.1:0"] if HAVE_HTTP else []
+    d = start_daemon(llm_zoo, tmp_path_factory.mktemp("llm-daemon"), "--threads", "1", *http)
     yield d
     d.stop()
 
 
 @pytest.fixture(scope="session")
 def http_url(llm_daemon: Any) -> str:
+    if not HAVE_HTTP:
+        pytest.skip("the HTTP endpoint needs starlette and uvicorn (the 'http' extra)")
     with llm_daemon.client() as c:
         url = c.status()["daemon"]["http"]
     assert url and url.startswith("http://127.0.0.1:")

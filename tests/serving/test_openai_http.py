@@ -172,6 +172,8 @@ def test_agentd_refuses_a_non_loopback_or_malformed_http_address(addr, tmp_path)
 
 
 def test_the_endpoint_can_listen_on_a_unix_socket_instead(llm_zoo, tmp_path):
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("starlette")
     import tempfile
     from pathlib import Path
 
