@@ -157,8 +157,7 @@ def _account(name: str, intervals: list[Interval], plan: dict[str, list[VariantR
             else:
                 res.energy_j += n * row.energy_j
             res.quality_sum += n * (row.quality_rel or 0.0)
-            resident = i > 0 and rows[i - 1].key == row.key
-            if violations(row, cons[i], "min_energy", iv.snapshot, resident):
+            if violations(row, cons[i], "min_energy", iv.snapshot, rows[i - 1] if i > 0 else None):
                 res.violating_requests += n
             slo = cons[i].max_latency_p95_ms
             if slo is None or (row.latency_ms_p95 is not None and row.latency_ms_p95 <= slo):
@@ -172,23 +171,24 @@ def _oracle_plan(rows: list[VariantRow], intervals: list[Interval], cons: list[C
                  workload: Workload, cfg: SimConfig) -> list[VariantRow]:
     n_rows = len(rows)
 
-    def cost(i: int, r: int, resident: bool) -> float:
+    def cost(i: int, r: int, prev: int | None) -> float:
         row, iv = rows[r], intervals[i]
         c = workload.count(iv.t0, iv.t1) * (row.energy_j if row.energy_j is not None else _BIG)
         # graded: when nothing is feasible, prefer the row breaking the fewest constraints (as decide() does)
-        c += _BIG * len(violations(row, cons[i], "min_energy", iv.snapshot, resident))
+        c += _BIG * len(violations(row, cons[i], "min_energy", iv.snapshot, None if prev is None else rows[prev]))
         return c
 
-    dp = [cost(0, r, False) for r in range(n_rows)]
+    dp = [cost(0, r, None) for r in range(n_rows)]
     back: list[list[int]] = []
     for i in range(1, len(intervals)):
         nxt, arg = [], []
         for r in range(n_rows):
-            best, best_from = dp[r] + cost(i, r, True), r
-            arrive = cost(i, r, False) + _swap_j(rows[r], cfg)
+            best, best_from = dp[r] + cost(i, r, r), r
             for q in range(n_rows):
-                if q != r and dp[q] + arrive < best:
-                    best, best_from = dp[q] + arrive, q
+                if q != r:
+                    arrive = dp[q] + cost(i, r, q) + _swap_j(rows[r], cfg)
+                    if arrive < best:
+                        best, best_from = arrive, q
             nxt.append(best)
             arg.append(best_from)
         dp = nxt
