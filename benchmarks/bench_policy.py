@@ -19,14 +19,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.policy.conditions import Activation, activation_dict  # noqa: E402
-from agent.policy.decide import decide  # noqa: E402
-from agent.policy.loader import load_policy  # noqa: E402
-from agent.policy.simulate import format_report, simulate  # noqa: E402
-from agent.policy.state import PolicyState  # noqa: E402
-from agent.policy.synthetic import SCENARIOS, scenario, smollm2_rows  # noqa: E402
-from agent.policy.workload import parse_workload  # noqa: E402
-from agent.sensors.snapshot import BatteryState, MemoryState, PowerState, Snapshot, ThermalState  # noqa: E402
+from agent.policy.conditions import Activation, activation_dict
+from agent.policy.decide import decide
+from agent.policy.loader import load_policy
+from agent.policy.simulate import format_report, simulate
+from agent.policy.state import PolicyState
+from agent.policy.synthetic import SCENARIOS, scenario, smollm2_rows
+from agent.policy.workload import parse_workload
+from agent.sensors.snapshot import BatteryState, MemoryState, PowerState, Snapshot, ThermalState
 
 EXPR = 'power.on_ac == false && battery.percent < 20.0 && memory.psi_some_avg10 > 1.0'
 

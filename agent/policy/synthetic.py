@@ -79,7 +79,7 @@ def scenario(name: str, duration_s: float = 3600.0, step_s: float = 5.0) -> Trac
             s = _snap(t, 80.0, True, _level(temp), temp, 3000.0, 0.5)
         elif name == "memory-pressure":  # available memory swings every 2 minutes, PSI spikes with it
             phase = math.sin(2 * math.pi * t / 120.0)
-            s = _snap(t, 60.0, True, "light", 60.0, 1700 + 1000 * phase, max(0.0, -phase) * 25)
+            s = _snap(t, 60.0, True, "light", 60.0, 1900 + 1000 * phase, max(0.0, -phase) * 25)
         elif name == "flappy-charger":   # charger flaps every 15 s around 20 % battery
             on = (i // 3) % 2 == 0
             s = _snap(t, 21.0 - 3 * x + (0.8 if on else -0.8), on, "moderate", 70.0, 3000.0, 0.3)
