@@ -217,3 +217,17 @@ def test_policy_check_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["policy", "check", str(BALANCED), str(bad)]) == 1
     err = capsys.readouterr().err
     assert err.strip() == f"{bad}:3: profiles.x.min_quality: expected a number in 0..1, got 7"
+
+
+def test_plot_without_matplotlib_says_so_and_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # makes `import matplotlib` raise ImportError
+    zoo = write_zoo(tmp_path / "zoo", smollm2_rows())
+    tr = write_scenario("discharge", tmp_path / "t.jsonl", 60)
+    rc = main(["simulate", "--trace", str(tr), "--policy", str(BALANCED), "--zoo", str(zoo),
+               "--plot", str(tmp_path / "p.png")])
+    captured = capsys.readouterr()
+    assert rc == 2 and "policy" in captured.out
+    assert "--plot needs matplotlib, which is not installed" in captured.err
+    assert not (tmp_path / "p.png").exists()
