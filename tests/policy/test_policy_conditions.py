@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_snap
+from policy_helpers import make_snap
 
 from agent.policy.conditions import Activation, Condition, ConditionError, rewrite_levels
 from agent.sensors.snapshot import THERMAL_LEVELS

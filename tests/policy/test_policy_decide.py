@@ -5,7 +5,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_snap
+from policy_helpers import REPO, make_snap
 
 from agent.policy.decide import decide
 from agent.policy.loader import load_policy

@@ -4,7 +4,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from policy_helpers import REPO
 
 from agent.errors import PolicyError
 from agent.policy.loader import check_files, load_policy

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_snap
+from policy_helpers import REPO, make_snap
 
 from agent.errors import ConfigError, InvalidParams
 from agent.policy.cli import main, zoo_table
