@@ -84,15 +84,21 @@ def sim_tables(verbose: bool) -> None:
     cases = (("A: cpu-only (FACTS.md SmolLM2 figures)", smollm2_rows(), ("balanced",)),
              ("B: cpu + hypothetical cheap GPU row", smollm2_rows(gpu=True), ("balanced", "thermal-guard")),
              ("C: cpu + hypothetical NPU rows", smollm2_rows(npu=True), ("balanced",)))
+    from agent.policy.trace import load_trace
+    from agent.sensors.trace import shipped
+
+    traces = [(n, load_trace(shipped(n))) for n in ("laptop_workday", "thermal_sustained_load",
+                                                    "memory_pressure_bursts")]
+    traces += [(sc, scenario(sc)) for sc in SCENARIOS]
     for table_name, rows, policies in cases:
         for pol_name in policies:
             pol = load_policy([REPO / "policies" / f"{pol_name}.toml"])
-            print(f"\n**Table {table_name}; policy `{pol_name}.toml`; workload rate=0.5/s; 1 h traces**\n")
+            print(f"\n**Table {table_name}; policy `{pol_name}.toml`; workload rate=0.5/s**\n")
             print("| trace | policy J/req | best-quality J/req | saving | quality loss | oracle J/req | gap to oracle "
                   "| swaps (policy/oracle) | off-constraint requests (policy / best-q / oracle) | target |")
             print("|---|---|---|---|---|---|---|---|---|---|")
-            for sc in SCENARIOS:
-                rep = simulate(scenario(sc), pol, rows, parse_workload("rate=0.5/s"))
+            for sc, tr in traces:
+                rep = simulate(tr, pol, rows, parse_workload("rate=0.5/s"))
                 a, m = rep.acceptance(), rep.methods
                 off = " / ".join(f"{m[k].violating_requests / m[k].requests:.1%}"
                                  for k in ("policy", "static-best-quality", "oracle"))
