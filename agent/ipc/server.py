@@ -9,6 +9,7 @@ Peers are identified with SO_PEERCRED; ``authorize(peer, method)`` may refuse a 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import socket
@@ -23,6 +24,11 @@ from agent.ipc import protocol as P
 
 log = logging.getLogger(__name__)
 
+# the JSON-RPC id of the request a handler is serving (handlers that stream partial results use it)
+REQUEST_ID: contextvars.ContextVar[Any] = contextvars.ContextVar("REQUEST_ID", default=None)
+# methods whose handler task is cancelled when the client disconnects or sends ``cancel``
+CANCELLABLE = frozenset({"generate"})
+
 
 @dataclass(eq=False)
 class Peer:
@@ -34,6 +40,7 @@ class Peer:
     subscribed: bool = False
     send: Callable[[dict[str, Any], list[Any]], None] = field(default=lambda h, b: None, repr=False)
     close: Callable[[], None] = field(default=lambda: None, repr=False)
+    cancel: Callable[[Any], bool] = field(default=lambda rid: False, repr=False)
 
 
 # a handler gets (peer, params, payload) and returns (result, buffers)
@@ -56,6 +63,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.cancellable: dict[Any, asyncio.Task[Any]] = {}
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -64,7 +72,8 @@ class _Conn(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         pid, uid, gid = peer_credentials(sock) if sock is not None else (-1, -1, -1)
         self.server._next_id += 1
-        self.peer = Peer(pid, uid, gid, self.server._next_id, send=self.send, close=self.close)
+        self.peer = Peer(pid, uid, gid, self.server._next_id, send=self.send, close=self.close,
+                         cancel=self.cancel_request)
         self.server.conns.add(self)
         deny = self.server.on_connect(self.peer) if self.server.on_connect else None
         if deny:
@@ -78,6 +87,13 @@ class _Conn(asyncio.BufferedProtocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    def cancel_request(self, rid: Any) -> bool:
+        t = self.cancellable.get(rid)
+        if t is None or t.done():
+            return False
+        t.cancel()
+        return True
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.reader.get_buffer(sizehint)
@@ -121,11 +137,15 @@ class _Conn(asyncio.BufferedProtocol):
         t = asyncio.ensure_future(self._run(handler, rid, params, f.payload))
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
+        if method in CANCELLABLE and rid is not None:
+            self.cancellable[rid] = t
+            t.add_done_callback(lambda _t, r=rid: self.cancellable.pop(r, None))
 
     async def _run(self, handler: Handler, rid: Any, params: dict[str, Any], payload: memoryview) -> None:
         assert self.peer is not None
         self.peer.inflight += 1
         self.server.inflight += 1
+        REQUEST_ID.set(rid)
         try:
             result, bufs = await handler(self.peer, params, payload)
             if rid is not None:
@@ -133,6 +153,8 @@ class _Conn(asyncio.BufferedProtocol):
         except AgentError as e:
             self.send(P.error_response(rid, e.to_jsonrpc()), [])
         except asyncio.CancelledError:
+            if rid is not None and not self.closed:
+                self.send(P.response(rid, {"cancelled": True}), [])
             raise
         except Exception as e:  # a bug in a handler must not kill the daemon
             log.exception("handler failed")
@@ -144,6 +166,8 @@ class _Conn(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.conns.discard(self)
+        for t in list(self.cancellable.values()):   # a client that left does not need its stream
+            t.cancel()
         if self.peer is not None and self.server.on_disconnect is not None:
             try:
                 self.server.on_disconnect(self.peer)
@@ -204,10 +228,14 @@ class Server:
         return not self.busy()
 
     def busy(self) -> bool:
-        return self.inflight > 0 or any(c.reader.pending() for c in self.conns)
+        """A request in flight, half received, or a reply not yet written out."""
+        return self.inflight > 0 or any(
+            c.reader.pending() or (c.transport is not None and c.transport.get_write_buffer_size())
+            for c in self.conns)
 
     async def close(self) -> None:
         self.stop_accepting()
+        await self.drain(5.0)   # replies still in the write buffers go out first
         for c in list(self.conns):
             c.close()
         if self._server is not None:
