@@ -104,6 +104,8 @@ def _step_rules(policy: Policy, act: Activation, state: PolicyState, now: float
         if err is not None:
             errors.append(f"rule {rule.name}: {err}")
         debounce = policy.switching.debounce_s if rule.debounce_s is None else rule.debounce_s
+        if mem.active and rule.exit_debounce_s is not None:
+            debounce = rule.exit_debounce_s
         if target == mem.active:
             mem = RuleMemory(mem.active, None)
         elif mem.pending_since is None and debounce > 0:

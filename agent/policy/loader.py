@@ -56,7 +56,7 @@ from agent.tomlfile import Checker, TomlDoc
 _CONSTRAINT_KEYS = {"min_quality", "max_latency_p95_ms", "memory_headroom_mb", "allow_devices", "deny_devices",
                     "thermal_ceiling"}
 _PROFILE_KEYS = _CONSTRAINT_KEYS | {"objective", "include", "description"}
-_RULE_KEYS = {"name", "when", "exit_when", "profile", "tighten", "debounce_s", "description"}
+_RULE_KEYS = {"name", "when", "exit_when", "profile", "tighten", "debounce_s", "exit_debounce_s", "description"}
 
 
 def _builtin_raw() -> dict[str, dict[str, Any]]:
@@ -241,9 +241,10 @@ def _rules(parts: list[_Part], profiles: dict[str, Profile]) -> tuple[Rule, ...]
             if prof is None and tighten is None:
                 raise rc.error(None, "expected 'profile' or a [rules.tighten] table (or both), got neither")
             deb = _num(rc, "debounce_s", 0, 600)
+            exit_deb = _num(rc, "exit_debounce_s", 0, 3600)
             assert when is not None
             rules.append(Rule(name=name, when=when, exit_when=exit_when, profile=prof, tighten=tighten,
-                              debounce_s=None if deb is None else float(deb)))
+                              debounce_s=deb, exit_debounce_s=exit_deb))
     return tuple(rules)
 
 

@@ -332,3 +332,26 @@ def test_a_variant_larger_than_free_memory_is_never_loaded(pol, rows) -> None:  
     d = decide(make_snap(avail_mb=500.0), st, p, rows, 100.0)
     # fp32 (600 MB) would free 200 MB later but does not fit next to int8-dyn now; int8 (330 MB) does
     assert choice(d) == "int8@cpu"
+
+
+def test_exit_debounce_keeps_a_rule_through_a_saw_tooth(pol, rows) -> None:  # type: ignore[no-untyped-def]
+    p = pol("""
+[[rules]]
+name = "hot"
+when = 'thermal.level >= "severe"'
+exit_when = 'thermal.level <= "moderate"'
+exit_debounce_s = 60
+[rules.tighten]
+deny_devices = ["npu"]
+""")
+    st = PolicyState()
+    active = {}
+    # severe for 10 s, then a saw-tooth: 40 s light / 10 s severe, then cool for good from t=200
+    for t in range(0, 300, 5):
+        lvl = "severe" if t < 10 or (t < 200 and t % 50 >= 40) else "light"
+        d = decide(make_snap(level=lvl), st, p, rows, float(t))
+        st = d.state
+        active[t] = "hot" in d.rules_active
+    assert all(active[t] for t in range(0, 250, 5))   # light spells of 40 s < 60 s never end it
+    assert not active[295]                             # 60 s of cool after t=190 ends it
+

@@ -247,3 +247,8 @@ def test_profiles_must_be_a_table(write_policy: Callable[..., Path]) -> None:
 def test_wrong_schema(write_policy: Callable[..., Path]) -> None:
     p = write_policy("schema = 2\n")
     assert_located(error_of(p), p, 1, "schema", "expected 1, got 2")
+
+
+def test_exit_debounce_out_of_range(write_policy: Callable[..., Path]) -> None:
+    p = write_policy("[[rules]]\nname = \"r\"\nwhen = 'true'\nexit_debounce_s = 7200\nprofile = \"balanced\"\n")
+    assert_located(error_of(p), p, 4, "rules.0.exit_debounce_s", "expected a number in 0..3600, got 7200")
