@@ -67,16 +67,20 @@ def rewrite_levels(expr: str) -> str:
 
 
 def _plain(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
+    """JSON-like values: dataclasses to dicts, tuples to lists (what ``to_dict`` gives, without its deep copy)."""
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
     return v
 
 
 def activation_dict(snapshot: Snapshot) -> dict[str, Any]:
-    """The mapping rules see: ``to_dict()`` made CEL-friendly, with ``thermal.level_rank`` added."""
-    d: dict[str, Any] = _plain(snapshot.to_dict())
+    """The mapping rules see: ``Snapshot.to_dict()`` made CEL-friendly, plus ``thermal.level_rank``."""
+    d: dict[str, Any] = _plain(snapshot)
+    d["reasons"] = dict(snapshot.reasons)
     lvl = d["thermal"].get("level")
     d["thermal"]["level_rank"] = LEVEL_RANK.get(lvl) if isinstance(lvl, str) else None
     return d
