@@ -100,10 +100,10 @@ class Client:
             self.sock.close()
             raise ConnectionClosed(f"cannot connect to agentd at {self.path}: {e.strerror or e}") from None
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -223,7 +223,7 @@ class AsyncClient:
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def connect(self) -> "AsyncClient":
+    async def connect(self) -> AsyncClient:
         try:
             self._reader, self._writer = await asyncio.open_unix_connection(self.path, limit=1 << 20)
         except OSError as e:
@@ -231,10 +231,10 @@ class AsyncClient:
         self._task = asyncio.ensure_future(self._read_loop())
         return self
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return await self.connect()
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:

@@ -76,7 +76,7 @@ class TomlDoc:
         self.path, self.data, self.text, self.error_cls = path, data, text, error_cls
 
     @classmethod
-    def load(cls, path: Path, error_cls: type[ConfigError] = ConfigError) -> "TomlDoc":
+    def load(cls, path: Path, error_cls: type[ConfigError] = ConfigError) -> TomlDoc:
         try:
             raw = path.read_bytes()
         except OSError as e:
@@ -170,7 +170,7 @@ class Checker:
             raise self.doc.error(self.at(key), f"expected true or false, got {type_name(v)}")
         return v
 
-    def table_of(self, key: str, required: bool = False) -> "Checker | None":
+    def table_of(self, key: str, required: bool = False) -> Checker | None:
         v = self._get(key, required)
         if v is None:
             return None
@@ -178,7 +178,7 @@ class Checker:
             raise self.doc.error(self.at(key), f"expected a table, got {type_name(v)}")
         return Checker(self.doc, v, self.at(key))
 
-    def array_of_tables(self, key: str, required: bool = False) -> list["Checker"]:
+    def array_of_tables(self, key: str, required: bool = False) -> list[Checker]:
         v = self._get(key, required)
         if v is None:
             return []

@@ -57,7 +57,7 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
 
 
 class _Conn(asyncio.BufferedProtocol):
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self.reader = P.FrameAssembler(server.max_frame)
         self.transport: asyncio.Transport | None = None
