@@ -1,0 +1,263 @@
+"""The composition root: builds every collaborator of agentd, wires them, and owns the IPC handlers.
+
+    zoo manifests ─► Runtime (workers, hot swap) ◄─ pins / policy decisions
+                        ▲
+    IPC Server ─► App handlers (infer, models, status, pin, unpin, hold, release, reload, subscribe, history)
+                        │
+                    Telemetry (SQLite) ◄─ requests, swaps, decisions, events
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.errors import AgentError, InvalidParams, NotFound
+from agent.ipc import protocol as P
+from agent.ipc.server import Peer, Server
+from agent.runtime.manager import Runtime
+from agent.telemetry import Telemetry, parse_duration
+from agent.zoo.manifest import Manifest, load_zoo
+
+log = logging.getLogger("agent.app")
+
+
+@dataclass
+class Config:
+    zoo: Path
+    socket: Path
+    state_dir: Path
+    policy: list[Path] = field(default_factory=list)
+    sensors: str = "live"
+    threads: int | None = None
+    max_frame: int = P.DEFAULT_MAX_FRAME
+    max_inflight: int = 64
+    drain_timeout: float = 30.0
+    headroom_bytes: int = 256 << 20
+    spare_workers: int = 1
+    retention_s: float = 7 * 86400
+    devices: dict[str, str] = field(default_factory=dict)   # model -> initial device
+
+
+@dataclass
+class Hold:
+    cookie: str
+    profile: str
+    reason: str
+    peer_pid: int
+    peer_uid: int
+    conn_id: int
+    since: float = field(default_factory=time.time)
+
+
+class App:
+    def __init__(self, cfg: Config, *, listen_sock: Any = None) -> None:
+        self.cfg = cfg
+        self.listen_sock = listen_sock
+        self.started = time.time()
+        self.zoo_errors: dict[str, str] = {}
+        self.manifests: dict[str, Manifest] = {}
+        self.holds: dict[str, Hold] = {}
+        self.reload_error: str | None = None
+        self.last_reload: float | None = None
+        self.telemetry = Telemetry(cfg.state_dir / "telemetry.db", retention_s=cfg.retention_s)
+        self.runtime: Runtime | None = None
+        self.server = Server(self.handlers(), max_frame=cfg.max_frame, max_inflight=cfg.max_inflight,
+                             on_disconnect=self.on_disconnect)
+        self.ready = asyncio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.manifests, self.zoo_errors = load_zoo(self.cfg.zoo)
+        for name, err in self.zoo_errors.items():
+            log.error("zoo model skipped", extra={"fields": {"model": name, "error": err}})
+        self.runtime = Runtime(self.manifests, memory_probe=_memory_probe, headroom_bytes=self.cfg.headroom_bytes,
+                               threads=self.cfg.threads, spare_workers=self.cfg.spare_workers,
+                               drain_timeout=self.cfg.drain_timeout, emit=self.on_event)
+        initial = {name: (m.reference, self.cfg.devices.get(name, "cpu")) for name, m in self.manifests.items()}
+        errors = await self.runtime.start(initial)
+        for name, err in errors.items():
+            log.error("initial load failed", extra={"fields": {"model": name, "error": err}})
+        await self.server.start(self.cfg.socket, sock=self.listen_sock)
+        self.ready.set()
+        log.info("ready", extra={"fields": {"socket": str(self.cfg.socket), "models": sorted(self.manifests),
+                                            "pid": os.getpid()}})
+
+    async def stop(self, timeout: float | None = None) -> bool:
+        """Graceful stop: stop accepting, finish in-flight requests, stop workers, flush telemetry."""
+        timeout = self.cfg.drain_timeout if timeout is None else timeout
+        self.server.stop_accepting()
+        drained = await self.server.drain(timeout)
+        if self.runtime is not None:
+            await self.runtime.close(timeout=5)
+        await self.server.close()
+        self.telemetry.close()
+        log.info("stopped", extra={"fields": {"drained": drained}})
+        return drained
+
+    def rt(self) -> Runtime:
+        if self.runtime is None:
+            raise AgentError("runtime not started")
+        return self.runtime
+
+    # -- events -------------------------------------------------------------------------------------
+    def on_event(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("event")
+        if kind == "swap":
+            self.telemetry.record("swaps", {k: v for k, v in ev.items() if k != "event"})
+        else:
+            self.telemetry.record("events", {"kind": kind, "detail": ev})
+        self.server.broadcast({"jsonrpc": "2.0", "method": "event", "params": {"ts": time.time(), **ev}})
+
+    def on_disconnect(self, peer: Peer) -> None:
+        gone = [c for c, h in self.holds.items() if h.conn_id == peer.conn_id]
+        for c in gone:
+            h = self.holds.pop(c)
+            self.on_event({"event": "hold_released", "cookie": c, "profile": h.profile, "why": "client disconnected"})
+
+    # -- handlers -----------------------------------------------------------------------------------
+    def handlers(self) -> dict[str, Any]:
+        return {"infer": self.h_infer, "models": self.h_models, "status": self.h_status, "pin": self.h_pin,
+                "unpin": self.h_unpin, "hold": self.h_hold, "release": self.h_release,
+                "reload": self.h_reload, "subscribe": self.h_subscribe, "history": self.h_history}
+
+    async def h_infer(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        t0 = time.perf_counter()
+        model = _str(params, "model")
+        descs = params.get("inputs")
+        try:
+            r = await self.rt().infer(model, descs, payload)  # type: ignore[arg-type]
+        except AgentError as e:
+            self.telemetry.record("requests", {"model": model, "ok": False, "error": type(e).__name__,
+                                               "latency_ms": (time.perf_counter() - t0) * 1e3})
+            raise
+        server_ms = (time.perf_counter() - t0) * 1e3
+        self.telemetry.record("requests", {"model": model, "variant": r.variant, "device": r.device, "ok": True,
+                                           "latency_ms": server_ms, "run_ms": r.run_ms, "cpu_s": r.cpu_s,
+                                           "retried": r.retried})
+        return ({"outputs": r.outputs, "model": model, "variant": r.variant, "device": r.device,
+                 "server_ms": server_ms, "run_ms": r.run_ms, "retried": r.retried}, [r.data])
+
+    async def h_models(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        out = []
+        for name, m in sorted(self.manifests.items()):
+            out.append({"name": name, "kind": m.kind, "reference": m.reference,
+                        "inputs": [s.to_toml() for s in m.inputs], "outputs": [s.to_toml() for s in m.outputs],
+                        "variants": [{"id": v.id, "precision": v.precision, "derived_from": v.derived_from,
+                                      "size_bytes": v.size_bytes,
+                                      "quality": vars(v.quality) if v.quality else None}
+                                     for v in m.variants]})
+        return out, []
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "daemon": {"pid": os.getpid(), "version": __version__, "uptime_s": round(time.time() - self.started, 1),
+                       "socket": str(self.cfg.socket), "zoo": str(self.cfg.zoo), "state_dir": str(self.cfg.state_dir),
+                       "reload_error": self.reload_error, "last_reload": self.last_reload},
+            "models": self.rt().status() if self.runtime else {},
+            "zoo_errors": self.zoo_errors,
+            "holds": [{"cookie": h.cookie, "profile": h.profile, "reason": h.reason, "pid": h.peer_pid,
+                       "since": h.since} for h in self.holds.values()],
+        }
+
+    async def h_status(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        return self.status(), []
+
+    async def h_pin(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        model, variant = _str(params, "model"), _str(params, "variant")
+        device = _str(params, "device", "cpu")
+        slot = self.rt().slot(model)
+        slot.manifest.variant(variant)   # NotFound before anything changes
+        res = await self.rt().swap(model, variant, device, {"why": "pin", "uid": peer.uid, "pid": peer.pid})
+        slot.pinned = (variant, device)
+        return res, []
+
+    async def h_unpin(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        slot = self.rt().slot(_str(params, "model"))
+        was = slot.pinned
+        slot.pinned = None
+        return {"model": slot.manifest.name, "was_pinned": list(was) if was else None}, []
+
+    async def h_hold(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        profile = _str(params, "profile")
+        reason = params.get("reason", "")
+        if not isinstance(reason, str) or len(reason) > 1000:
+            raise InvalidParams("reason must be a string of at most 1000 characters")
+        self.check_profile(profile)
+        cookie = secrets.token_hex(8)
+        self.holds[cookie] = Hold(cookie, profile, reason, peer.pid, peer.uid, peer.conn_id)
+        self.on_event({"event": "hold", "cookie": cookie, "profile": profile, "reason": reason, "pid": peer.pid})
+        return {"cookie": cookie}, []
+
+    def check_profile(self, profile: str) -> None:
+        if profile not in ("power-saver", "balanced", "performance"):
+            raise InvalidParams(f"unknown profile {profile!r}")
+
+    async def h_release(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        cookie = _str(params, "cookie")
+        h = self.holds.get(cookie)
+        if h is None or (h.peer_uid != peer.uid and peer.uid != 0):
+            raise NotFound(f"no hold with cookie {cookie!r}")
+        del self.holds[cookie]
+        self.on_event({"event": "hold_released", "cookie": cookie, "profile": h.profile, "why": "released"})
+        return {"released": cookie}, []
+
+    async def h_reload(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        return await self.reload(), []
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the zoo (validate first, then swap in): new models load their reference variant."""
+        manifests, errors = load_zoo(self.cfg.zoo)
+        rt = self.rt()
+        added = []
+        for name, m in manifests.items():
+            if name in rt.slots:
+                rt.slots[name].manifest = m
+            else:
+                from agent.runtime.manager import Slot
+
+                rt.slots[name] = Slot(m)
+                added.append(name)
+        self.manifests = {**self.manifests, **manifests}
+        self.zoo_errors = errors
+        for name in added:
+            try:
+                await rt.swap(name, self.manifests[name].reference, "cpu", {"why": "reload: new model"})
+            except AgentError as e:
+                self.zoo_errors[name] = str(e)
+        self.last_reload = time.time()
+        self.on_event({"event": "reload", "added": added, "zoo_errors": errors})
+        return {"reloaded": True, "added": added, "zoo_errors": errors, "policy_error": self.reload_error}
+
+    async def h_subscribe(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        peer.subscribed = True
+        return {"subscribed": True}, []
+
+    async def h_history(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        since = parse_duration(params.get("since") or "1h")
+        tables = params.get("tables")
+        if tables is not None and (not isinstance(tables, list) or not all(isinstance(t, str) for t in tables)):
+            raise InvalidParams("tables must be a list of table names")
+        loop = asyncio.get_running_loop()
+        res = await loop.run_in_executor(None, self.telemetry.history, since, tables)
+        return res, []
+
+
+def _str(params: dict[str, Any], key: str, default: str | None = None) -> str:
+    v = params.get(key, default)
+    if not isinstance(v, str) or not v or len(v) > 256:
+        raise InvalidParams(f"'{key}' must be a non-empty string")
+    return v
+
+
+def _memory_probe() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)

@@ -1,0 +1,271 @@
+"""Client library for agentd: :class:`Client` (blocking) and :class:`AsyncClient` (asyncio).
+
+    from agent.client import Client
+    with Client() as c:                       # socket from $AGENT_SOCKET or the system default
+        r = c.infer("mlp", {"x": x})          # -> InferResult(outputs, variant, device, latency_ms, ...)
+        r.outputs["y"], r.variant, r.device
+
+Errors come back as the agent's own exception types (:mod:`agent.errors`), rebuilt from the JSON-RPC
+error code, e.g. ``NotFound`` for an unknown model, ``InvalidParams`` for a wrong dtype or shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.errors import AgentError, ConnectionClosed, ProtocolError, error_from_jsonrpc
+from agent.ipc import protocol as P
+from agent.paths import default_socket
+
+
+@dataclass
+class InferResult:
+    outputs: dict[str, np.ndarray]
+    model: str
+    variant: str
+    device: str
+    latency_ms: float          # round trip seen by this client
+    server_ms: float           # time inside the daemon
+    run_ms: float              # time inside session.run in the worker
+    retried: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _infer_result(res: dict[str, Any], payload: memoryview, t0: float) -> InferResult:
+    outs = P.tensors_from(res.get("outputs", []), payload)
+    return InferResult(outs, res.get("model", ""), res.get("variant", ""), res.get("device", ""),
+                       (time.perf_counter() - t0) * 1e3, float(res.get("server_ms", 0.0)),
+                       float(res.get("run_ms", 0.0)), bool(res.get("retried", False)),
+                       {k: v for k, v in res.items() if k not in ("outputs",)})
+
+
+def _sock_path(path: str | os.PathLike[str] | None) -> str:
+    return str(path) if path is not None else str(default_socket())
+
+
+class Client:
+    """Blocking client; one request at a time per instance (thread-safe by a lock)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, timeout: float | None = 120.0,
+                 max_frame: int = P.DEFAULT_MAX_FRAME) -> None:
+        self.path = _sock_path(path)
+        self.max_frame = max_frame
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(self.path)
+        except OSError as e:
+            self.sock.close()
+            raise ConnectionClosed(f"cannot connect to agentd at {self.path}: {e.strerror or e}") from None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def call(self, method: str, params: Mapping[str, Any] | None = None,
+             buffers: list[Any] | tuple[Any, ...] = ()) -> tuple[Any, memoryview]:
+        with self._lock:
+            rid = next(self._ids)
+            try:
+                P.send_frame(self.sock, P.request(rid, method, params), list(buffers))
+                while True:
+                    f = P.recv_frame(self.sock, self.max_frame)
+                    if f.header.get("id") == rid:
+                        break
+                    if "error" in f.header and f.header.get("id") is None:
+                        raise error_from_jsonrpc(f.header["error"])
+            except (EOFError, OSError) as e:
+                raise ConnectionClosed(f"agentd closed the connection: {e}") from None
+        if "error" in f.header:
+            raise error_from_jsonrpc(f.header["error"])
+        return f.header.get("result"), f.payload
+
+    def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> InferResult:
+        descs, bufs = P.tensor_descs(inputs)
+        t0 = time.perf_counter()
+        res, payload = self.call("infer", {"model": model, "inputs": descs}, bufs)
+        return _infer_result(res, payload, t0)
+
+    def models(self) -> Any:
+        return self.call("models")[0]
+
+    def status(self) -> Any:
+        return self.call("status")[0]
+
+    def pin(self, model: str, variant: str, device: str = "cpu") -> Any:
+        return self.call("pin", {"model": model, "variant": variant, "device": device})[0]
+
+    def unpin(self, model: str) -> Any:
+        return self.call("unpin", {"model": model})[0]
+
+    def hold(self, profile: str, reason: str = "") -> str:
+        return str(self.call("hold", {"profile": profile, "reason": reason})[0]["cookie"])
+
+    def release(self, cookie: str) -> Any:
+        return self.call("release", {"cookie": cookie})[0]
+
+    def reload(self) -> Any:
+        return self.call("reload")[0]
+
+    def history(self, since: str = "1h", tables: list[str] | None = None) -> Any:
+        return self.call("history", {"since": since, "tables": tables})[0]
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """Subscribe on this connection and yield events until it closes (use a dedicated Client)."""
+        self.call("subscribe")
+        while True:
+            try:
+                f = P.recv_frame(self.sock, self.max_frame)
+            except (EOFError, OSError):
+                return
+            if f.header.get("method") == "event":
+                yield f.header.get("params") or {}
+
+
+class AsyncClient:
+    """asyncio client: many requests in flight on one connection, matched by id."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, max_frame: int = P.DEFAULT_MAX_FRAME) -> None:
+        self.path = _sock_path(path)
+        self.max_frame = max_frame
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def connect(self) -> "AsyncClient":
+        try:
+            self._reader, self._writer = await asyncio.open_unix_connection(self.path, limit=1 << 20)
+        except OSError as e:
+            raise ConnectionClosed(f"cannot connect to agentd at {self.path}: {e.strerror or e}") from None
+        self._task = asyncio.ensure_future(self._read_loop())
+        return self
+
+    async def __aenter__(self) -> "AsyncClient":
+        return await self.connect()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _read_loop(self) -> None:
+        assert self._reader is not None
+        err: AgentError = ConnectionClosed("agentd closed the connection")
+        try:
+            while True:
+                pre = await self._reader.readexactly(8)
+                n, h = struct.unpack("<II", pre)
+                if n > self.max_frame or n < 4:
+                    raise ProtocolError(f"bad frame length {n}")
+                body = await self._reader.readexactly(n - 4)
+                f = P.parse_body(body, h)
+                hd = f.header
+                if hd.get("method") == "event":
+                    self._events.put_nowait(hd.get("params") or {})
+                    continue
+                fut = self._pending.pop(hd.get("id"), None) if isinstance(hd.get("id"), int) else None
+                if fut is None or fut.done():
+                    continue
+                if "error" in hd:
+                    fut.set_exception(error_from_jsonrpc(hd["error"]))
+                else:
+                    fut.set_result((hd.get("result"), f.payload))
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        except AgentError as e:
+            err = e
+        finally:
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(err)
+            self._pending.clear()
+            self._events.put_nowait(None)
+
+    async def call(self, method: str, params: Mapping[str, Any] | None = None,
+                   buffers: list[Any] | tuple[Any, ...] = ()) -> tuple[Any, memoryview]:
+        if self._writer is None or self._task is None or self._task.done():
+            raise ConnectionClosed("not connected")
+        rid = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        self._writer.writelines(P.encode(P.request(rid, method, params), list(buffers)))
+        await self._writer.drain()
+        return await fut
+
+    async def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> InferResult:
+        descs, bufs = P.tensor_descs(inputs)
+        t0 = time.perf_counter()
+        res, payload = await self.call("infer", {"model": model, "inputs": descs}, bufs)
+        return _infer_result(res, payload, t0)
+
+    async def status(self) -> Any:
+        return (await self.call("status"))[0]
+
+    async def models(self) -> Any:
+        return (await self.call("models"))[0]
+
+    async def pin(self, model: str, variant: str, device: str = "cpu") -> Any:
+        return (await self.call("pin", {"model": model, "variant": variant, "device": device}))[0]
+
+    async def unpin(self, model: str) -> Any:
+        return (await self.call("unpin", {"model": model}))[0]
+
+    async def hold(self, profile: str, reason: str = "") -> str:
+        return str((await self.call("hold", {"profile": profile, "reason": reason}))[0]["cookie"])
+
+    async def release(self, cookie: str) -> Any:
+        return (await self.call("release", {"cookie": cookie}))[0]
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        await self.call("subscribe")
+        while True:
+            ev = await self._events.get()
+            if ev is None:
+                return
+            yield ev
+
+
+def wait_for_socket(path: str | os.PathLike[str], timeout: float = 30.0) -> None:
+    """Block until agentd answers ``status`` on ``path`` (for scripts and tests)."""
+    end = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < end:
+        if Path(path).exists():
+            try:
+                with Client(path, timeout=5) as c:
+                    c.status()
+                    return
+            except AgentError as e:
+                last = e
+        time.sleep(0.05)
+    raise ConnectionClosed(f"agentd did not answer on {path} within {timeout}s ({last})")

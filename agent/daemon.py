@@ -1,0 +1,138 @@
+"""agentd: the daemon's lifecycle — arguments, signals, start, reload, graceful stop.
+
+Signal handlers only set flags; the main coroutine acts on them (as uvicorn does):
+SIGTERM/SIGINT -> graceful stop (stop accepting, drain in-flight requests, stop workers, flush
+telemetry, exit 0); a second one forces exit (code 1). SIGHUP -> reload (validate first, swap second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent import logs
+from agent.app import App, Config
+from agent.errors import AgentError
+from agent.ipc.protocol import DEFAULT_MAX_FRAME
+from agent.paths import default_socket, default_state_dir, default_zoo
+
+log = logging.getLogger("agent.daemon")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="agentd", description="ondevice-agent daemon (runs in the foreground)")
+    ap.add_argument("--zoo", type=Path, help="zoo directory (default: STATE_DIR/zoo or $AGENT_ZOO)")
+    ap.add_argument("--socket", type=Path, help="Unix socket path (default: $AGENT_SOCKET or %(default)s)")
+    ap.add_argument("--state-dir", type=Path, help="state directory for telemetry and builds")
+    ap.add_argument("--policy", type=Path, action="append", default=[], help="policy file (repeatable)")
+    ap.add_argument("--sensors", default="live", help="'live' or 'trace:FILE[,speed=N]'")
+    ap.add_argument("--threads", type=int, help="intra-op threads per worker (default: ONNX Runtime's)")
+    ap.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME, help="largest IPC frame in bytes")
+    ap.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on stop")
+    ap.add_argument("--spare-workers", type=int, default=1, help="pre-started idle workers (faster swaps)")
+    ap.add_argument("--headroom-mb", type=int, default=256, help="memory kept free when loading a variant")
+    ap.add_argument("--device", action="append", default=[], metavar="MODEL=DEVICE",
+                    help="initial device of a model (repeatable)")
+    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    a = ap.parse_args(argv)
+    for name, lo in (("threads", 1), ("max_frame", 1024), ("spare_workers", 0), ("headroom_mb", 0)):
+        v = getattr(a, name)
+        if v is not None and v < lo:
+            ap.error(f"--{name.replace('_', '-')}: expected >= {lo}, got {v}")
+    if a.drain_timeout < 0:
+        ap.error("--drain-timeout: expected >= 0")
+    for d in a.device:
+        if "=" not in d or not all(d.split("=", 1)):
+            ap.error(f"--device: expected MODEL=DEVICE, got {d!r}")
+    return a
+
+
+def config_from(a: argparse.Namespace) -> Config:
+    state = a.state_dir or default_state_dir()
+    return Config(zoo=a.zoo or default_zoo(state), socket=a.socket or default_socket(), state_dir=state,
+                  policy=list(a.policy), sensors=a.sensors, threads=a.threads, max_frame=a.max_frame,
+                  drain_timeout=a.drain_timeout, spare_workers=a.spare_workers,
+                  headroom_bytes=a.headroom_mb << 20, devices=dict(d.split("=", 1) for d in a.device))
+
+
+def listen_socket() -> Any:
+    """The socket systemd passed us (socket activation), or None to bind the path ourselves."""
+    try:
+        from agent import systemd
+
+        fds = systemd.listen_fds()
+        return fds[0] if fds else None
+    except ImportError:
+        return None
+
+
+def notify(state: str) -> None:
+    try:
+        from agent import systemd
+
+        systemd.notify(state)
+    except ImportError:
+        pass
+
+
+async def run(cfg: Config) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reload_req = asyncio.Event()
+    signals_seen = {"term": 0}
+
+    def on_term() -> None:
+        signals_seen["term"] += 1
+        if signals_seen["term"] > 1:
+            log.warning("second stop signal: forcing exit")
+            os._exit(1)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_term)
+    loop.add_signal_handler(signal.SIGHUP, reload_req.set)
+
+    app = App(cfg, listen_sock=listen_socket())
+    try:
+        await app.start()
+    except AgentError as e:
+        log.error("start failed", extra={"fields": {"error": str(e)}})
+        await app.stop(timeout=0)
+        return 1
+    notify("READY=1")
+    while not stop.is_set():
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(reload_req.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+        if reload_req.is_set() and not stop.is_set():
+            reload_req.clear()
+            notify("RELOADING=1")
+            try:
+                await app.reload()
+            except AgentError as e:
+                log.error("reload failed", extra={"fields": {"error": str(e)}})
+            notify("READY=1")
+    notify("STOPPING=1")
+    log.info("stopping", extra={"fields": {"inflight": app.server.inflight}})
+    await app.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    logs.setup(a.log_level)
+    try:
+        return asyncio.run(run(config_from(a)))
+    except KeyboardInterrupt:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Wire format shared by the client socket and the daemon<->worker channel.
+
+A frame is::
+
+    u32 LE  body length N (everything after these 4 bytes)
+    u32 LE  header length H
+    H bytes JSON header (UTF-8): a JSON-RPC 2.0 request, response or notification
+    N-4-H   payload: the raw buffers of the tensors named in the header, back to back
+
+Tensors are described in the header as ``{"name": ..., "dtype": "float32", "shape": [1, 3]}`` in a
+list (``params.inputs`` / ``result.outputs``); their bytes follow in the same order, C-contiguous,
+little-endian. The reader checks the length prefix against a maximum *before* reading the body, and
+checks that the payload is exactly as long as the described tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from agent.errors import FrameTooLarge, InvalidParams, ProtocolError
+
+PREFIX = struct.Struct("<II")
+DEFAULT_MAX_FRAME = 256 * 1024 * 1024
+MAX_HEADER = 1024 * 1024
+WIRE_DTYPES = frozenset({
+    "float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool",
+})
+MAX_RANK = 16
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def encode(header: Mapping[str, Any], buffers: Sequence[bytes | memoryview] = ()) -> list[bytes | memoryview]:
+    """The parts of one frame, ready for ``sendmsg``/``writelines`` (buffers are not copied)."""
+    h = json.dumps(header, separators=(",", ":"), default=_json_default).encode()
+    n = 4 + len(h) + sum(memoryview(b).nbytes for b in buffers)
+    return [PREFIX.pack(n, len(h)) + h, *buffers]
+
+
+def encode_bytes(header: Mapping[str, Any], buffers: Sequence[bytes | memoryview] = ()) -> bytes:
+    return b"".join(bytes(p) if isinstance(p, memoryview) else p for p in encode(header, buffers))
+
+
+@dataclass
+class Frame:
+    header: dict[str, Any]
+    payload: memoryview
+
+
+def parse_body(body: memoryview | bytes, header_len: int) -> Frame:
+    body = memoryview(body)
+    if header_len > len(body) or header_len > MAX_HEADER:
+        raise ProtocolError(f"header length {header_len} exceeds the frame body ({len(body)} bytes)")
+    try:
+        header = json.loads(bytes(body[:header_len]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProtocolError(f"header is not valid JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("header must be a JSON object")
+    return Frame(header, body[header_len:])
+
+
+class FrameReader:
+    """Incremental decoder: feed bytes, take complete frames. Raises on a frame over ``max_frame``."""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Frame | ProtocolError]:
+        """Complete frames, in order; a frame whose header is malformed comes back as a ProtocolError
+        in its place (its boundary is known, so the stream goes on). An oversized or impossible length
+        prefix raises, since the stream cannot be resynchronised."""
+        self._buf += data
+        out: list[Frame | ProtocolError] = []
+        while True:
+            if len(self._buf) < 4:
+                return out
+            (n,) = struct.unpack_from("<I", self._buf, 0)
+            if n > self.max_frame:
+                raise FrameTooLarge(f"frame of {n} bytes exceeds the limit of {self.max_frame} bytes",
+                                    data={"size": n, "limit": self.max_frame})
+            if n < 4:
+                raise ProtocolError(f"frame body of {n} bytes is shorter than its header-length field")
+            if len(self._buf) < 4 + n:
+                return out
+            (h,) = struct.unpack_from("<I", self._buf, 4)
+            body = bytes(self._buf[8: 4 + n])
+            del self._buf[: 4 + n]
+            try:
+                out.append(parse_body(body, h))
+            except ProtocolError as e:
+                out.append(e)
+
+    def pending(self) -> int:
+        return len(self._buf)
+
+
+def recv_frame(sock: Any, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
+    """Blocking read of one frame from a socket (client and worker side)."""
+    pre = _recv_exact(sock, 4)
+    (n,) = struct.unpack("<I", pre)
+    if n > max_frame:
+        raise FrameTooLarge(f"frame of {n} bytes exceeds the limit of {max_frame} bytes")
+    if n < 4:
+        raise ProtocolError(f"frame body of {n} bytes is shorter than its header-length field")
+    body = _recv_exact(sock, n)
+    (h,) = struct.unpack_from("<I", body, 0)
+    return parse_body(memoryview(body)[4:], h)
+
+
+def _recv_exact(sock: Any, n: int) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise EOFError("connection closed")
+        got += k
+    return buf
+
+
+def send_frame(sock: Any, header: Mapping[str, Any], buffers: Sequence[bytes | memoryview] = ()) -> None:
+    parts = encode(header, buffers)
+    if len(parts) == 1:
+        sock.sendall(parts[0])
+        return
+    total = sum(memoryview(p).nbytes for p in parts)
+    sent = sock.sendmsg(parts)
+    if sent < total:  # rare: fall back to sending the rest piece by piece
+        rest = b"".join(bytes(p) for p in parts)[sent:]
+        sock.sendall(rest)
+
+
+# ---- tensors -------------------------------------------------------------------------------------
+
+def tensor_descs(tensors: Mapping[str, np.ndarray]) -> tuple[list[dict[str, Any]], list[memoryview]]:
+    descs: list[dict[str, Any]] = []
+    bufs: list[memoryview] = []
+    for name, arr in tensors.items():
+        a = np.asarray(arr)
+        if a.dtype.name not in WIRE_DTYPES:
+            raise InvalidParams(f"tensor {name!r}: dtype {a.dtype.name} cannot be sent")
+        if not a.flags.c_contiguous or a.dtype.byteorder == ">":
+            a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+        descs.append({"name": name, "dtype": a.dtype.name, "shape": list(a.shape)})
+        bufs.append(memoryview(a.reshape(-1).view(np.uint8)) if a.size else memoryview(b""))
+    return descs, bufs
+
+
+def check_desc(d: Any) -> tuple[str, np.dtype, tuple[int, ...], int]:
+    if not isinstance(d, dict):
+        raise InvalidParams("each tensor must be an object with name, dtype and shape")
+    name, dtype, shape = d.get("name"), d.get("dtype"), d.get("shape")
+    if not isinstance(name, str) or not name:
+        raise InvalidParams("tensor name must be a non-empty string")
+    if dtype not in WIRE_DTYPES:
+        raise InvalidParams(f"tensor {name!r}: unknown dtype {dtype!r}; expected one of {sorted(WIRE_DTYPES)}")
+    if (not isinstance(shape, list) or len(shape) > MAX_RANK
+            or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**31 for x in shape)):
+        raise InvalidParams(f"tensor {name!r}: shape must be a list of at most {MAX_RANK} non-negative ints")
+    dt = np.dtype(dtype)
+    count = 1
+    for x in shape:
+        count *= x
+    return name, dt, tuple(shape), count * dt.itemsize
+
+
+def tensors_from(descs: Any, payload: memoryview, *, copy: bool = False) -> dict[str, np.ndarray]:
+    """Decode tensors described by ``descs`` from ``payload``; the payload must match exactly."""
+    if not isinstance(descs, list):
+        raise InvalidParams("tensors must be a list of {name, dtype, shape}")
+    out: dict[str, np.ndarray] = {}
+    off = 0
+    for d in descs:
+        name, dt, shape, nbytes = check_desc(d)
+        if name in out:
+            raise InvalidParams(f"tensor {name!r} given twice")
+        if off + nbytes > len(payload):
+            raise InvalidParams(f"tensor {name!r}: needs {nbytes} bytes but the payload has {len(payload) - off} left")
+        arr = np.frombuffer(payload, dtype=dt, count=nbytes // dt.itemsize, offset=off).reshape(shape)
+        out[name] = arr.copy() if copy else arr
+        off += nbytes
+    if off != len(payload):
+        raise InvalidParams(f"payload has {len(payload) - off} bytes beyond the described tensors")
+    return out
+
+
+def request(id_: int | str | None, method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    h: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": dict(params or {})}
+    if id_ is not None:
+        h["id"] = id_
+    return h
+
+
+def response(id_: Any, result: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": id_, "result": result}
+
+
+def error_response(id_: Any, err: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": id_, "error": err}
+
+
+def iter_nbytes(descs: Iterable[dict[str, Any]]) -> int:
+    return sum(check_desc(d)[3] for d in descs)

@@ -1,0 +1,229 @@
+"""The daemon's Unix-socket server: frames in, JSON-RPC dispatch, frames out.
+
+Every request runs as its own task so one connection may have many in flight; replies carry the
+request's id. A malformed frame gets a JSON-RPC error reply (the connection survives when the frame
+boundary is known, and is closed after the reply when it is not, e.g. an oversized length prefix).
+Peers are identified with SO_PEERCRED; ``authorize(peer, method)`` may refuse a call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.errors import AgentError, Busy, MethodNotFound, ProtocolError
+from agent.ipc import protocol as P
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+    conn_id: int
+    inflight: int = 0
+    subscribed: bool = False
+    send: Callable[[dict[str, Any], list[Any]], None] = field(default=lambda h, b: None, repr=False)
+    close: Callable[[], None] = field(default=lambda: None, repr=False)
+
+
+# a handler gets (peer, params, payload) and returns (result, buffers)
+Handler = Callable[[Peer, dict[str, Any], memoryview], Awaitable[tuple[Any, list[Any]]]]
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", creds)
+        return pid, uid, gid
+    except OSError:
+        return -1, -1, -1
+
+
+class _Conn(asyncio.Protocol):
+    def __init__(self, server: "Server") -> None:
+        self.server = server
+        self.reader = P.FrameReader(server.max_frame)
+        self.transport: asyncio.Transport | None = None
+        self.peer: Peer | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        pid, uid, gid = peer_credentials(sock) if sock is not None else (-1, -1, -1)
+        self.server._next_id += 1
+        self.peer = Peer(pid, uid, gid, self.server._next_id, send=self.send, close=self.close)
+        self.server.conns.add(self)
+        deny = self.server.on_connect(self.peer) if self.server.on_connect else None
+        if deny:
+            self.send(P.error_response(None, deny.to_jsonrpc()), [])
+            self.close()
+
+    def send(self, header: dict[str, Any], bufs: list[Any]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(P.encode(header, bufs))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.reader.feed(data)
+        except ProtocolError as e:  # oversized or impossible length prefix: answer, then close
+            self.send(P.error_response(None, e.to_jsonrpc()), [])
+            self.close()
+            return
+        for f in frames:
+            if isinstance(f, ProtocolError):
+                self.send(P.error_response(None, f.to_jsonrpc()), [])
+            else:
+                self._dispatch(f)
+
+    def _dispatch(self, f: P.Frame) -> None:
+        h = f.header
+        rid = h.get("id")
+        if not isinstance(rid, (int, str)) and rid is not None:
+            rid = None
+        try:
+            if h.get("jsonrpc") != "2.0" or not isinstance(h.get("method"), str):
+                raise ProtocolError("expected a JSON-RPC 2.0 request with a string 'method'")
+            params = h.get("params", {})
+            if not isinstance(params, dict):
+                raise ProtocolError("'params' must be an object")
+            method = h["method"]
+            handler = self.server.handlers.get(method)
+            if handler is None:
+                raise MethodNotFound(f"unknown method {method!r}")
+            assert self.peer is not None
+            if self.server.authorize is not None:
+                self.server.authorize(self.peer, method)
+            if self.peer.inflight >= self.server.max_inflight:
+                raise Busy(f"too many requests in flight on this connection (limit {self.server.max_inflight})")
+        except AgentError as e:
+            self.send(P.error_response(rid, e.to_jsonrpc()), [])
+            return
+        t = asyncio.ensure_future(self._run(handler, rid, params, f.payload))
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+
+    async def _run(self, handler: Handler, rid: Any, params: dict[str, Any], payload: memoryview) -> None:
+        assert self.peer is not None
+        self.peer.inflight += 1
+        self.server.inflight += 1
+        try:
+            result, bufs = await handler(self.peer, params, payload)
+            if rid is not None:
+                self.send(P.response(rid, result), bufs)
+        except AgentError as e:
+            self.send(P.error_response(rid, e.to_jsonrpc()), [])
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug in a handler must not kill the daemon
+            log.exception("handler failed")
+            self.send(P.error_response(rid, AgentError(f"internal error: {type(e).__name__}: {e}").to_jsonrpc()), [])
+        finally:
+            self.peer.inflight -= 1
+            self.server.inflight -= 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.conns.discard(self)
+        if self.peer is not None and self.server.on_disconnect is not None:
+            try:
+                self.server.on_disconnect(self.peer)
+            except Exception:
+                log.exception("on_disconnect failed")
+
+
+class Server:
+    def __init__(self, handlers: dict[str, Handler], *, max_frame: int = P.DEFAULT_MAX_FRAME,
+                 max_inflight: int = 64,
+                 authorize: Callable[[Peer, str], None] | None = None,
+                 on_connect: Callable[[Peer], AgentError | None] | None = None,
+                 on_disconnect: Callable[[Peer], None] | None = None) -> None:
+        self.handlers = handlers
+        self.max_frame = max_frame
+        self.max_inflight = max_inflight
+        self.authorize = authorize
+        self.on_connect = on_connect
+        self.on_disconnect = on_disconnect
+        self.conns: set[_Conn] = set()
+        self.inflight = 0
+        self._next_id = 0
+        self._server: asyncio.base_events.Server | None = None
+        self.path: Path | None = None
+
+    async def start(self, path: Path | None = None, sock: socket.socket | None = None, mode: int = 0o660) -> None:
+        loop = asyncio.get_running_loop()
+        if sock is not None:  # socket activation: systemd owns the path and its permissions
+            sock.setblocking(False)
+            self._server = await loop.create_unix_server(lambda: _Conn(self), sock=sock)
+            return
+        assert path is not None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() or path.is_symlink():
+            if path.is_socket() and not _socket_in_use(path):
+                path.unlink()
+            elif path.is_socket():
+                raise AgentError(f"another agent is already listening on {path}")
+            else:
+                raise AgentError(f"{path} exists and is not a socket; refusing to replace it")
+        old = os.umask(0o777 & ~mode)
+        try:
+            self._server = await loop.create_unix_server(lambda: _Conn(self), path=str(path))
+        finally:
+            os.umask(old)
+        self.path = path
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no request is in flight (True) or the timeout passes (False)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while self.inflight > 0 and loop.time() < end:
+            await asyncio.sleep(0.01)
+        return self.inflight == 0
+
+    async def close(self) -> None:
+        self.stop_accepting()
+        for c in list(self.conns):
+            c.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self.path is not None:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+
+    def broadcast(self, header: dict[str, Any]) -> None:
+        for c in list(self.conns):
+            if c.peer is not None and c.peer.subscribed:
+                c.send(header, [])
+
+
+def _socket_in_use(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()

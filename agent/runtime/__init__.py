@@ -1,0 +1,1 @@
+"""The runtime: variant worker processes, device placement and make-before-break hot swap."""

@@ -1,0 +1,267 @@
+"""Daemon-side handle of one worker process: spawn, call, stream, stop.
+
+The handle speaks the frame protocol over a socketpair with an asyncio protocol (no thread per worker),
+and moves large tensors through two memfds shared with the worker (inputs in, outputs out). One
+request runs at a time per worker (ONNX Runtime already uses every core inside one run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import mmap
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.errors import AgentError, WorkerDied, error_from_jsonrpc
+from agent.ipc import protocol as P
+
+log = logging.getLogger(__name__)
+INLINE_MAX = 64 * 1024
+
+
+class _Shm:
+    def __init__(self, name: str, size: int) -> None:
+        self.fd = os.memfd_create(name, 0)
+        os.ftruncate(self.fd, size)
+        self.size = size
+        self.mm = mmap.mmap(self.fd, size)
+
+    def ensure(self, n: int) -> None:
+        if n > self.size:
+            new = max(n, self.size * 2)
+            os.ftruncate(self.fd, new)
+            self.mm.close()
+            self.mm = mmap.mmap(self.fd, new)
+            self.size = new
+
+    def remap(self) -> None:
+        size = os.fstat(self.fd).st_size
+        if size != self.size:
+            self.mm.close()
+            self.mm = mmap.mmap(self.fd, size)
+            self.size = size
+
+    def close(self) -> None:
+        try:
+            self.mm.close()
+        except BufferError:
+            pass
+        os.close(self.fd)
+
+
+class _Proto(asyncio.Protocol):
+    def __init__(self, handle: "WorkerHandle") -> None:
+        self.h = handle
+        self.reader = P.FrameReader(max_frame=1 << 31)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.reader.feed(data)
+        except AgentError as e:
+            log.error("worker %s sent a bad frame: %s", self.h.pid, e)
+            self.h._transport.close()  # type: ignore[union-attr]
+            return
+        for f in frames:
+            if isinstance(f, P.Frame):
+                self.h._on_frame(f)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.h._on_lost()
+
+
+def _package_root() -> str:
+    import agent
+
+    return str(Path(agent.__file__).resolve().parent.parent)
+
+
+class WorkerHandle:
+    """One worker process. Create with :meth:`spawn`; then :meth:`load`, :meth:`run`, :meth:`stop`."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
+        self._transport: asyncio.Transport | None = None
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._streams: dict[int, Callable[[dict[str, Any], memoryview], None]] = {}
+        self._hello: asyncio.Future[Any] | None = None
+        self._lock = asyncio.Lock()
+        self.alive = False
+        self.stopping = False
+        self.inflight = 0
+        self.info: dict[str, Any] = {}
+        self.variant: str | None = None
+        self.model: str | None = None
+        self.device: str | None = None
+        self.on_death: Callable[["WorkerHandle"], None] | None = None
+        self.started = time.monotonic()
+        self.cpu_s = 0.0
+        self.requests = 0
+
+    @classmethod
+    async def spawn(cls, shm_size: int = 4 << 20, start_timeout: float = 60.0) -> "WorkerHandle":
+        h = cls()
+        loop = asyncio.get_running_loop()
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        h.shm_in = _Shm("agent-in", shm_size)
+        h.shm_out = _Shm("agent-out", shm_size)
+        env = dict(os.environ)
+        root = _package_root()
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        cmd = [sys.executable, "-m", "agent.runtime.worker", "--fd", str(child.fileno()),
+               "--shm-in", str(h.shm_in.fd), "--shm-out", str(h.shm_out.fd), "--inline-max", str(INLINE_MAX)]
+        h.proc = subprocess.Popen(cmd, pass_fds=(child.fileno(), h.shm_in.fd, h.shm_out.fd), env=env,
+                                  stdin=subprocess.DEVNULL, start_new_session=False)
+        child.close()
+        h.pid = h.proc.pid
+        h._hello = loop.create_future()
+        parent.setblocking(False)
+        h._transport, _ = await loop.create_unix_connection(lambda: _Proto(h), sock=parent)
+        h.alive = True
+        try:
+            await asyncio.wait_for(asyncio.shield(h._hello), start_timeout)
+        except (asyncio.TimeoutError, WorkerDied) as e:
+            h.kill()
+            raise WorkerDied(f"worker did not start: {e or 'timeout'}") from None
+        return h
+
+    # -- protocol callbacks -------------------------------------------------------------------------
+    def _on_frame(self, f: P.Frame) -> None:
+        hd = f.header
+        if hd.get("method") == "hello":
+            if self._hello is not None and not self._hello.done():
+                self._hello.set_result(hd.get("params"))
+            return
+        if hd.get("method") == "event":  # a streamed partial result of a pending request
+            params = hd.get("params") or {}
+            cb = self._streams.get(params.get("id", -1))
+            if cb is not None:
+                cb(params, f.payload)
+            return
+        rid = hd.get("id")
+        fut = self._pending.pop(rid, None) if isinstance(rid, int) else None
+        if fut is None or fut.done():
+            return
+        if "error" in hd:
+            fut.set_exception(error_from_jsonrpc(hd["error"]))
+        else:
+            fut.set_result((hd.get("result"), f.payload))
+
+    def _on_lost(self) -> None:
+        was_alive = self.alive
+        self.alive = False
+        err = WorkerDied(f"worker {self.pid} ({self.model}/{self.variant}) died")
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self._pending.clear()
+        if self._hello is not None and not self._hello.done():
+            self._hello.set_exception(err)
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+        if was_alive and not self.stopping and self.on_death is not None:
+            self.on_death(self)
+
+    # -- calls --------------------------------------------------------------------------------------
+    async def call(self, method: str, params: dict[str, Any], bufs: list[Any] | None = None,
+                   timeout: float | None = None,
+                   on_event: Callable[[dict[str, Any], memoryview], None] | None = None) -> tuple[Any, memoryview]:
+        if not self.alive or self._transport is None:
+            raise WorkerDied(f"worker {self.pid} is not running")
+        rid = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        if on_event is not None:
+            self._streams[rid] = on_event
+        try:
+            self._transport.writelines(P.encode(P.request(rid, method, params), bufs or []))
+            if timeout is None:
+                return await fut
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pending.pop(rid, None)
+            self._streams.pop(rid, None)
+
+    async def load(self, params: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
+        async with self._lock:
+            result, _ = await self.call("load", params, timeout=timeout)
+        self.info = result
+        return result
+
+    async def run(self, descs: list[dict[str, Any]], payload: memoryview) -> tuple[dict[str, Any], bytes]:
+        """Run one request; returns (result header, output bytes)."""
+        async with self._lock:
+            n = len(payload)
+            if n > INLINE_MAX:
+                self.shm_in.ensure(n)
+                self.shm_in.mm[:n] = payload
+                result, out = await self.call("run", {"inputs": descs, "shm": True})
+            else:
+                result, out = await self.call("run", {"inputs": descs}, [payload])
+            if result.get("shm"):
+                self.shm_out.remap()
+                total = P.iter_nbytes(result["outputs"])
+                data = self.shm_out.mm[:total]
+            else:
+                data = bytes(out)
+            self.requests += 1
+            self.cpu_s += float(result.get("cpu_s", 0.0))
+            return result, data
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Ask the worker to exit; kill it if it does not."""
+        self.stopping = True
+        if self.alive:
+            try:
+                await self.call("exit", {}, timeout=timeout)
+            except (AgentError, asyncio.TimeoutError):
+                pass
+        if self.proc is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.proc.wait, timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self._transport is not None:
+            self._transport.close()
+        self._close_shm()
+
+    def kill(self) -> None:
+        self.stopping = True
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        if self._transport is not None:
+            self._transport.close()
+        self._close_shm()
+
+    def _close_shm(self) -> None:
+        for s in (getattr(self, "shm_in", None), getattr(self, "shm_out", None)):
+            if s is not None and s.fd >= 0:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+                s.fd = -1
+
+    def describe(self) -> dict[str, Any]:
+        return {"pid": self.pid, "alive": self.alive, "inflight": self.inflight, "requests": self.requests,
+                "cpu_s": round(self.cpu_s, 4), "device": self.device,
+                "rss_bytes": self.info.get("rss_bytes"), "providers": self.info.get("providers"),
+                "assignment": self.info.get("assignment")}

@@ -1,0 +1,386 @@
+"""The runtime: one slot per model, make-before-break hot swap, retries, restarts, memory checks.
+
+Only this module decides what is loaded or stopped (workers only run). Its side effects — spawning a
+worker, reading free memory, the clock — are injected so tests can replace them and shrink timeouts.
+
+Swap (one load at a time, under ``load_lock``)::
+
+    check memory -> take a (pre-spawned) worker -> load + warm up -> switch slot.active atomically
+    -> old worker drains its in-flight requests -> old worker stops
+
+A request whose worker dies is retried once on the slot's healthy (or restarted) worker; a dead
+active worker is restarted with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from agent.errors import (AgentError, InsufficientMemory, InvalidParams, LoadError, NotFound, Unavailable,
+                          WorkerDied)
+from agent.ipc import protocol as P
+from agent.runtime.handle import WorkerHandle
+from agent.zoo.manifest import Manifest, Variant
+
+log = logging.getLogger("agent.runtime")
+swaplog = logging.getLogger("agent.swap")
+
+MemoryProbe = Callable[[], int]
+Spawner = Callable[[], Awaitable[WorkerHandle]]
+
+
+def default_memory_probe() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+@dataclass
+class VariantState:
+    status: str = "unloaded"      # unloaded | loading | active | draining | failed
+    reason: str | None = None
+    device: str | None = None
+    load_ms: float | None = None
+    warmup_ms: float | None = None
+    last_change: float = field(default_factory=time.time)
+
+
+@dataclass
+class Slot:
+    manifest: Manifest
+    active: WorkerHandle | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    states: dict[str, VariantState] = field(default_factory=dict)
+    draining: set[WorkerHandle] = field(default_factory=set)
+    restarting: bool = False
+    failures: int = 0
+    pinned: tuple[str, str] | None = None
+    requests: int = 0
+    errors: int = 0
+
+    def state(self, vid: str) -> VariantState:
+        return self.states.setdefault(vid, VariantState())
+
+
+@dataclass
+class InferResult:
+    outputs: list[dict[str, Any]]
+    data: bytes
+    model: str
+    variant: str
+    device: str
+    run_ms: float
+    cpu_s: float
+    retried: bool = False
+
+
+class Runtime:
+    def __init__(self, manifests: dict[str, Manifest], *, spawner: Spawner | None = None,
+                 memory_probe: MemoryProbe = default_memory_probe, headroom_bytes: int = 256 << 20,
+                 threads: int | None = None, warmup_runs: int = 3, spare_workers: int = 1,
+                 ready_timeout: float = 60.0, drain_timeout: float = 30.0,
+                 backoff: tuple[float, float] = (0.2, 10.0),
+                 emit: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.slots = {name: Slot(m) for name, m in manifests.items()}
+        self.spawner = spawner or WorkerHandle.spawn
+        self.memory_probe = memory_probe
+        self.headroom = headroom_bytes
+        self.threads = threads
+        self.warmup_runs = warmup_runs
+        self.spare_target = spare_workers
+        self.ready_timeout = ready_timeout
+        self.drain_timeout = drain_timeout
+        self.backoff = backoff
+        self.emit = emit or (lambda ev: None)
+        self.load_lock = asyncio.Lock()
+        self._spares: list[WorkerHandle] = []
+        self._spare_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.closing = False
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def slot(self, model: str) -> Slot:
+        s = self.slots.get(model)
+        if s is None:
+            raise NotFound(f"unknown model {model!r}; known: {', '.join(sorted(self.slots)) or 'none'}")
+        return s
+
+    def _bg(self, coro: Awaitable[Any]) -> None:
+        t = asyncio.ensure_future(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def _take_worker(self) -> WorkerHandle:
+        while self._spares:
+            h = self._spares.pop()
+            if h.alive:
+                self._refill_spares()
+                return h
+        h = await self.spawner()
+        self._refill_spares()
+        return h
+
+    def _refill_spares(self) -> None:
+        if self.closing or len(self._spares) >= self.spare_target:
+            return
+        if self._spare_task is not None and not self._spare_task.done():
+            return
+
+        async def fill() -> None:
+            while not self.closing and len(self._spares) < self.spare_target:
+                try:
+                    h = await self.spawner()
+                except AgentError as e:
+                    log.warning("could not pre-spawn a spare worker: %s", e)
+                    return
+                if self.closing:
+                    await h.stop()
+                    return
+                self._spares.append(h)
+
+        self._spare_task = asyncio.ensure_future(fill())
+
+    def estimate_bytes(self, m: Manifest, v: Variant, device: str) -> int:
+        meas = v.measurement(device.split(":")[0]) if device else None
+        if meas and meas.peak_rss_bytes:
+            return int(meas.peak_rss_bytes)
+        size = v.size_bytes or (m.path_of(v).stat().st_size if m.path_of(v).exists() else 0)
+        return int(size * 2.5) + (64 << 20)   # prepacking peaks at ~2x weights (FACTS.md) + runtime
+
+    async def _ensure_memory(self, m: Manifest, v: Variant, device: str) -> None:
+        need = self.estimate_bytes(m, v, device)
+        avail = self.memory_probe()
+        if need <= avail - self.headroom:
+            return
+        # evict what is not serving: spare workers first, then wait for draining workers to finish
+        while self._spares:
+            await self._spares.pop().stop()
+        for s in self.slots.values():
+            for h in list(s.draining):
+                if h.inflight == 0:
+                    await h.stop()
+                    s.draining.discard(h)
+        avail = self.memory_probe()
+        if need > avail - self.headroom:
+            raise InsufficientMemory(
+                f"{m.name}/{v.id} needs ~{need >> 20} MiB but only {avail >> 20} MiB are available "
+                f"(headroom {self.headroom >> 20} MiB); refusing to load",
+                data={"need_bytes": need, "available_bytes": avail, "headroom_bytes": self.headroom})
+
+    def _load_params(self, m: Manifest, v: Variant, device: str) -> dict[str, Any]:
+        return {"path": str(m.path_of(v)), "sha256": v.sha256, "device": device, "threads": self.threads,
+                "warmup_runs": self.warmup_runs, "kind": m.kind, "llm": m.llm,
+                "signature": {"inputs": [s.to_toml() for s in m.inputs],
+                              "outputs": [s.to_toml() for s in m.outputs]}}
+
+    # -- swap ---------------------------------------------------------------------------------------
+    async def swap(self, model: str, variant: str, device: str = "cpu",
+                   reason: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Make ``variant`` on ``device`` the active one for ``model`` (make-before-break)."""
+        slot = self.slot(model)
+        v = slot.manifest.variant(variant)
+        reason = reason or {"why": "requested"}
+        async with self.load_lock:
+            cur = slot.active
+            if cur is not None and cur.alive and cur.variant == variant and cur.device == device:
+                return {"model": model, "variant": variant, "device": device, "changed": False}
+            st = slot.state(variant)
+            st.status, st.reason, st.last_change = "loading", None, time.time()
+            t0 = time.perf_counter()
+            h: WorkerHandle | None = None
+            try:
+                await self._ensure_memory(slot.manifest, v, device)
+                h = await self._take_worker()
+                info = await h.load(self._load_params(slot.manifest, v, device))
+            except AgentError as e:
+                if h is not None:
+                    h.kill()
+                st.status, st.reason, st.last_change = "failed", str(e), time.time()
+                if cur is not None and cur.alive and cur.variant == variant:
+                    st.status = "active"
+                self.emit({"event": "load_failed", "model": model, "variant": variant, "device": device,
+                           "error": str(e), "reason": reason, "serving": cur.variant if cur else None})
+                swaplog.warning("load failed", extra={"fields": {
+                    "model": model, "to": variant, "device": device, "error": str(e),
+                    "still_serving": cur.variant if cur else None}})
+                raise LoadError(str(e), data={"model": model, "variant": variant}) from None
+            load_ms = info.get("load_ms", 0.0)
+            warm_ms = info.get("warmup_ms", 0.0)
+            h.variant, h.model, h.device = variant, model, device
+            h.on_death = self._on_worker_death
+            # the switch: one assignment, no await between it and the routing it affects
+            old = slot.active
+            slot.active = h
+            slot.ready.set()
+            slot.failures = 0
+            st.status, st.device, st.load_ms, st.warmup_ms, st.last_change = "active", device, load_ms, warm_ms, time.time()
+            total_ms = (time.perf_counter() - t0) * 1e3
+            if old is not None and old.variant is not None and old.variant != variant:
+                slot.state(old.variant).status = "draining"
+            event = {"event": "swap", "model": model, "from": old.variant if old else None,
+                     "from_device": old.device if old else None, "to": variant, "device": device,
+                     "reason": reason, "load_ms": round(load_ms, 2), "warmup_ms": round(warm_ms, 2),
+                     "swap_ms": round(total_ms, 2), "assignment": info.get("assignment"),
+                     "peak_rss_bytes": info.get("peak_rss_bytes")}
+            swaplog.info("swap", extra={"fields": {k: v_ for k, v_ in event.items() if k != "event"}})
+            self.emit(event)
+            if old is not None:
+                slot.draining.add(old)
+                self._bg(self._drain(slot, old))
+            return {"model": model, "variant": variant, "device": device, "changed": True,
+                    "load_ms": load_ms, "warmup_ms": warm_ms, "swap_ms": total_ms}
+
+    async def _drain(self, slot: Slot, h: WorkerHandle) -> None:
+        deadline = time.monotonic() + self.drain_timeout
+        while h.inflight > 0 and h.alive and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        h.on_death = None
+        await h.stop()
+        slot.draining.discard(h)
+        if h.variant and (slot.active is None or slot.active.variant != h.variant):
+            slot.state(h.variant).status = "unloaded"
+
+    # -- failures -----------------------------------------------------------------------------------
+    def _on_worker_death(self, h: WorkerHandle) -> None:
+        if self.closing or h.model is None:
+            return
+        slot = self.slots[h.model]
+        log.warning("worker %s for %s/%s died", h.pid, h.model, h.variant)
+        self.emit({"event": "worker_died", "model": h.model, "variant": h.variant, "pid": h.pid})
+        if slot.active is h:
+            slot.active = None
+            slot.ready.clear()
+            if not slot.restarting:
+                slot.restarting = True
+                self._bg(self._restart(slot, h.variant or slot.manifest.reference, h.device or "cpu"))
+
+    async def _restart(self, slot: Slot, variant: str, device: str) -> None:
+        try:
+            while not self.closing and slot.active is None:
+                delay = min(self.backoff[0] * (2 ** slot.failures), self.backoff[1])
+                slot.failures += 1
+                await asyncio.sleep(delay if slot.failures > 1 else 0)
+                try:
+                    await self.swap(slot.manifest.name, variant, device, {"why": "restart after worker death"})
+                    self.emit({"event": "worker_restarted", "model": slot.manifest.name, "variant": variant})
+                except AgentError as e:
+                    log.error("restart of %s/%s failed: %s", slot.manifest.name, variant, e)
+                    if slot.failures >= 6 and variant != slot.manifest.reference:
+                        variant = slot.manifest.reference
+        finally:
+            slot.restarting = False
+
+    # -- serving ------------------------------------------------------------------------------------
+    def check_inputs(self, m: Manifest, descs: Any) -> None:
+        if not isinstance(descs, list):
+            raise InvalidParams("inputs must be a list of {name, dtype, shape}")
+        want = {s.name: s for s in m.inputs}
+        got: set[str] = set()
+        for d in descs:
+            name, dt, shape, _ = P.check_desc(d)
+            spec = want.get(name)
+            if spec is None:
+                raise InvalidParams(f"model {m.name!r} has no input {name!r}; inputs: {', '.join(want)}")
+            if dt != np.dtype(spec.dtype):
+                raise InvalidParams(f"input {name!r}: expected dtype {spec.dtype}, got {dt.name}")
+            if len(shape) != len(spec.shape) or any(
+                    isinstance(w, int) and w != g for w, g in zip(spec.shape, shape)):
+                raise InvalidParams(f"input {name!r}: expected shape {list(spec.shape)}, got {list(shape)}")
+            got.add(name)
+        missing = set(want) - got
+        if missing:
+            raise InvalidParams(f"missing inputs: {', '.join(sorted(missing))}")
+
+    async def _active(self, slot: Slot) -> WorkerHandle:
+        if self.closing:
+            raise Unavailable("the agent is shutting down")
+        h = slot.active
+        if h is not None and h.alive:
+            return h
+        try:
+            await asyncio.wait_for(slot.ready.wait(), self.ready_timeout)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"no variant of {slot.manifest.name!r} is ready") from None
+        if slot.active is None:
+            raise Unavailable(f"no variant of {slot.manifest.name!r} is ready")
+        return slot.active
+
+    async def infer(self, model: str, descs: list[dict[str, Any]], payload: memoryview) -> InferResult:
+        slot = self.slot(model)
+        if slot.manifest.kind != "tensor":
+            raise InvalidParams(f"model {model!r} is a {slot.manifest.kind}; use generate")
+        self.check_inputs(slot.manifest, descs)
+        if P.iter_nbytes(descs) != len(payload):
+            raise InvalidParams("payload length does not match the described inputs")
+        slot.requests += 1
+        for attempt in (0, 1):
+            h = await self._active(slot)
+            h.inflight += 1
+            try:
+                result, data = await h.run(descs, payload)
+                return InferResult(result["outputs"], data, model, h.variant or "?", h.device or "?",
+                                   float(result.get("run_ms", 0.0)), float(result.get("cpu_s", 0.0)),
+                                   retried=attempt > 0)
+            except WorkerDied:
+                if attempt == 1:
+                    slot.errors += 1
+                    raise
+                log.warning("retrying a %s request after worker %s died", model, h.pid)
+            except AgentError:
+                slot.errors += 1
+                raise
+            finally:
+                h.inflight -= 1
+        raise Unavailable("unreachable")
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    async def start(self, initial: dict[str, tuple[str, str]]) -> dict[str, str]:
+        """Load the initial variant of each model; returns {model: error} for those that failed."""
+        errors: dict[str, str] = {}
+        self._refill_spares()
+        for model, (variant, device) in initial.items():
+            try:
+                await self.swap(model, variant, device, {"why": "startup"})
+            except AgentError as e:
+                errors[model] = str(e)
+        return errors
+
+    async def close(self, timeout: float = 10.0) -> None:
+        self.closing = True
+        hs: list[WorkerHandle] = list(self._spares)
+        self._spares.clear()
+        if self._spare_task is not None:
+            self._spare_task.cancel()
+        for s in self.slots.values():
+            if s.active is not None:
+                hs.append(s.active)
+            hs.extend(s.draining)
+        deadline = time.monotonic() + timeout
+        while any(h.inflight for h in hs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*(h.stop() for h in hs), return_exceptions=True)
+        for t in list(self._tasks):
+            t.cancel()
+
+    def workers_healthy(self) -> bool:
+        return all(s.active is not None and s.active.alive for s in self.slots.values() if s.states)
+
+    def status(self) -> dict[str, Any]:
+        out = {}
+        for name, s in self.slots.items():
+            a = s.active
+            out[name] = {
+                "kind": s.manifest.kind, "reference": s.manifest.reference,
+                "active": {"variant": a.variant, "device": a.device, **a.describe()} if a else None,
+                "pinned": {"variant": s.pinned[0], "device": s.pinned[1]} if s.pinned else None,
+                "requests": s.requests, "errors": s.errors,
+                "variants": {v.id: {"precision": v.precision, **vars(s.state(v.id))} for v in s.manifest.variants},
+            }
+        return out

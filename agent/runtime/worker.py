@@ -1,0 +1,200 @@
+"""The worker process: holds one variant's ONNX Runtime session and runs requests on it.
+
+Started by :mod:`agent.runtime.handle` as ``python -m agent.runtime.worker --fd N --shm-in A --shm-out B``
+with one end of a socketpair and two memfds (shared memory for large tensors). It speaks the framing of
+:mod:`agent.ipc.protocol`, one request at a time: ``load``, ``run``, ``ping``, ``exit`` (and the LLM
+methods when the model is a causal LM). A crash here (an EP segfault, OOM) only takes this process down;
+the daemon retries the request elsewhere and restarts the worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from agent.errors import AgentError, InvalidParams, LoadError, WorkerError
+from agent.ipc import protocol as P
+
+
+class Shm:
+    """One memfd mapped in this process; grows when the peer says it grew."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.size = 0
+        self.mm: mmap.mmap | None = None
+        self.remap()
+
+    def remap(self) -> None:
+        size = os.fstat(self.fd).st_size
+        if size != self.size or self.mm is None:
+            if self.mm is not None:
+                self.mm.close()
+            self.mm = mmap.mmap(self.fd, max(size, 1))
+            self.size = size
+
+    def ensure(self, n: int) -> None:
+        if n > self.size:
+            os.ftruncate(self.fd, max(n, self.size * 2))
+            self.remap()
+
+
+class Worker:
+    def __init__(self, sock: socket.socket, shm_in: Shm, shm_out: Shm, inline_max: int) -> None:
+        self.sock, self.shm_in, self.shm_out = sock, shm_in, shm_out
+        self.inline_max = inline_max
+        self.sess: Any = None
+        self.info: dict[str, Any] = {}
+        self.llm: Any = None
+        self.methods: dict[str, Callable[[dict[str, Any], memoryview], tuple[Any, list[Any]]]] = {
+            "load": self.load, "run": self.run, "ping": self.ping,
+        }
+
+    def serve(self) -> None:
+        try:
+            P.send_frame(self.sock, {"jsonrpc": "2.0", "method": "hello", "params": {"pid": os.getpid()}})
+        except OSError:
+            return  # the daemon went away before we were ready
+        while True:
+            try:
+                frame = P.recv_frame(self.sock)
+            except (EOFError, OSError):
+                return
+            h = frame.header
+            rid, method = h.get("id"), h.get("method")
+            if method == "exit":
+                P.send_frame(self.sock, P.response(rid, {"bye": True}))
+                return
+            if method == "crash":  # used by tests to simulate an EP segfault
+                os.kill(os.getpid(), signal.SIGKILL)
+            fn = self.methods.get(str(method))
+            try:
+                if fn is None:
+                    raise WorkerError(f"worker has no method {method!r}")
+                result, bufs = fn(h.get("params") or {}, frame.payload)
+                P.send_frame(self.sock, P.response(rid, result), bufs)
+            except AgentError as e:
+                P.send_frame(self.sock, P.error_response(rid, e.to_jsonrpc()))
+            except Exception as e:  # never die on a request: report it
+                msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:500]
+                err = WorkerError(f"{type(e).__name__}: {msg}", data={"trace": traceback.format_exc()[-2000:]})
+                P.send_frame(self.sock, P.error_response(rid, err.to_jsonrpc()))
+
+    # -- methods ------------------------------------------------------------------------------------
+    def ping(self, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        return {"pid": os.getpid(), "rss_bytes": _rss(), "loaded": self.sess is not None or self.llm is not None}, []
+
+    def load(self, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        from agent.runtime.session import open_session, sample_inputs
+
+        if self.sess is not None or self.llm is not None:
+            raise LoadError("worker already holds a variant")
+        path = Path(str(params["path"]))
+        kind = params.get("kind", "tensor")
+        if kind == "causal-lm":
+            from agent.runtime.llm_worker import load_llm  # the LLM engine, when present
+
+            self.llm, self.info = load_llm(path, params)
+            self.methods.update(self.llm.methods(self))
+            return {**self.info, "rss_bytes": _rss(), "peak_rss_bytes": _peak_rss()}, []
+        sess, info = open_session(path, str(params.get("device", "cpu")), threads=params.get("threads"),
+                                  sha256=params.get("sha256"))
+        expect = params.get("signature")
+        if expect:
+            _check_signature(expect, info)
+        t0 = time.perf_counter()
+        n = int(params.get("warmup_runs", 3))
+        if n:
+            feed = sample_inputs(sess)
+            for _ in range(n):
+                sess.run(None, feed)
+        info["warmup_ms"] = (time.perf_counter() - t0) * 1e3
+        self.sess, self.info = sess, info
+        self.out_names = [o.name for o in sess.get_outputs()]
+        return {**info, "rss_bytes": _rss(), "peak_rss_bytes": _peak_rss()}, []
+
+    def run(self, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        if self.sess is None:
+            raise WorkerError("no variant loaded")
+        if params.get("shm"):
+            self.shm_in.remap()
+            n = P.iter_nbytes(params["inputs"])
+            assert self.shm_in.mm is not None
+            src: memoryview = memoryview(self.shm_in.mm)[:n]
+        else:
+            src = payload
+        feed = P.tensors_from(params["inputs"], src)
+        c0, t0 = time.process_time(), time.perf_counter()
+        try:
+            outs = self.sess.run(self.out_names, feed)
+        except Exception as e:
+            msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:500]
+            raise InvalidParams(f"inference failed: {msg}") from None
+        run_ms = (time.perf_counter() - t0) * 1e3
+        cpu_s = time.process_time() - c0
+        descs, bufs = P.tensor_descs(dict(zip(self.out_names, outs)))
+        del src, feed
+        total = sum(b.nbytes for b in bufs)
+        result: dict[str, Any] = {"outputs": descs, "run_ms": run_ms, "cpu_s": cpu_s}
+        if total > self.inline_max:
+            self.shm_out.ensure(total)
+            assert self.shm_out.mm is not None
+            off = 0
+            for b in bufs:
+                self.shm_out.mm[off: off + b.nbytes] = b
+                off += b.nbytes
+            result["shm"] = True
+            result["shm_size"] = self.shm_out.size
+            return result, []
+        return result, bufs
+
+
+def _check_signature(expect: dict[str, Any], info: dict[str, Any]) -> None:
+    for key in ("inputs", "outputs"):
+        want = [(t["name"], t["dtype"]) for t in expect.get(key, [])]
+        got = [(t["name"], t["dtype"]) for t in info.get(key, [])]
+        if want and sorted(want) != sorted(got):
+            raise LoadError(f"variant {key} {got} do not match the model's signature {want}")
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def _peak_rss() -> int:
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="agent-worker")
+    ap.add_argument("--fd", type=int, required=True)
+    ap.add_argument("--shm-in", type=int, required=True)
+    ap.add_argument("--shm-out", type=int, required=True)
+    ap.add_argument("--inline-max", type=int, default=64 * 1024)
+    a = ap.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when a worker stops
+    import onnxruntime  # noqa: F401  (imported before 'hello' so a spare worker is warm)
+
+    sock = socket.socket(fileno=a.fd)
+    sock.setblocking(True)
+    Worker(sock, Shm(a.shm_in), Shm(a.shm_out), a.inline_max).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

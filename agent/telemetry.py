@@ -1,0 +1,141 @@
+"""The telemetry store: one SQLite file (WAL) in the state directory, written in batches.
+
+Tables: ``requests`` (model, variant, device, latency, ok/error, joules), ``swaps`` (from, to, reason,
+load/warm-up ms), ``decisions`` (policy output), ``samples`` (sensor snapshots, flattened),
+``events`` (anything else). Rows are queued in memory and flushed by a background thread every
+``flush_s`` seconds or ``batch`` rows; rows older than ``retention_s`` are deleted on flush.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from agent.errors import InvalidParams
+
+log = logging.getLogger(__name__)
+TABLES = ("requests", "swaps", "decisions", "samples", "events")
+
+
+class Telemetry:
+    def __init__(self, path: Path, *, retention_s: float = 7 * 86400, flush_s: float = 1.0, batch: int = 500) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.retention_s = retention_s
+        self.flush_s = flush_s
+        self.batch = batch
+        self._q: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
+        self._n = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._last_prune = 0.0
+        db = self._open()
+        for t in TABLES:
+            if not db[t].exists():
+                db[t].create({"ts": float}, if_not_exists=True)
+                db[t].create_index(["ts"], if_not_exists=True)
+        db.conn.close()
+        self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
+        self._thread.start()
+
+    def _open(self) -> sqlite_utils.Database:
+        db = sqlite_utils.Database(self.path)
+        db.enable_wal()
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    def record(self, table: str, row: dict[str, Any]) -> None:
+        if table not in self._q:
+            raise ValueError(f"unknown telemetry table {table}")
+        row = dict(row)
+        row.setdefault("ts", time.time())
+        with self._lock:
+            self._q[table].append(row)
+            self._n += 1
+            if self._n >= self.batch:
+                self._wake.set()
+
+    def _run(self) -> None:
+        db = self._open()
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_s)
+            self._wake.clear()
+            self._flush(db)
+        self._flush(db)
+        db.conn.close()
+
+    def _flush(self, db: sqlite_utils.Database) -> None:
+        with self._lock:
+            q, self._q = self._q, {t: [] for t in TABLES}
+            self._n = 0
+        try:
+            with db.conn:
+                for t, rows in q.items():
+                    if rows:
+                        db[t].insert_all(({"ts": r.pop("ts"), **_flat(r)} for r in rows), alter=True,
+                                         batch_size=1000)
+                now = time.time()
+                if now - self._last_prune > 60:
+                    self._last_prune = now
+                    for t in TABLES:
+                        db.execute(f"DELETE FROM [{t}] WHERE ts < ?", [now - self.retention_s])
+        except Exception as e:  # telemetry must never take serving down
+            log.error("telemetry flush failed: %s", e)
+
+    def flush(self) -> None:
+        """Write everything queued now (blocking)."""
+        db = self._open()
+        try:
+            self._flush(db)
+        finally:
+            db.conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    def history(self, since_s: float, tables: list[str] | None = None, limit: int = 1000) -> dict[str, list[dict[str, Any]]]:
+        self.flush()
+        db = self._open()
+        try:
+            out: dict[str, list[dict[str, Any]]] = {}
+            for t in tables or list(TABLES):
+                if t not in TABLES:
+                    raise InvalidParams(f"unknown history table {t!r}; expected one of {', '.join(TABLES)}")
+                rows = db.execute(f"SELECT * FROM [{t}] WHERE ts >= ? ORDER BY ts DESC LIMIT ?",
+                                  [time.time() - since_s, limit])
+                cols = [c[0] for c in rows.description]
+                out[t] = [dict(zip(cols, r)) for r in rows.fetchall()]
+            return out
+        finally:
+            db.conn.close()
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if isinstance(v, (dict, list, tuple)):
+            out[k] = json.dumps(v, default=str)
+        else:
+            out[k] = v
+    return out
+
+
+_DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """'90', '30s', '10m', '1h', '2d' -> seconds. Anything else -> InvalidParams."""
+    m = _DUR.match(str(text))
+    if not m:
+        raise InvalidParams(f"expected a duration like 30s, 10m, 1h or 2d, got {text!r}")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}[m.group(2)]
