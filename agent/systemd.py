@@ -11,6 +11,9 @@
   that interval from a thread, but only while a health callback says the daemon is healthy, so a
   stalled loop or dead workers stop the pings and systemd restarts the service. :class:`Heartbeat`
   is the usual health source: the loop that must keep running calls ``beat()``.
+* :class:`Supervisor` puts these together for an asyncio daemon: a task on the event loop beats a
+  heartbeat (so a blocked loop stops the pings), extra health checks (workers alive, sampling loop
+  fresh) gate the pings, and a status callback refreshes ``STATUS=`` when its text changes.
 
 Nothing here raises on a missing or broken notify socket: the service protocol is advisory, and a
 daemon must not die because its supervisor went away. Malformed environment values are ignored
@@ -19,6 +22,8 @@ daemon must not die because its supervisor went away. Malformed environment valu
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -275,3 +280,92 @@ class Watchdog:
         self.check_and_ping()
         while not self._stop.wait(period):
             self.check_and_ping()
+
+
+class Supervisor:
+    """Watchdog and status for an asyncio daemon; call :meth:`start` from the running loop.
+
+    Healthy means: the event loop ran the heartbeat task within ``interval / 2`` seconds, and every
+    ``check`` returns True. ``status_text`` (optional) is polled on the same task and sent as ``STATUS=``
+    when it changes. Without ``$NOTIFY_SOCKET`` and watchdog nothing is started.
+    """
+
+    def __init__(self, *checks: Callable[[], bool], status_text: Callable[[], str] | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        self._env = dict(_environ(env))
+        self.checks = list(checks)
+        self.status_text = status_text
+        self.heartbeat = Heartbeat()
+        self.watchdog = Watchdog(self.healthy, env=self._env)
+        self._task: asyncio.Task[None] | None = None
+        self._last_status: str | None = None
+        self._stopping = False
+
+    @property
+    def max_age(self) -> float:
+        return (self.watchdog.interval or 0) / 2
+
+    def healthy(self) -> bool:
+        if self.watchdog.enabled and not self.heartbeat.fresh(self.max_age):
+            log.warning("event loop stalled for %.1f s", self.heartbeat.age())
+            return False
+        if self._stopping:  # workers are being stopped on purpose; only a stalled loop matters now
+            return True
+        for check in self.checks:
+            if not check():
+                log.warning("health check %s failed", getattr(check, "__name__", check))
+                return False
+        return True
+
+    def start(self) -> None:
+        if not self._env.get("NOTIFY_SOCKET") or self._task is not None:
+            return
+        period = min(self.max_age / 2, 1.0) if self.watchdog.enabled else 1.0
+        self._task = asyncio.get_running_loop().create_task(self._beat(period), name="sd-heartbeat")
+        self.watchdog.start()
+
+    def ready(self) -> bool:
+        """READY=1 with the current status text."""
+        text = self._status_now()
+        self._last_status = text
+        return ready(text, env=self._env)
+
+    def reloading(self) -> bool:
+        self._last_status = "reloading"
+        return reloading("reloading", env=self._env)
+
+    def stopping(self, text: str = "stopping") -> bool:
+        self._stopping = True
+        self._last_status = _clean(text)
+        return stopping(text, env=self._env)
+
+    def _status_now(self) -> str | None:
+        if self.status_text is None:
+            return None
+        try:
+            return _clean(self.status_text())
+        except Exception:
+            log.exception("status text failed")
+            return None
+
+    def refresh_status(self) -> None:
+        if self._stopping:
+            return
+        text = self._status_now()
+        if text is not None and text != self._last_status:
+            self._last_status = text
+            status(text, env=self._env)
+
+    async def _beat(self, period: float) -> None:
+        while True:
+            self.heartbeat.beat()
+            self.refresh_status()
+            await asyncio.sleep(period)
+
+    async def stop(self) -> None:
+        self.watchdog.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -51,7 +51,7 @@ SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; not expor
 
 CLIENT_METHODS: frozenset[str] = frozenset({
     "infer", "generate", "hold", "release", "status", "models", "variants", "subscribe", "unsubscribe",
-    "ping", "hello", "cancel",
+    "history", "ping", "hello", "cancel",
 })
 """Methods a member of the clients' group may call. Everything else (pin, unpin, reload, zoo.*,
 policy.*, shutdown, …) needs the admin role."""
@@ -102,7 +102,7 @@ def _groups_from_userdb(uid: int, gid: int) -> frozenset[int]:
         return frozenset()
 
 
-def _peer_groups(sock: _SockLike, pid: int, uid: int, gid: int) -> frozenset[int]:
+def peer_groups(sock: _SockLike, pid: int, uid: int, gid: int) -> frozenset[int]:
     size = 64
     while size <= 65536 * 4:
         try:
@@ -121,7 +121,7 @@ def peer_credentials(sock: _SockLike) -> PeerCred:
     """The connected Unix-socket peer's pid/uid/gid and supplementary groups, from the kernel."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
-    return PeerCred(pid, uid, gid, _peer_groups(sock, pid, uid, gid))
+    return PeerCred(pid, uid, gid, peer_groups(sock, pid, uid, gid))
 
 
 def _gid_of(name: str | None) -> int | None:
@@ -290,3 +290,89 @@ class PeerLimiter:
             yield
         finally:
             self.end(peer)
+
+
+class _PeerLike(Protocol):
+    pid: int
+    uid: int
+    gid: int
+    conn_id: int
+    groups: frozenset[int]
+
+
+class AccessGate:
+    """Connects an :class:`AccessPolicy` to the IPC server's hooks.
+
+    ``on_connect`` refuses peers with no role (the server answers with the error and closes) and peers
+    over their connection limit; ``authorize`` refuses methods above the peer's role and requests over
+    its per-uid concurrency limit; ``done`` (called when a request finishes) and ``on_disconnect`` give
+    the counts back. Use :func:`install` to attach it to an ``agent.ipc.server.Server``.
+    """
+
+    def __init__(self, policy: AccessPolicy) -> None:
+        self.policy = policy
+        self.limiter = PeerLimiter(policy)
+        self._roles: dict[int, Role] = {}
+
+    @staticmethod
+    def cred(peer: _PeerLike) -> PeerCred:
+        return PeerCred(peer.pid, peer.uid, peer.gid, frozenset(getattr(peer, "groups", frozenset())))
+
+    def role(self, peer: _PeerLike) -> Role:
+        return self._roles.get(peer.conn_id, Role.NONE)
+
+    def on_connect(self, peer: _PeerLike) -> PermissionDenied | Busy | None:
+        cred = self.cred(peer)
+        role = self.policy.role_of(cred) if peer.uid >= 0 else Role.NONE
+        if role is Role.NONE:
+            log.warning("refused connection", extra={"fields": {"pid": peer.pid, "uid": peer.uid}})
+            return PermissionDenied(
+                f"uid {peer.uid} may not use this agent (not root, not in group "
+                f"{self.policy.clients_group!r} or {self.policy.admin_group!r})", data={"uid": peer.uid})
+        try:
+            self.limiter.open(cred)
+        except Busy as e:
+            return e
+        self._roles[peer.conn_id] = role
+        return None
+
+    def on_disconnect(self, peer: _PeerLike) -> None:
+        if self._roles.pop(peer.conn_id, None) is not None:
+            self.limiter.close(self.cred(peer))
+
+    def authorize(self, peer: _PeerLike, method: str) -> None:
+        self.policy.authorize(self.role(peer), method)
+        self.limiter.begin(self.cred(peer))
+
+    def done(self, peer: _PeerLike) -> None:
+        self.limiter.end(self.cred(peer))
+
+
+def install(server: Any, policy: AccessPolicy) -> AccessGate:
+    """Attach access control to an IPC server before it starts (keeps its existing disconnect hook)."""
+    gate = AccessGate(policy)
+    previous = server.on_disconnect
+
+    def on_disconnect(peer: Any) -> None:
+        gate.on_disconnect(peer)
+        if previous is not None:
+            previous(peer)
+
+    server.on_connect = gate.on_connect
+    server.authorize = gate.authorize
+    server.on_done = gate.done
+    server.on_disconnect = on_disconnect
+    server.max_frame = min(server.max_frame, policy.max_frame_bytes)
+    return gate
+
+
+def policy_for_daemon(explicit: Path | None, env: dict[str, str] | None = None) -> AccessPolicy:
+    """The daemon's access policy: ``explicit`` file, else ``$CONFIGURATION_DIRECTORY/access.toml`` when it
+    exists (systemd's ConfigurationDirectory=), else the defaults."""
+    if explicit is not None:
+        return AccessPolicy.load(explicit)
+    e = os.environ if env is None else env
+    conf = e.get("CONFIGURATION_DIRECTORY", "").split(":")[0]
+    if conf and (Path(conf) / "access.toml").is_file():
+        return AccessPolicy.load(Path(conf) / "access.toml")
+    return AccessPolicy()

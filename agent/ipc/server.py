@@ -20,6 +20,7 @@ from typing import Any
 
 from agent.errors import AgentError, Busy, MethodNotFound, ProtocolError
 from agent.ipc import protocol as P
+from agent.ipc.access import peer_groups
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class Peer:
     uid: int
     gid: int
     conn_id: int
+    groups: frozenset[int] = frozenset()  # supplementary groups at connect time (SO_PEERGROUPS)
     inflight: int = 0
     subscribed: bool = False
     send: Callable[[dict[str, Any], list[Any]], None] = field(default=lambda h, b: None, repr=False)
@@ -63,8 +65,9 @@ class _Conn(asyncio.Protocol):
         self.transport = transport
         sock = transport.get_extra_info("socket")
         pid, uid, gid = peer_credentials(sock) if sock is not None else (-1, -1, -1)
+        groups = peer_groups(sock, pid, uid, gid) if sock is not None and uid >= 0 else frozenset()
         self.server._next_id += 1
-        self.peer = Peer(pid, uid, gid, self.server._next_id, send=self.send, close=self.close)
+        self.peer = Peer(pid, uid, gid, self.server._next_id, groups=groups, send=self.send, close=self.close)
         self.server.conns.add(self)
         deny = self.server.on_connect(self.peer) if self.server.on_connect else None
         if deny:
@@ -108,21 +111,23 @@ class _Conn(asyncio.Protocol):
             if handler is None:
                 raise MethodNotFound(f"unknown method {method!r}")
             assert self.peer is not None
-            if self.server.authorize is not None:
-                self.server.authorize(self.peer, method)
             if self.peer.inflight >= self.server.max_inflight:
                 raise Busy(f"too many requests in flight on this connection (limit {self.server.max_inflight})")
+            if self.server.authorize is not None:
+                self.server.authorize(self.peer, method)
         except AgentError as e:
             self.send(P.error_response(rid, e.to_jsonrpc()), [])
             return
+        # counted now, not when the task first runs: several frames of one read are dispatched before
+        # any task starts, and limits and the shutdown drain must see all of them
+        self.peer.inflight += 1
+        self.server.inflight += 1
         t = asyncio.ensure_future(self._run(handler, rid, params, f.payload))
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
 
     async def _run(self, handler: Handler, rid: Any, params: dict[str, Any], payload: memoryview) -> None:
         assert self.peer is not None
-        self.peer.inflight += 1
-        self.server.inflight += 1
         try:
             result, bufs = await handler(self.peer, params, payload)
             if rid is not None:
@@ -137,6 +142,8 @@ class _Conn(asyncio.Protocol):
         finally:
             self.peer.inflight -= 1
             self.server.inflight -= 1
+            if self.server.on_done is not None:
+                self.server.on_done(self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -160,6 +167,7 @@ class Server:
         self.authorize = authorize
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
+        self.on_done: Callable[[Peer], None] | None = None  # after each authorized request (limits)
         self.conns: set[_Conn] = set()
         self.inflight = 0
         self._next_id = 0
