@@ -52,13 +52,14 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
 
 
 class _Conn(asyncio.Protocol):
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self.reader = P.FrameReader(server.max_frame)
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
+        self.eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -144,6 +145,13 @@ class _Conn(asyncio.Protocol):
             self.server.inflight -= 1
             if self.server.on_done is not None:
                 self.server.on_done(self.peer)
+            if self.eof and self.peer.inflight == 0:
+                self.close()  # the peer half-closed: its last reply is out, now close
+
+    def eof_received(self) -> bool:
+        """The peer shut down its write side: answer what it already sent, then close."""
+        self.eof = True
+        return self.peer is not None and self.peer.inflight > 0  # True keeps the transport open
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

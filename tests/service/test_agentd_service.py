@@ -155,8 +155,8 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(
     a = _launch(agentd_factory, tmp_path, zoo, notify_socket)
     client, _ = _connect_and_wait_ready(a)
     client.close()
-    socks = _send_big_requests(a.socket_path, n=4, batch=4096)
-    time.sleep(0.3)  # read and dispatched by the daemon; the worker runs them one after another
+    socks = _send_big_requests(a.socket_path, n=8, batch=8192)
+    time.sleep(0.15)  # read and dispatched by the daemon; the worker runs them one after another
     a.signal(signal.SIGTERM)
     stopping = notify_socket.wait_for("STOPPING=1", 10)[-1]
     inflight = int(_fields(stopping)["STATUS"].split("finishing ")[1].split()[0])
@@ -164,7 +164,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(
     for i, s in enumerate(socks):
         f = P.recv_frame(s)
         assert f.header.get("id") == i + 1 and "result" in f.header, f.header
-        assert P.tensors_from(f.header["result"]["outputs"], f.payload)["y"].shape == (4096, 64)
+        assert P.tensors_from(f.header["result"]["outputs"], f.payload)["y"].shape == (8192, 64)
         s.close()
     assert a.proc.wait(30) == 0, a.log_text()
     assert '"drained":true' in a.log_text()
@@ -178,8 +178,8 @@ def test_second_sigterm_forces_exit(
     a = _launch(agentd_factory, tmp_path, zoo, notify_socket)
     client, _ = _connect_and_wait_ready(a)
     client.close()
-    socks = _send_big_requests(a.socket_path, n=6, batch=4096)
-    time.sleep(0.3)
+    socks = _send_big_requests(a.socket_path, n=8, batch=8192)
+    time.sleep(0.15)
     t0 = time.monotonic()
     a.signal(signal.SIGTERM)
     notify_socket.wait_for("STOPPING=1", 10)
@@ -195,7 +195,7 @@ def test_second_sigterm_forces_exit(
         except (EOFError, OSError):
             pass
         s.close()
-    assert answered < 6  # it did not wait for all of them
+    assert answered < 8  # it did not wait for all of them
 
 
 def test_started_by_hand_it_binds_its_own_socket_and_notify_is_harmless(

@@ -126,12 +126,16 @@ def _encoded(header: object, payload: bytes) -> bytes:
     return struct.pack("<II", 4 + len(h) + len(payload), len(h)) + h + payload
 
 
+_well_framed = st.builds(_encoded, _header, st.binary(max_size=64))
+# weighted towards frames the daemon parses and dispatches; the seeded mutations add the broken ones
 _frames = st.one_of(
-    st.binary(min_size=1, max_size=64),
-    st.builds(_encoded, _header, st.binary(max_size=64)),
+    _well_framed,
     st.builds(_encoded, _json, st.binary(max_size=8)),
-    _mutated(),
+    _well_framed,
     st.just(VALID),
+    _well_framed,
+    _mutated(),
+    st.binary(min_size=1, max_size=64),
 )
 
 

@@ -221,3 +221,47 @@ def test_unix_listener_skips_a_passed_socket_with_another_name(tmp_path: Path) -
     c.close()
     assert json.loads(out) == {"fds": [[3, "agent"]], "env_left": False, "inheritable": [False],
                                "listener": False}
+
+
+# -- Supervisor (asyncio) ------------------------------------------------------------------------
+
+
+def test_supervisor_stops_pinging_while_the_event_loop_is_blocked(notify_socket: NotifySocket) -> None:
+    import asyncio
+    import threading
+
+    env = {"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "400000"}
+    got: list[tuple[float, str]] = []
+    collector = threading.Thread(target=lambda: got.extend(notify_socket.drain(2.0)))
+    collector.start()
+    marks: dict[str, float] = {}
+
+    async def main() -> None:
+        sup = sd.Supervisor(status_text=lambda: "serving test", env=env)
+        sup.start()
+        await asyncio.sleep(0.6)
+        marks["block"] = time.monotonic()
+        time.sleep(1.0)  # noqa: ASYNC251 -- the point: a stalled loop, no await for 1 s
+        marks["unblock"] = time.monotonic()
+        await asyncio.sleep(0.3)
+        await sup.stop()
+
+    asyncio.run(main())
+    collector.join()
+    pings = [t for t, m in got if m == "WATCHDOG=1"]
+    assert [m for _, m in got].count("STATUS=serving test") == 1
+    assert any(t < marks["block"] for t in pings)
+    # the heartbeat may be up to max_age (0.2 s) old when the loop blocks; after that, silence
+    assert not [t for t in pings if marks["block"] + 0.3 < t < marks["unblock"]], (pings, marks)
+    assert any(t > marks["unblock"] for t in pings)
+
+
+def test_supervisor_health_requires_every_check(notify_socket: NotifySocket) -> None:
+    flags = {"workers": True}
+    sup = sd.Supervisor(lambda: flags["workers"], env={"NOTIFY_SOCKET": notify_socket.address})
+    assert sup.healthy()
+    flags["workers"] = False
+    assert not sup.healthy()
+    sup.stopping("bye")  # workers are stopped on purpose during shutdown: only the loop matters
+    assert sup.healthy()
+    assert notify_socket.recv() == "STOPPING=1\nSTATUS=bye"
