@@ -22,7 +22,10 @@ from agent import __version__
 from agent.errors import AgentError, InvalidParams, NotFound
 from agent.ipc import protocol as P
 from agent.ipc.server import Peer, Server
+from agent.control import Controller
+from agent.policy.engine import PolicyEngine
 from agent.runtime.manager import Runtime
+from agent.sensors.source import make_source
 from agent.telemetry import Telemetry, parse_duration
 from agent.zoo.manifest import Manifest, load_zoo
 
@@ -36,6 +39,9 @@ class Config:
     state_dir: Path
     policy: list[Path] = field(default_factory=list)
     sensors: str = "live"
+    sysfs_root: str = "/sys"
+    procfs_root: str = "/proc"
+    sample_interval_s: float = 1.0
     threads: int | None = None
     max_frame: int = P.DEFAULT_MAX_FRAME
     max_inflight: int = 64
@@ -69,6 +75,8 @@ class App:
         self.last_reload: float | None = None
         self.telemetry = Telemetry(cfg.state_dir / "telemetry.db", retention_s=cfg.retention_s)
         self.runtime: Runtime | None = None
+        self.controller: Controller | None = None
+        self.engine: PolicyEngine | None = None
         self.server = Server(self.handlers(), max_frame=cfg.max_frame, max_inflight=cfg.max_inflight,
                              on_disconnect=self.on_disconnect)
         self.ready = asyncio.Event()
@@ -78,14 +86,29 @@ class App:
         self.manifests, self.zoo_errors = load_zoo(self.cfg.zoo)
         for name, err in self.zoo_errors.items():
             log.error("zoo model skipped", extra={"fields": {"model": name, "error": err}})
+        # validate the policy and the sensor spec before anything is loaded
+        self.engine = PolicyEngine.from_files(self.cfg.policy) if self.cfg.policy else PolicyEngine()
+        source = make_source(self.cfg.sensors, self.cfg.sysfs_root, self.cfg.procfs_root)
         self.runtime = Runtime(self.manifests, memory_probe=_memory_probe, headroom_bytes=self.cfg.headroom_bytes,
                                threads=self.cfg.threads, spare_workers=self.cfg.spare_workers,
                                drain_timeout=self.cfg.drain_timeout, emit=self.on_event)
-        initial = {name: (m.reference, self.cfg.devices.get(name, "cpu")) for name, m in self.manifests.items()}
+        self.controller = Controller(self.runtime, self.engine, source, self.telemetry,
+                                     interval_s=self.cfg.sample_interval_s, emit=self.on_event)
+        initial = self.controller.initial_choices()
+        for name, dev in self.cfg.devices.items():
+            if name in initial:
+                initial[name] = (initial[name][0], dev)
         errors = await self.runtime.start(initial)
         for name, err in errors.items():
             log.error("initial load failed", extra={"fields": {"model": name, "error": err}})
+            ref = self.manifests[name].reference
+            if initial[name][0] != ref:   # the policy's choice failed: serve the reference instead
+                try:
+                    await self.runtime.swap(name, ref, "cpu", {"why": "startup fallback", "error": err})
+                except AgentError as e2:
+                    log.error("reference load failed", extra={"fields": {"model": name, "error": str(e2)}})
         await self.server.start(self.cfg.socket, sock=self.listen_sock)
+        self.controller.start()
         self.ready.set()
         log.info("ready", extra={"fields": {"socket": str(self.cfg.socket), "models": sorted(self.manifests),
                                             "pid": os.getpid()}})
@@ -95,6 +118,8 @@ class App:
         timeout = self.cfg.drain_timeout if timeout is None else timeout
         self.server.stop_accepting()
         drained = await self.server.drain(timeout)
+        if self.controller is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.controller.stop)
         if self.runtime is not None:
             await self.runtime.close(timeout=5)
         await self.server.close()
@@ -118,6 +143,8 @@ class App:
 
     def on_disconnect(self, peer: Peer) -> None:
         gone = [c for c, h in self.holds.items() if h.conn_id == peer.conn_id]
+        if self.engine is not None:
+            self.engine.release_owner(f"conn:{peer.conn_id}")
         for c in gone:
             h = self.holds.pop(c)
             self.on_event({"event": "hold_released", "cookie": c, "profile": h.profile, "why": "client disconnected"})
@@ -139,11 +166,14 @@ class App:
                                                "latency_ms": (time.perf_counter() - t0) * 1e3})
             raise
         server_ms = (time.perf_counter() - t0) * 1e3
+        joules, meter = (self.controller.attribute(model, r.variant, r.cpu_s, r.run_ms / 1e3)
+                         if self.controller else (None, None))
         self.telemetry.record("requests", {"model": model, "variant": r.variant, "device": r.device, "ok": True,
                                            "latency_ms": server_ms, "run_ms": r.run_ms, "cpu_s": r.cpu_s,
-                                           "retried": r.retried})
+                                           "retried": r.retried, "joules": joules, "meter": meter})
         return ({"outputs": r.outputs, "model": model, "variant": r.variant, "device": r.device,
-                 "server_ms": server_ms, "run_ms": r.run_ms, "retried": r.retried}, [r.data])
+                 "server_ms": server_ms, "run_ms": r.run_ms, "retried": r.retried, "joules": joules,
+                 "meter": meter}, [r.data])
 
     async def h_models(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         out = []
@@ -163,6 +193,9 @@ class App:
                        "reload_error": self.reload_error, "last_reload": self.last_reload},
             "models": self.rt().status() if self.runtime else {},
             "zoo_errors": self.zoo_errors,
+            "policy": self.engine.status() if self.engine else None,
+            "sensors": self.controller.sensors_status() if self.controller else None,
+            "energy": self.controller.energy_status() if self.controller else {},
             "holds": [{"cookie": h.cookie, "profile": h.profile, "reason": h.reason, "pid": h.peer_pid,
                        "since": h.since} for h in self.holds.values()],
         }
@@ -177,12 +210,20 @@ class App:
         slot.manifest.variant(variant)   # NotFound before anything changes
         res = await self.rt().swap(model, variant, device, {"why": "pin", "uid": peer.uid, "pid": peer.pid})
         slot.pinned = (variant, device)
+        if self.engine is not None:
+            try:
+                self.engine.pin(model, variant, device)
+            except AgentError:
+                pass  # not in the measured table: the runtime pin still holds the policy off this model
+            self.engine.set_current(model, variant, device)
         return res, []
 
     async def h_unpin(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         slot = self.rt().slot(_str(params, "model"))
         was = slot.pinned
         slot.pinned = None
+        if self.engine is not None:
+            self.engine.unpin(slot.manifest.name)
         return {"model": slot.manifest.name, "was_pinned": list(was) if was else None}, []
 
     async def h_hold(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
@@ -190,15 +231,14 @@ class App:
         reason = params.get("reason", "")
         if not isinstance(reason, str) or len(reason) > 1000:
             raise InvalidParams("reason must be a string of at most 1000 characters")
-        self.check_profile(profile)
         cookie = secrets.token_hex(8)
+        if self.engine is not None:
+            self.engine.hold(cookie, profile, f"conn:{peer.conn_id}", time.monotonic())
+        else:
+            raise InvalidParams("no policy engine")
         self.holds[cookie] = Hold(cookie, profile, reason, peer.pid, peer.uid, peer.conn_id)
         self.on_event({"event": "hold", "cookie": cookie, "profile": profile, "reason": reason, "pid": peer.pid})
         return {"cookie": cookie}, []
-
-    def check_profile(self, profile: str) -> None:
-        if profile not in ("power-saver", "balanced", "performance"):
-            raise InvalidParams(f"unknown profile {profile!r}")
 
     async def h_release(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         cookie = _str(params, "cookie")
@@ -206,6 +246,8 @@ class App:
         if h is None or (h.peer_uid != peer.uid and peer.uid != 0):
             raise NotFound(f"no hold with cookie {cookie!r}")
         del self.holds[cookie]
+        if self.engine is not None:
+            self.engine.release(cookie)
         self.on_event({"event": "hold_released", "cookie": cookie, "profile": h.profile, "why": "released"})
         return {"released": cookie}, []
 
@@ -213,7 +255,14 @@ class App:
         return await self.reload(), []
 
     async def reload(self) -> dict[str, Any]:
-        """Re-read the zoo (validate first, then swap in): new models load their reference variant."""
+        """Reload the policy (validate first, keep the old one on error) and re-read the zoo."""
+        if self.engine is not None and self.cfg.policy:
+            try:
+                self.engine.reload(self.cfg.policy)
+                self.reload_error = None
+            except AgentError as e:
+                self.reload_error = str(e)
+                log.error("policy reload failed; keeping the old policy", extra={"fields": {"error": str(e)}})
         manifests, errors = load_zoo(self.cfg.zoo)
         rt = self.rt()
         added = []
@@ -232,8 +281,10 @@ class App:
                 await rt.swap(name, self.manifests[name].reference, "cpu", {"why": "reload: new model"})
             except AgentError as e:
                 self.zoo_errors[name] = str(e)
+        if self.controller is not None:
+            self.controller.refresh_table()
         self.last_reload = time.time()
-        self.on_event({"event": "reload", "added": added, "zoo_errors": errors})
+        self.on_event({"event": "reload", "policy_error": self.reload_error, "added": added, "zoo_errors": errors})
         return {"reloaded": True, "added": added, "zoo_errors": errors, "policy_error": self.reload_error}
 
     async def h_subscribe(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:

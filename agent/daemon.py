@@ -32,7 +32,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--socket", type=Path, help="Unix socket path (default: $AGENT_SOCKET or %(default)s)")
     ap.add_argument("--state-dir", type=Path, help="state directory for telemetry and builds")
     ap.add_argument("--policy", type=Path, action="append", default=[], help="policy file (repeatable)")
-    ap.add_argument("--sensors", default="live", help="'live' or 'trace:FILE[,speed=N]'")
+    ap.add_argument("--sensors", default="live", help="'live' or 'trace:FILE[,speed=N][,loop=1]'")
+    ap.add_argument("--sysfs-root", default="/sys", help="root of sysfs for the live sensors (tests: a fake tree)")
+    ap.add_argument("--procfs-root", default="/proc", help="root of procfs for the live sensors")
+    ap.add_argument("--sample-interval", type=float, default=1.0, help="seconds between sensor samples")
     ap.add_argument("--threads", type=int, help="intra-op threads per worker (default: ONNX Runtime's)")
     ap.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME, help="largest IPC frame in bytes")
     ap.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on stop")
@@ -48,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         v = getattr(a, name)
         if v is not None and v < lo:
             ap.error(f"--{name.replace('_', '-')}: expected >= {lo}, got {v}")
+    if not a.sample_interval > 0:
+        ap.error(f"--sample-interval: expected > 0, got {a.sample_interval}")
     if a.drain_timeout < 0:
         ap.error("--drain-timeout: expected >= 0")
     for d in a.device:
@@ -59,7 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def config_from(a: argparse.Namespace) -> Config:
     state = a.state_dir or default_state_dir()
     return Config(zoo=a.zoo or default_zoo(state), socket=a.socket or default_socket(), state_dir=state,
-                  policy=list(a.policy), sensors=a.sensors, threads=a.threads, max_frame=a.max_frame,
+                  policy=list(a.policy), sensors=a.sensors, sysfs_root=a.sysfs_root, procfs_root=a.procfs_root,
+                  sample_interval_s=a.sample_interval, threads=a.threads, max_frame=a.max_frame,
                   drain_timeout=a.drain_timeout, spare_workers=a.spare_workers,
                   headroom_bytes=a.headroom_mb << 20, devices=dict(d.split("=", 1) for d in a.device))
 
@@ -70,12 +76,14 @@ def listen_socket() -> Any:
 
 
 def service_status(app: App) -> str:
-    """One line for systemd's STATUS=: the active variant of each model and the held profiles."""
+    """One line for systemd's STATUS=: active variant of each model, the policy's profile, held profiles."""
     rt = app.runtime
     models = ", ".join(f"{n}={s.active.variant}@{s.active.device}" if s.active else f"{n}=down"
                        for n, s in sorted(rt.slots.items())) if rt else ""
+    decision = app.controller.last_decision if app.controller is not None else None
+    profile = decision.profile if decision is not None else "-"
     holds = sorted({h.profile for h in app.holds.values()})
-    return f"serving {models or 'no models'}; holds: {', '.join(holds) or 'none'}"
+    return f"serving {models or 'no models'}; profile {profile}; holds: {', '.join(holds) or 'none'}"
 
 
 def workers_ok(app: App) -> bool:
@@ -108,7 +116,9 @@ async def run(cfg: Config, access_policy: access.AccessPolicy | None = None) -> 
 
     app = App(cfg, listen_sock=listen_socket())
     access.install(app.server, access_policy)
-    supervisor = systemd.Supervisor(lambda: workers_ok(app), status_text=lambda: service_status(app))
+    supervisor = systemd.Supervisor(lambda: workers_ok(app),
+                                    lambda: app.controller is None or app.controller.healthy(),
+                                    status_text=lambda: service_status(app))
     supervisor.start()
     try:
         await app.start()

@@ -90,6 +90,10 @@ class TomlDoc:
         except tomllib.TOMLDecodeError as e:
             line = getattr(e, "lineno", None)
             msg = getattr(e, "msg", str(e))
+            m = re.search(r"\(at line (\d+), column \d+\)", str(e))
+            if line is None and m:  # Python 3.11's TOMLDecodeError keeps the position only in the text
+                line = int(m.group(1))
+                msg = str(e)[: m.start()].strip()
             raise error_cls(f"invalid TOML: {msg}", file=str(path), line=line) from e
         return cls(path, data, text, error_cls)
 

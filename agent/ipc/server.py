@@ -51,10 +51,10 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
         return -1, -1, -1
 
 
-class _Conn(asyncio.Protocol):
+class _Conn(asyncio.BufferedProtocol):
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.reader = P.FrameReader(server.max_frame)
+        self.reader = P.FrameAssembler(server.max_frame)
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -83,9 +83,12 @@ class _Conn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reader.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
         try:
-            frames = self.reader.feed(data)
+            frames = self.reader.buffer_updated(nbytes)
         except ProtocolError as e:  # oversized or impossible length prefix: answer, then close
             self.send(P.error_response(None, e.to_jsonrpc()), [])
             self.close()
@@ -209,12 +212,15 @@ class Server:
             self._server.close()
 
     async def drain(self, timeout: float) -> bool:
-        """Wait until no request is in flight (True) or the timeout passes (False)."""
+        """Wait until no request is in flight or half-received (True), or the timeout passes (False)."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
-        while self.inflight > 0 and loop.time() < end:
+        while self.busy() and loop.time() < end:
             await asyncio.sleep(0.01)
-        return self.inflight == 0
+        return not self.busy()
+
+    def busy(self) -> bool:
+        return self.inflight > 0 or any(c.reader.pending() for c in self.conns)
 
     async def close(self) -> None:
         self.stop_accepting()

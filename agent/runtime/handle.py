@@ -58,14 +58,17 @@ class _Shm:
         os.close(self.fd)
 
 
-class _Proto(asyncio.Protocol):
+class _Proto(asyncio.BufferedProtocol):
     def __init__(self, handle: "WorkerHandle") -> None:
         self.h = handle
-        self.reader = P.FrameReader(max_frame=1 << 31)
+        self.reader = P.FrameAssembler(max_frame=(1 << 32) - 1)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reader.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
         try:
-            frames = self.reader.feed(data)
+            frames = self.reader.buffer_updated(nbytes)
         except AgentError as e:
             log.error("worker %s sent a bad frame: %s", self.h.pid, e)
             self.h._transport.close()  # type: ignore[union-attr]

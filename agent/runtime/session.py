@@ -54,6 +54,7 @@ def open_session(path: Path, device_spec: str, *, threads: int | None = None,
     if threads:
         so.intra_op_num_threads = threads
     so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if dev.provider != "CPUExecutionProvider":
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     ep_dev = ort.get_ep_devices()[dev.index]

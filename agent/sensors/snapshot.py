@@ -67,6 +67,7 @@ class CpuState:
     freq_mhz: float | None = None
     online: int | None = None
     core_classes: tuple[tuple[str, tuple[int, ...]], ...] = ()   # ("performance", (0,1)), ("efficiency", (2,3))
+    busy_s_total: float | None = None     # system busy CPU seconds since boot, all cores (for energy sharing)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class EnergyState:
     gpu_temp_c: float | None = None
     gpu_util_percent: float | None = None
     npu_busy_s: float | None = None
+    gpu_joules_total: float | None = None # NVML total energy counter (Volta and later), J
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import sysconfig
 import time
 from pathlib import Path
 
-from svc_helpers import NotifySocket
+from svc_helpers import NotifySocket, connect_when_listening
 
 AGENTD = str(Path(sysconfig.get_path("scripts")) / "agentd")
 SOCKET_ACTIVATE = "/usr/bin/systemd-socket-activate"
@@ -76,7 +76,9 @@ def start_agentd(workdir: Path, zoo: Path, notify: NotifySocket, *, activate: bo
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_path(sock, proc)
-    except AssertionError:
+        if not activate:  # bound a moment before it listens; under socket activation a connect starts it
+            connect_when_listening(str(sock), timeout=60).close()
+    except (AssertionError, OSError):
         proc.kill()
         raise
     return Agentd(proc, sock, notify, log)

@@ -75,3 +75,18 @@ def as_user(user: pwd.struct_passwd, *, groups: list[int] | None = None) -> list
     cmd = ["setpriv", "--reuid", str(user.pw_uid), "--regid", str(user.pw_gid)]
     cmd += ["--groups", ",".join(map(str, groups))] if groups else ["--clear-groups"]
     return cmd
+
+
+def connect_when_listening(path: str, timeout: float = 10.0) -> socket.socket:
+    """Connect to a Unix socket that may exist (bound) a moment before it listens."""
+    end = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+            return s
+        except (ConnectionRefusedError, FileNotFoundError):
+            s.close()
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.02)

@@ -16,7 +16,7 @@ from svc_helpers import NotifySocket, ServiceUsers, as_user
 pytestmark = pytest.mark.integration
 
 _CLIENT = r"""
-import json, sys
+import json, sys, time
 import numpy as np
 from agent.client import Client
 from agent.errors import AgentError
@@ -32,6 +32,7 @@ ops = {
     "pin": lambda: c.pin("mlp", "int8"),
     "unpin": lambda: c.unpin("mlp"),
     "reload": lambda: c.reload(),
+    "wait": lambda: time.sleep(0.3),  # let the daemon act first (e.g. refuse and close)
 }
 for name in sys.argv[2].split(","):
     try:
@@ -105,6 +106,9 @@ def test_non_member_is_refused_by_the_daemon_even_when_the_socket_is_open(
     got = _as(as_user(test_users.outsider), guarded_agentd.socket_path, "status,infer")
     assert set(got.values()) <= {"PermissionDenied", "ConnectionClosed"}
     assert got["status"] == "PermissionDenied"
+    # refused and closed before the client even sent: it still learns why
+    got = _as(as_user(test_users.outsider), guarded_agentd.socket_path, "wait,status")
+    assert got == {"wait": "ok", "status": "PermissionDenied"}
     # and the same user given the clients group by the kernel (setpriv) gets in
     cli = test_users.gid(test_users.clients_group)
     assert _as(as_user(test_users.outsider, groups=[cli]), guarded_agentd.socket_path, "status") == {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from svc_agentd import SOCKET_ACTIVATE, Agentd, start_agentd
-from svc_helpers import NotifySocket
+from svc_helpers import NotifySocket, connect_when_listening
 
 from agent.client import Client
 from agent.ipc import protocol as P
@@ -66,6 +67,7 @@ def _fields(msg: str) -> dict[str, str]:
 
 def _connect_and_wait_ready(a: Agentd, timeout: float = 60) -> tuple[Client, list[str]]:
     """The first connection makes systemd-socket-activate exec agentd; READY follows the warm-up."""
+    connect_when_listening(str(a.socket_path)).close()  # bound a moment before it listens
     client = Client(a.socket_path, timeout=60)
     try:
         before = a.notify.wait_for("READY=1", timeout)
@@ -80,7 +82,7 @@ def test_ready_comes_after_the_default_variant_is_warm_and_reports_it(
     client, msgs = _connect_and_wait_ready(a)
     assert sum("READY=1" in m for m in msgs) == 1
     ready = _fields(msgs[-1])
-    assert ready["STATUS"] == "serving mlp=fp32@cpu; holds: none"
+    assert re.fullmatch(r"serving mlp=(fp32|int8)@cpu; profile [a-z-]+; holds: none", ready["STATUS"]), ready
     st = client.status()["models"]["mlp"]
     assert st["active"]["variant"] == "fp32" and st["variants"]["fp32"]["status"] == "active"
     assert st["variants"]["fp32"]["warmup_ms"] is not None

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from svc_helpers import NotifySocket
+from svc_helpers import NotifySocket, connect_when_listening
 
 from agent import systemd as sd
 
@@ -198,14 +198,15 @@ def test_unix_listener_takes_the_socket_passed_by_systemd(tmp_path: Path) -> Non
 
     proc, sock_path = _activate(tmp_path, "agent")
     try:
-        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        c.settimeout(10)
-        c.connect(str(sock_path))
+        c = connect_when_listening(str(sock_path))
+        c.settimeout(30)
         data = b""
         while chunk := c.recv(4096):
             data += chunk
         info = json.loads(data)
     finally:
+        if proc.poll() is None:
+            proc.kill()
         proc.wait(timeout=10)
     assert info == {"fds": [[3, "agent"]], "env_left": False, "inheritable": [False], "listener": True}
 
@@ -215,9 +216,8 @@ def test_unix_listener_skips_a_passed_socket_with_another_name(tmp_path: Path) -
     import json
 
     proc, sock_path = _activate(tmp_path, "metrics")
-    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    c.connect(str(sock_path))  # triggers the start
-    out, _ = proc.communicate(timeout=10)
+    c = connect_when_listening(str(sock_path))  # triggers the start
+    out, _ = proc.communicate(timeout=30)
     c.close()
     assert json.loads(out) == {"fds": [[3, "agent"]], "env_left": False, "inheritable": [False],
                                "listener": False}

@@ -1,0 +1,280 @@
+"""decide(): the pure core of the policy engine. No I/O; the clock is the ``now`` argument.
+
+Precedence, per model: a pin wins (and ignores dwell); else the profile comes from the holds (power-saver
+wins among them, else the earliest hold), else from the first active rule that selects one, else the
+policy's default. Every active rule's ``tighten`` applies on top of whichever profile won (so thermal
+and memory guards still bind an app's hold). See docs/POLICY.md for the full semantics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from agent.policy.conditions import LEVEL_RANK, Activation
+from agent.policy.model import Constraints, Policy, Profile, Rule
+from agent.policy.state import Hold, PolicyState, RuleMemory
+from agent.policy.table import VariantRow, by_model
+from agent.sensors.snapshot import Snapshot
+
+_FIGURE = {"min_energy": "energy_j", "min_latency": "latency_ms_p50", "max_quality": "quality_rel"}
+_MARGIN = {"min_energy": "energy", "min_latency": "latency", "max_quality": "quality"}
+_BASE_READINGS = ("battery.percent", "power.on_ac", "thermal.level", "memory.available_bytes",
+                  "memory.psi_some_avg10")
+
+
+@dataclass(frozen=True)
+class Alternative:
+    variant: str
+    device: str
+    verdict: str        # "violates" | "worse" | "within-margin" | "dwell" | "fallback"
+    why: str
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    model: str
+    variant: str
+    device: str
+    provider: str
+    change: bool
+    previous: tuple[str, str] | None
+    why: str
+    alternatives: tuple[Alternative, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant}@{self.device}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    now: float
+    profile: str
+    objective: str
+    source: str                       # "hold" | "rule" | "default"
+    rule: str | None                  # the rule that selected the profile
+    rules_active: tuple[str, ...]
+    constraints: Constraints
+    readings: dict[str, Any]
+    choices: dict[str, ModelChoice]
+    state: PolicyState                # the state to pass to the next decide()
+    errors: tuple[str, ...] = ()      # rule conditions that could not be evaluated on this snapshot
+    hold: str | None = None           # cookie of the winning hold
+
+    def changes(self) -> list[ModelChoice]:
+        return [c for c in self.choices.values() if c.change]
+
+    def log_fields(self) -> dict[str, Any]:
+        """One flat dict: a structured log line and a telemetry row (scalars only)."""
+        out: dict[str, Any] = {
+            "event": "policy.decision", "t": self.now, "profile": self.profile, "objective": self.objective,
+            "source": self.source, "rule": self.rule, "hold": self.hold,
+            "rules_active": ",".join(self.rules_active),
+            "min_quality": self.constraints.min_quality, "slo_p95_ms": self.constraints.max_latency_p95_ms,
+            "changes": ";".join(f"{c.model}:{_lbl(c.previous)}->{c.label}" for c in self.changes()),
+            "choices": ";".join(f"{m}={c.label}" for m, c in sorted(self.choices.items())),
+            "errors": "; ".join(self.errors),
+        }
+        for k, v in self.readings.items():
+            out[f"r.{k}"] = v
+        for m, c in sorted(self.choices.items()):
+            out[f"why.{m}"] = c.why
+        return out
+
+
+def _lbl(key: tuple[str, str] | None) -> str:
+    return f"{key[0]}@{key[1]}" if key else "none"
+
+
+def _step_rules(policy: Policy, act: Activation, state: PolicyState, now: float
+                ) -> tuple[dict[str, RuleMemory], list[Rule], list[str]]:
+    memory: dict[str, RuleMemory] = {}
+    active: list[Rule] = []
+    errors: list[str] = []
+    for rule in policy.rules:
+        mem = state.rules.get(rule.name, RuleMemory())
+        if mem.active and rule.exit_when is not None:
+            leave, err = rule.exit_when.evaluate(act)
+            target = not leave
+        else:
+            target, err = rule.when.evaluate(act)
+            if err is not None and mem.active:
+                target = True       # an unreadable value does not end an active rule
+        if err is not None:
+            errors.append(f"rule {rule.name}: {err}")
+        debounce = policy.switching.debounce_s if rule.debounce_s is None else rule.debounce_s
+        if target == mem.active:
+            mem = RuleMemory(mem.active, None)
+        elif mem.pending_since is None and debounce > 0:
+            mem = RuleMemory(mem.active, now)
+        elif debounce <= 0 or (mem.pending_since is not None and now - mem.pending_since >= debounce):
+            mem = RuleMemory(target, None)
+        memory[rule.name] = mem
+        if mem.active:
+            active.append(rule)
+    return memory, active, errors
+
+
+def _winning_hold(policy: Policy, holds: tuple[Hold, ...]) -> Hold | None:
+    valid = [h for h in holds if h.profile in policy.profiles]
+    if not valid:
+        return None
+    saver = [h for h in valid if h.profile == "power-saver"]
+    return min(saver or valid, key=lambda h: (h.since, h.cookie))
+
+
+def violations(row: VariantRow, c: Constraints, objective: str, snapshot: Snapshot, resident: bool) -> list[str]:
+    """Why ``row`` may not run now (empty = feasible). ``resident``: it is already loaded."""
+    out: list[str] = []
+    if not c.device_ok(row.device):
+        out.append(f"device {row.device} not allowed")
+    fig = _FIGURE[objective]
+    if getattr(row, fig) is None:
+        out.append(f"no measured {fig}")
+    if c.min_quality is not None:
+        if row.quality_rel is None:
+            out.append("no measured quality")
+        elif row.quality_rel < c.min_quality:
+            out.append(f"quality {row.quality_rel:.4g} < {c.min_quality:.4g}")
+    if c.max_latency_p95_ms is not None:
+        if row.latency_ms_p95 is None:
+            out.append("no measured latency_ms_p95")
+        elif row.latency_ms_p95 > c.max_latency_p95_ms:
+            out.append(f"p95 {row.latency_ms_p95:.4g} ms > SLO {c.max_latency_p95_ms:.4g} ms")
+    avail = snapshot.memory.available_bytes
+    if c.memory_headroom_mb is not None and avail is not None:
+        need = c.memory_headroom_mb * 1e6 + (0 if resident else (row.memory_bytes or 0))
+        if not resident and row.memory_bytes is None:
+            out.append("no measured memory_bytes")
+        elif avail < need:
+            out.append(f"needs {need / 1e6:.0f} MB free, {avail / 1e6:.0f} MB available")
+    return out
+
+
+def rank_key(row: VariantRow, objective: str) -> tuple[Any, ...]:
+    inf = float("inf")
+    e = row.energy_j if row.energy_j is not None else inf
+    lat = row.latency_ms_p50 if row.latency_ms_p50 is not None else inf
+    q = -(row.quality_rel if row.quality_rel is not None else -inf)
+    if objective == "min_energy":
+        return (e, q, lat, row.variant, row.device)
+    if objective == "min_latency":
+        return (lat, e, q, row.variant, row.device)
+    return (q, e, lat, row.variant, row.device)
+
+
+def _improvement(best: VariantRow, cur: VariantRow, objective: str) -> float:
+    fig = _FIGURE[objective]
+    b, c = float(getattr(best, fig)), float(getattr(cur, fig))
+    if c == 0:
+        return 0.0 if b == c else float("inf")
+    return (b - c) / abs(c) if objective == "max_quality" else (c - b) / abs(c)
+
+
+def _choose(model: str, rows: list[VariantRow], cons: Constraints, objective: str, policy: Policy,
+            state: PolicyState, snapshot: Snapshot, now: float, profile: str) -> ModelChoice:
+    cur_key = state.current.get(model)
+    by_key = {r.key: r for r in rows}
+    cur = by_key.get(cur_key) if cur_key else None
+    viol = {r.key: violations(r, cons, objective, snapshot, r.key == cur_key) for r in rows}
+    feasible = sorted((r for r in rows if not viol[r.key]), key=lambda r: rank_key(r, objective))
+    verdicts: dict[tuple[str, str], Alternative] = {}
+    pin = state.pins.get(model)
+    if pin is not None and pin in by_key:
+        chosen, why = by_key[pin], f"pinned to {_lbl(pin)}"
+    elif not feasible:
+        if cur is not None:
+            chosen, why = cur, "no variant meets the constraints; keeping the current one"
+        else:
+            chosen = min(rows, key=lambda r: (len(viol[r.key]), rank_key(r, objective)))
+            why = "no variant meets the constraints; fallback to the one violating the fewest"
+    else:
+        best = feasible[0]
+        chosen, why = best, f"{profile}: {objective} best of {len(feasible)} feasible"
+        if cur is not None and best.key != cur.key:
+            since = now - state.last_swap.get(model, float("-inf"))
+            if since < policy.switching.min_dwell_s:
+                chosen = cur
+                why = f"dwell: last swap {since:.1f}s ago < min_dwell_s {policy.switching.min_dwell_s:g}"
+                verdicts[best.key] = Alternative(best.variant, best.device, "dwell", why)
+            elif not viol[cur.key]:
+                gain = _improvement(best, cur, objective)
+                margin = getattr(policy.switching.margins, _MARGIN[objective])
+                if gain <= margin:
+                    chosen = cur
+                    why = f"margin: {best.label} better by {gain:.1%} <= {margin:.1%}; keeping current"
+                    verdicts[best.key] = Alternative(best.variant, best.device, "within-margin",
+                                                     f"better by {gain:.1%}, margin {margin:.1%}")
+    fig = _FIGURE[objective]
+    for r in rows:
+        if r.key == chosen.key or r.key in verdicts:
+            continue
+        if viol[r.key]:
+            verdicts[r.key] = Alternative(r.variant, r.device, "violates", "; ".join(viol[r.key]))
+        else:
+            verdicts[r.key] = Alternative(r.variant, r.device, "worse",
+                                          f"{fig} {getattr(r, fig):.4g} vs {getattr(chosen, fig)}")
+    if pin is not None and pin not in by_key:
+        why += f" (pin {_lbl(pin)} ignored: not in the variant table)"
+    alts = tuple(verdicts[r.key] for r in rows if r.key in verdicts)
+    return ModelChoice(model, chosen.variant, chosen.device, chosen.provider, chosen.key != cur_key, cur_key,
+                       why, alts)
+
+
+def _readings(policy: Policy, snapshot: Snapshot, act: Activation) -> dict[str, Any]:
+    names = set(_BASE_READINGS)
+    for r in policy.rules:
+        names.update(r.when.fields)
+        if r.exit_when is not None:
+            names.update(r.exit_when.fields)
+    out: dict[str, Any] = {}
+    for n in sorted(names):
+        sec, _, key = n.partition(".")
+        v = act.data.get(sec, {}).get(key)
+        if v is None or isinstance(v, (bool, int, float, str)):
+            out[n] = v
+    return out
+
+
+def decide(snapshot: Snapshot, state: PolicyState, policy: Policy, table: list[VariantRow],
+           now: float) -> Decision:
+    """Choose (variant, device) for every model in ``table``; pure and deterministic."""
+    act = Activation(snapshot)
+    memory, active, errors = _step_rules(policy, act, state, now)
+    hold = _winning_hold(policy, state.holds)
+    rule_name: str | None = None
+    if hold is not None:
+        profile, source = policy.profile(hold.profile), "hold"
+    else:
+        selecting = next((r for r in active if r.profile is not None), None)
+        if selecting is not None and selecting.profile is not None:
+            profile, source, rule_name = policy.profile(selecting.profile), "rule", selecting.name
+        else:
+            profile, source = policy.profile(policy.default), "default"
+    cons = profile.constraints
+    for r in active:
+        if r.tighten is not None:
+            cons = cons.tighten(r.tighten)
+    objective = _objective(profile, cons, snapshot)
+    new_state = replace(state, rules=memory)
+    choices: dict[str, ModelChoice] = {}
+    label = profile.name
+    if objective != profile.objective:
+        label += f" (thermal ceiling {cons.thermal_ceiling} reached)"
+    for model, rows in sorted(by_model(table).items()):
+        ch = _choose(model, rows, cons, objective, policy, state, snapshot, now, label)
+        choices[model] = ch
+        if ch.change:
+            new_state = new_state.with_current(model, ch.variant, ch.device, now)
+    return Decision(now=now, profile=profile.name, objective=objective, source=source, rule=rule_name,
+                    rules_active=tuple(r.name for r in active), constraints=cons,
+                    readings=_readings(policy, snapshot, act), choices=choices, state=new_state,
+                    errors=tuple(errors), hold=hold.cookie if hold else None)
+
+
+def _objective(profile: Profile, cons: Constraints, snapshot: Snapshot) -> str:
+    lvl = snapshot.thermal.level
+    if cons.thermal_ceiling is not None and lvl in LEVEL_RANK and LEVEL_RANK[lvl] >= LEVEL_RANK[cons.thermal_ceiling]:
+        return "min_energy"
+    return profile.objective

@@ -1,0 +1,125 @@
+"""The policy's data model: profiles, constraints, rules, switching discipline (all frozen)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from agent.policy.conditions import LEVEL_RANK, Condition
+
+OBJECTIVES = ("min_energy", "min_latency", "max_quality")
+DEVICES = ("cpu", "gpu", "npu")
+BUILTIN_PROFILES = ("power-saver", "balanced", "performance")
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Hard limits a (variant, device) row must meet. ``None`` = no limit."""
+
+    min_quality: float | None = None            # quality relative to the model's reference variant
+    max_latency_p95_ms: float | None = None     # the p95 latency SLO
+    memory_headroom_mb: float | None = None     # memory that must stay available after loading
+    allow_devices: frozenset[str] | None = None  # None = every device
+    deny_devices: frozenset[str] = frozenset()
+    thermal_ceiling: str | None = None          # at/above this level the objective becomes min_energy
+
+    def tighten(self, other: Constraints) -> Constraints:
+        """The stricter of the two on every axis (rules only ever tighten)."""
+
+        def hi(a: float | None, b: float | None) -> float | None:
+            return b if a is None else a if b is None else max(a, b)
+
+        def lo(a: float | None, b: float | None) -> float | None:
+            return b if a is None else a if b is None else min(a, b)
+
+        allow = self.allow_devices if other.allow_devices is None else (
+            other.allow_devices if self.allow_devices is None else self.allow_devices & other.allow_devices)
+        ceil = self.thermal_ceiling
+        if other.thermal_ceiling is not None and (ceil is None or LEVEL_RANK[other.thermal_ceiling] < LEVEL_RANK[ceil]):
+            ceil = other.thermal_ceiling
+        return Constraints(
+            min_quality=hi(self.min_quality, other.min_quality),
+            max_latency_p95_ms=lo(self.max_latency_p95_ms, other.max_latency_p95_ms),
+            memory_headroom_mb=hi(self.memory_headroom_mb, other.memory_headroom_mb),
+            allow_devices=allow, deny_devices=self.deny_devices | other.deny_devices, thermal_ceiling=ceil,
+        )
+
+    def device_ok(self, device: str) -> bool:
+        return device not in self.deny_devices and (self.allow_devices is None or device in self.allow_devices)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "min_quality": self.min_quality, "max_latency_p95_ms": self.max_latency_p95_ms,
+            "memory_headroom_mb": self.memory_headroom_mb,
+            "allow_devices": sorted(self.allow_devices) if self.allow_devices is not None else None,
+            "deny_devices": sorted(self.deny_devices), "thermal_ceiling": self.thermal_ceiling,
+        }
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    objective: str
+    constraints: Constraints = field(default_factory=Constraints)
+    description: str = ""
+    include: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    when: Condition
+    exit_when: Condition | None = None      # hysteresis: once active, stays until this is true
+    profile: str | None = None              # select this profile while active
+    tighten: Constraints | None = None      # tighten the active profile's constraints while active
+    debounce_s: float | None = None         # overrides [switching] debounce_s
+
+
+@dataclass(frozen=True)
+class Margins:
+    """Relative improvement a better candidate needs over a still-feasible current choice."""
+
+    energy: float = 0.10
+    latency: float = 0.10
+    quality: float = 0.002
+
+
+@dataclass(frozen=True)
+class Switching:
+    min_dwell_s: float = 30.0
+    debounce_s: float = 3.0
+    margins: Margins = field(default_factory=Margins)
+
+
+@dataclass(frozen=True)
+class Policy:
+    profiles: dict[str, Profile]
+    rules: tuple[Rule, ...] = ()
+    default: str = "balanced"
+    switching: Switching = field(default_factory=Switching)
+    sources: tuple[str, ...] = ()
+
+    def profile(self, name: str) -> Profile:
+        return self.profiles[name]
+
+
+def builtin_profiles() -> dict[str, Profile]:
+    """The three profiles every policy has unless its files redefine them."""
+    return {
+        "power-saver": Profile("power-saver", "min_energy",
+                               Constraints(min_quality=0.97, memory_headroom_mb=256.0),
+                               "least energy per request, quality within 3 % of the reference"),
+        "balanced": Profile("balanced", "min_energy",
+                            Constraints(min_quality=0.99, memory_headroom_mb=256.0),
+                            "least energy per request, quality within 1 % of the reference"),
+        "performance": Profile("performance", "min_latency",
+                               Constraints(min_quality=0.99, memory_headroom_mb=256.0),
+                               "lowest latency, quality within 1 % of the reference"),
+    }
+
+
+def default_policy() -> Policy:
+    return Policy(profiles=builtin_profiles())
+
+
+def with_profiles(p: Policy, profiles: dict[str, Profile]) -> Policy:
+    return replace(p, profiles=profiles)

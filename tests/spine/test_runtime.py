@@ -1,0 +1,98 @@
+"""Runtime behaviour in process (real workers, injected memory probe)."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from agent.errors import InsufficientMemory, LoadError, NotFound
+from agent.ipc import protocol as P
+from agent.runtime.manager import Runtime
+from agent.zoo.manifest import load_zoo
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def test_load_is_refused_with_a_reason_when_the_variant_does_not_fit(tensor_zoo):
+    models, _ = load_zoo(tensor_zoo)
+
+    async def go():
+        rt = Runtime(models, memory_probe=lambda: 300 << 20, headroom_bytes=256 << 20, spare_workers=0)
+        try:
+            with pytest.raises(LoadError) as e:
+                await rt.swap("mlp", "fp32", "cpu")
+            assert "needs ~" in str(e.value) and "available" in str(e.value)
+            assert rt.slots["mlp"].states["fp32"].status == "failed"
+            assert rt.slots["mlp"].active is None
+        finally:
+            await rt.close()
+
+    _run(go())
+
+
+def test_insufficient_memory_keeps_the_current_variant_serving(tensor_zoo):
+    models, _ = load_zoo(tensor_zoo)
+    free = {"bytes": 8 << 30}
+
+    async def go():
+        rt = Runtime(models, memory_probe=lambda: free["bytes"], spare_workers=0)
+        try:
+            await rt.swap("mlp", "fp32", "cpu")
+            free["bytes"] = 100 << 20
+            with pytest.raises(LoadError, match="refusing to load"):
+                await rt.swap("mlp", "int8", "cpu")
+            descs, bufs = P.tensor_descs({"x": np.ones((1, 256), np.float32)})
+            r = await rt.infer("mlp", descs, memoryview(bytes(bufs[0])))
+            assert r.variant == "fp32"
+        finally:
+            await rt.close()
+
+    _run(go())
+
+
+def test_estimate_uses_measured_peak_rss_when_the_manifest_has_it(tensor_zoo):
+    from dataclasses import replace
+
+    from agent.zoo.manifest import Measurement
+
+    models, _ = load_zoo(tensor_zoo)
+    m = models["mlp"]
+    v = replace(m.variant("fp32"), measurements=(Measurement(device="cpu", peak_rss_bytes=123_456_789),))
+    rt = Runtime(models)
+    assert rt.estimate_bytes(m, v, "cpu") == 123_456_789
+    assert rt.estimate_bytes(m, m.variant("fp32"), "cpu") > m.variant("fp32").size_bytes
+
+
+def test_unknown_device_fails_the_load_and_never_falls_back(tensor_zoo):
+    models, _ = load_zoo(tensor_zoo)
+
+    async def go():
+        rt = Runtime(models, spare_workers=0)
+        try:
+            with pytest.raises(LoadError, match="no device matches 'npu'"):
+                await rt.swap("mlp", "fp32", "npu")
+            with pytest.raises(NotFound):
+                await rt.swap("mlp", "fp64", "cpu")
+        finally:
+            await rt.close()
+
+    _run(go())
+
+
+def test_swap_reports_assignment_of_nodes_to_providers(tensor_zoo):
+    models, _ = load_zoo(tensor_zoo)
+    events = []
+
+    async def go():
+        rt = Runtime(models, spare_workers=0, emit=events.append)
+        try:
+            await rt.swap("mlp", "int8", "cpu", {"why": "test"})
+        finally:
+            await rt.close()
+
+    _run(go())
+    (ev,) = [e for e in events if e["event"] == "swap"]
+    assert ev["assignment"].get("CPUExecutionProvider", 0) > 0
+    assert ev["reason"] == {"why": "test"} and ev["to"] == "int8" and ev["from"] is None

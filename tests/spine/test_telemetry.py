@@ -1,0 +1,49 @@
+import sqlite3
+import time
+
+import pytest
+
+from agent.errors import InvalidParams
+from agent.telemetry import Telemetry, parse_duration
+
+
+def test_rows_are_batched_into_sqlite_in_wal_mode(tmp_path):
+    t = Telemetry(tmp_path / "t.db", flush_s=60)
+    for i in range(10):
+        t.record("requests", {"model": "m", "latency_ms": float(i), "ok": True})
+    t.record("swaps", {"from": "a", "to": "b", "reason": {"why": "test"}})
+    t.close()
+    db = sqlite3.connect(tmp_path / "t.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("SELECT count(*) FROM requests").fetchone()[0] == 10
+    assert db.execute("SELECT reason FROM swaps").fetchone()[0] == '{"why": "test"}'
+
+
+def test_retention_prunes_old_rows(tmp_path):
+    t = Telemetry(tmp_path / "t.db", retention_s=3600)
+    t.record("requests", {"model": "old", "ts": time.time() - 7200})
+    t.record("requests", {"model": "new"})
+    t.close()
+    rows = sqlite3.connect(tmp_path / "t.db").execute("SELECT model FROM requests").fetchall()
+    assert rows == [("new",)]
+
+
+def test_history_filters_by_time_and_rejects_unknown_tables(tmp_path):
+    t = Telemetry(tmp_path / "t.db")
+    t.record("requests", {"model": "a", "ts": time.time() - 100})
+    t.record("requests", {"model": "b"})
+    assert [r["model"] for r in t.history(50, ["requests"])["requests"]] == ["b"]
+    with pytest.raises(InvalidParams):
+        t.history(50, ["passwords"])
+    t.close()
+
+
+@pytest.mark.parametrize("text,secs", [("30s", 30), ("10m", 600), ("1h", 3600), ("2d", 172800), ("45", 45)])
+def test_durations(text, secs):
+    assert parse_duration(text) == secs
+
+
+@pytest.mark.parametrize("text", ["", "ten", "-5m", "5 minutes", "1w"])
+def test_bad_durations(text):
+    with pytest.raises(InvalidParams):
+        parse_duration(text)
