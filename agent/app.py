@@ -21,7 +21,7 @@ from typing import Any
 from agent import __version__
 from agent.errors import AgentError, InvalidParams, NotFound
 from agent.ipc import protocol as P
-from agent.ipc.server import Peer, Server
+from agent.ipc.server import REQUEST_ID, Peer, Server
 from agent.control import Controller
 from agent.policy.engine import PolicyEngine
 from agent.runtime.manager import Runtime
@@ -153,7 +153,64 @@ class App:
     def handlers(self) -> dict[str, Any]:
         return {"infer": self.h_infer, "models": self.h_models, "status": self.h_status, "pin": self.h_pin,
                 "unpin": self.h_unpin, "hold": self.h_hold, "release": self.h_release,
-                "reload": self.h_reload, "subscribe": self.h_subscribe, "history": self.h_history}
+                "reload": self.h_reload, "subscribe": self.h_subscribe, "history": self.h_history,
+                "generate": self.h_generate, "cancel": self.h_cancel}
+
+    async def h_generate(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        """Stream tokens as ``token`` notifications ({id, text, index}); the response is the whole text,
+        finish_reason, usage, and the variant and device that served it."""
+        t0 = time.perf_counter()
+        model = _str(params, "model")
+        rid = REQUEST_ID.get()
+        stream = params.get("stream", True)
+        allowed = {"model", "prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
+                   "stream", "deadline_ms", "min_quality"}
+        unknown = sorted(set(params) - allowed)
+        if unknown:
+            raise InvalidParams(f"unknown generate parameter {unknown[0]!r}; expected {', '.join(sorted(allowed))}")
+        hints = {k: params[k] for k in ("deadline_ms", "min_quality") if params.get(k) is not None}
+        for k, v in hints.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise InvalidParams(f"{k}: expected a non-negative number, got {v!r}")
+        if hints and self.controller is not None:
+            self.controller.hint(model, hints)
+        fwd = {k: v for k, v in params.items() if k not in ("model", "stream", "deadline_ms", "min_quality")}
+
+        def on_token(p: dict[str, Any]) -> None:
+            if stream and rid is not None:
+                peer.send({"jsonrpc": "2.0", "method": "token",
+                           "params": {"id": rid, "text": p.get("text", ""), "index": p.get("index")}}, [])
+        try:
+            res = await self.rt().generate(model, fwd, on_token)
+        except asyncio.CancelledError:
+            self.telemetry.record("requests", {"model": model, "ok": False, "error": "cancelled", "kind": "generate",
+                                               "latency_ms": (time.perf_counter() - t0) * 1e3})
+            raise
+        except AgentError as e:
+            self.telemetry.record("requests", {"model": model, "ok": False, "error": type(e).__name__,
+                                               "kind": "generate", "latency_ms": (time.perf_counter() - t0) * 1e3})
+            raise
+        wall = time.perf_counter() - t0
+        usage = res.get("usage") or {}
+        # the worker's CPU time is not reported per generation: the busy cores while it ran stand in
+        cpu_s = wall * min(1.0, float(os.cpu_count() or 1))
+        joules, meter = (self.controller.attribute(model, res["variant"], cpu_s, wall)
+                         if self.controller else (None, None))
+        toks = usage.get("completion_tokens") or 0
+        res["joules"], res["meter"] = joules, meter
+        res["joules_per_token"] = joules / toks if joules is not None and toks else None
+        self.telemetry.record("requests", {"model": model, "variant": res["variant"], "device": res["device"],
+                                           "ok": True, "kind": "generate", "latency_ms": wall * 1e3,
+                                           "tokens": toks, "ttft_ms": usage.get("ttft_ms"),
+                                           "tokens_per_s": usage.get("decode_tokens_per_s"),
+                                           "finish": res.get("finish_reason"), "joules": joules, "meter": meter})
+        return res, []
+
+    async def h_cancel(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        rid = params.get("id")
+        if not isinstance(rid, (int, str)) or isinstance(rid, bool):
+            raise InvalidParams("id: expected the id of a generate request on this connection")
+        return {"cancelled": peer.cancel(rid)}, []
 
     async def h_infer(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         t0 = time.perf_counter()
@@ -201,7 +258,14 @@ class App:
         }
 
     async def h_status(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
-        return self.status(), []
+        st = self.status()
+        for name, m in self.manifests.items():
+            if m.kind == "causal-lm" and name in st["models"]:
+                try:
+                    st["models"][name]["llm"] = await self.rt().llm_stats(name)
+                except AgentError:
+                    st["models"][name]["llm"] = None
+        return st, []
 
     async def h_pin(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         model, variant = _str(params, "model"), _str(params, "variant")

@@ -31,6 +31,34 @@ from agent.paths import default_socket
 
 
 @dataclass
+class Chunk:
+    """One streamed piece of a generation; the last has ``finish_reason``, ``usage``, ``variant``, ``device``."""
+
+    text: str
+    index: int | None = None
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    variant: str | None = None
+    device: str | None = None
+    result: dict[str, Any] | None = None
+
+
+def _gen_params(model: str, prompt: str | None, messages: list[dict[str, Any]] | None,
+                params: dict[str, Any]) -> dict[str, Any]:
+    p: dict[str, Any] = {"model": model, **params}
+    if messages is not None:
+        p["messages"] = messages
+    elif prompt is not None:
+        p["prompt"] = prompt
+    return p
+
+
+def _final_chunk(res: dict[str, Any]) -> Chunk:
+    return Chunk(res.get("tail", ""), None, res.get("finish_reason"), res.get("usage"), res.get("variant"),
+                 res.get("device"), res)
+
+
+@dataclass
 class InferResult:
     outputs: dict[str, np.ndarray]
     model: str
@@ -118,6 +146,46 @@ class Client:
         res, payload = self.call("infer", {"model": model, "inputs": descs}, bufs)
         return _infer_result(res, payload, t0)
 
+    def generate(self, model: str, prompt: str | None = None, *, messages: list[dict[str, Any]] | None = None,
+                 **params: Any) -> Iterator[Chunk]:
+        """Stream a generation. Stopping the iteration early cancels it in the daemon."""
+        with self._lock:
+            rid = next(self._ids)
+            done = False
+            try:
+                P.send_frame(self.sock, P.request(rid, "generate", _gen_params(model, prompt, messages, params)))
+                while True:
+                    f = P.recv_frame(self.sock, self.max_frame)
+                    hd = f.header
+                    if hd.get("method") == "token" and (hd.get("params") or {}).get("id") == rid:
+                        p = hd["params"]
+                        yield Chunk(p.get("text", ""), p.get("index"))
+                    elif hd.get("id") == rid:
+                        done = True
+                        if "error" in hd:
+                            raise error_from_jsonrpc(hd["error"])
+                        yield _final_chunk(hd.get("result") or {})
+                        return
+            except (EOFError, OSError) as e:
+                done = True
+                raise ConnectionClosed(f"agentd closed the connection: {e}") from None
+            finally:
+                if not done:   # the caller stopped early: cancel, then read up to the final reply
+                    try:
+                        P.send_frame(self.sock, P.request(None, "cancel", {"id": rid}))
+                        while P.recv_frame(self.sock, self.max_frame).header.get("id") != rid:
+                            pass
+                    except (EOFError, OSError, AgentError):
+                        pass
+
+    def complete(self, model: str, prompt: str | None = None, **kw: Any) -> Chunk:
+        """The whole generation at once (the final chunk, whose ``result['text']`` is the full text)."""
+        last = None
+        for last in self.generate(model, prompt, **kw):
+            pass
+        assert last is not None
+        return last
+
     def models(self) -> Any:
         return self.call("models")[0]
 
@@ -163,6 +231,7 @@ class AsyncClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._streams: dict[int, asyncio.Queue[Any]] = {}
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
@@ -206,6 +275,11 @@ class AsyncClient:
                 if hd.get("method") == "event":
                     self._events.put_nowait(hd.get("params") or {})
                     continue
+                if hd.get("method") == "token":
+                    q = self._streams.get((hd.get("params") or {}).get("id"))
+                    if q is not None:
+                        q.put_nowait(hd["params"])
+                    continue
                 fut = self._pending.pop(hd.get("id"), None) if isinstance(hd.get("id"), int) else None
                 if fut is None or fut.done():
                     continue
@@ -240,6 +314,38 @@ class AsyncClient:
         t0 = time.perf_counter()
         res, payload = await self.call("infer", {"model": model, "inputs": descs}, bufs)
         return _infer_result(res, payload, t0)
+
+    async def generate(self, model: str, prompt: str | None = None, *,
+                       messages: list[dict[str, Any]] | None = None, **params: Any) -> AsyncIterator[Chunk]:
+        """Stream a generation; closing the iterator early (or cancelling the task) cancels it."""
+        if self._writer is None or self._task is None or self._task.done():
+            raise ConnectionClosed("not connected")
+        rid = next(self._ids)
+        q: asyncio.Queue[Any] = asyncio.Queue()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        self._streams[rid] = q
+        fut.add_done_callback(lambda f: q.put_nowait(None))
+        done = False
+        try:
+            self._writer.writelines(P.encode(P.request(rid, "generate", _gen_params(model, prompt, messages, params))))
+            await self._writer.drain()
+            while True:
+                item = await q.get()
+                if item is None:
+                    break
+                yield Chunk(item.get("text", ""), item.get("index"))
+            done = True
+            while not q.empty():
+                item = q.get_nowait()
+                if item is not None:
+                    yield Chunk(item.get("text", ""), item.get("index"))
+            res, _ = fut.result()
+            yield _final_chunk(res)
+        finally:
+            self._streams.pop(rid, None)
+            if not done and self._writer is not None and not self._writer.is_closing():
+                self._writer.writelines(P.encode(P.request(None, "cancel", {"id": rid})))
 
     async def status(self) -> Any:
         return (await self.call("status"))[0]

@@ -64,6 +64,7 @@ class Controller:
         self._pending: Snapshot | None = None
         self._last_key: tuple[Any, ...] | None = None
         self._table: list[VariantRow] = []
+        self.hints: dict[str, dict[str, float]] = {}
         self.energy: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0.0])  # n, J, s
         self.refresh_table()
 
@@ -111,6 +112,8 @@ class Controller:
     def _on_sample(self, snap: Snapshot) -> None:
         self.prev, self.last = self.last, snap
         self.last_tick_mono = time.monotonic()
+        if self.prev is not None:
+            self.acct.calibrate(self.prev, snap)   # learns watts per busy core where a meter exists
         self.telemetry.record("samples", flat_sample(snap))
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._decide, snap)
@@ -164,6 +167,10 @@ class Controller:
         self.telemetry.record("decisions", fields)
         self.emit({"event": "decision", "profile": d.profile, "rule": d.rule, "source": d.source,
                    "changes": fields.get("changes"), "readings": d.readings})
+
+    def hint(self, model: str, hints: dict[str, float]) -> None:
+        """Per-request QoS hints (deadline_ms, min_quality): kept per model and shown with decisions."""
+        self.hints[model] = {**hints, "at": time.time()}
 
     # -- energy -------------------------------------------------------------------------------------
     def attribute(self, model: str, variant: str, cpu_s: float, wall_s: float) -> tuple[float, str]:

@@ -9,6 +9,7 @@ Peers are identified with SO_PEERCRED; ``authorize(peer, method)`` may refuse a 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import socket
@@ -24,6 +25,11 @@ from agent.ipc.access import peer_groups
 
 log = logging.getLogger(__name__)
 
+# the JSON-RPC id of the request a handler is serving (handlers that stream partial results use it)
+REQUEST_ID: contextvars.ContextVar[Any] = contextvars.ContextVar("REQUEST_ID", default=None)
+# methods whose handler task is cancelled when the client disconnects or sends ``cancel``
+CANCELLABLE = frozenset({"generate"})
+
 
 @dataclass(eq=False)
 class Peer:
@@ -36,6 +42,7 @@ class Peer:
     subscribed: bool = False
     send: Callable[[dict[str, Any], list[Any]], None] = field(default=lambda h, b: None, repr=False)
     close: Callable[[], None] = field(default=lambda: None, repr=False)
+    cancel: Callable[[Any], bool] = field(default=lambda rid: False, repr=False)
 
 
 # a handler gets (peer, params, payload) and returns (result, buffers)
@@ -58,6 +65,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.cancellable: dict[Any, asyncio.Task[Any]] = {}
         self.closed = False
         self.eof = False
 
@@ -68,7 +76,8 @@ class _Conn(asyncio.BufferedProtocol):
         pid, uid, gid = peer_credentials(sock) if sock is not None else (-1, -1, -1)
         groups = peer_groups(sock, pid, uid, gid) if sock is not None and uid >= 0 else frozenset()
         self.server._next_id += 1
-        self.peer = Peer(pid, uid, gid, self.server._next_id, groups=groups, send=self.send, close=self.close)
+        self.peer = Peer(pid, uid, gid, self.server._next_id, groups=groups, send=self.send, close=self.close,
+                         cancel=self.cancel_request)
         self.server.conns.add(self)
         deny = self.server.on_connect(self.peer) if self.server.on_connect else None
         if deny:
@@ -82,6 +91,13 @@ class _Conn(asyncio.BufferedProtocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    def cancel_request(self, rid: Any) -> bool:
+        t = self.cancellable.get(rid)
+        if t is None or t.done():
+            return False
+        t.cancel()
+        return True
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.reader.get_buffer(sizehint)
@@ -128,10 +144,14 @@ class _Conn(asyncio.BufferedProtocol):
         self.server.inflight += 1
         t = asyncio.ensure_future(self._run(handler, rid, params, f.payload))
         self.tasks.add(t)
-        t.add_done_callback(self.tasks.discard)
+        t.add_done_callback(self._finished)  # also runs for a task cancelled before it started
+        if method in CANCELLABLE and rid is not None:
+            self.cancellable[rid] = t
+            t.add_done_callback(lambda _t, r=rid: self.cancellable.pop(r, None))
 
     async def _run(self, handler: Handler, rid: Any, params: dict[str, Any], payload: memoryview) -> None:
         assert self.peer is not None
+        REQUEST_ID.set(rid)
         try:
             result, bufs = await handler(self.peer, params, payload)
             if rid is not None:
@@ -139,17 +159,22 @@ class _Conn(asyncio.BufferedProtocol):
         except AgentError as e:
             self.send(P.error_response(rid, e.to_jsonrpc()), [])
         except asyncio.CancelledError:
+            if rid is not None and not self.closed:
+                self.send(P.response(rid, {"cancelled": True}), [])
             raise
         except Exception as e:  # a bug in a handler must not kill the daemon
             log.exception("handler failed")
             self.send(P.error_response(rid, AgentError(f"internal error: {type(e).__name__}: {e}").to_jsonrpc()), [])
-        finally:
-            self.peer.inflight -= 1
-            self.server.inflight -= 1
-            if self.server.on_done is not None:
-                self.server.on_done(self.peer)
-            if self.eof and self.peer.inflight == 0:
-                self.close()  # the peer half-closed: its last reply is out, now close
+
+    def _finished(self, t: asyncio.Task[Any]) -> None:
+        self.tasks.discard(t)
+        assert self.peer is not None
+        self.peer.inflight -= 1
+        self.server.inflight -= 1
+        if self.server.on_done is not None:
+            self.server.on_done(self.peer)
+        if self.eof and self.peer.inflight == 0:
+            self.close()  # the peer half-closed: its last reply is out, now close
 
     def eof_received(self) -> bool:
         """The peer shut down its write side: answer what it already sent, then close."""
@@ -159,6 +184,8 @@ class _Conn(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.conns.discard(self)
+        for t in list(self.cancellable.values()):   # a client that left does not need its stream
+            t.cancel()
         if self.peer is not None and self.server.on_disconnect is not None:
             try:
                 self.server.on_disconnect(self.peer)
@@ -224,10 +251,14 @@ class Server:
         return not self.busy()
 
     def busy(self) -> bool:
-        return self.inflight > 0 or any(c.reader.pending() for c in self.conns)
+        """A request in flight, half received, or a reply not yet written out."""
+        return self.inflight > 0 or any(
+            c.reader.pending() or (c.transport is not None and c.transport.get_write_buffer_size())
+            for c in self.conns)
 
     async def close(self) -> None:
         self.stop_accepting()
+        await self.drain(5.0)   # replies still in the write buffers go out first
         for c in list(self.conns):
             c.close()
         if self._server is not None:

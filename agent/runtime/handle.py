@@ -199,6 +199,27 @@ class WorkerHandle:
             self._pending.pop(rid, None)
             self._streams.pop(rid, None)
 
+    async def stream(self, method: str, params: dict[str, Any],
+                     on_event: Callable[[dict[str, Any], memoryview], None]) -> Any:
+        """A call whose partial results arrive as events; cancelling the awaiting task cancels it in the worker."""
+        if not self.alive or self._transport is None:
+            raise WorkerDied(f"worker {self.pid} is not running")
+        rid = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        self._streams[rid] = on_event
+        try:
+            self._transport.writelines(P.encode(P.request(rid, method, params)))
+            result, _ = await fut
+            return result
+        except asyncio.CancelledError:
+            if self.alive and self._transport is not None:
+                self._transport.writelines(P.encode(P.request(next(self._ids), "cancel", {"id": rid})))
+            raise
+        finally:
+            self._pending.pop(rid, None)
+            self._streams.pop(rid, None)
+
     async def load(self, params: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
         async with self._lock:
             result, _ = await self.call("load", params, timeout=timeout)

@@ -340,6 +340,47 @@ class Runtime:
                 h.inflight -= 1
         raise Unavailable("unreachable")
 
+    async def generate(self, model: str, params: dict[str, Any],
+                       on_token: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Stream a generation from the active variant; it finishes on the variant it started on
+        (a swap meanwhile drains this worker after it). Retried once if the worker dies before the
+        first token."""
+        slot = self.slot(model)
+        if slot.manifest.kind != "causal-lm":
+            raise InvalidParams(f"model {model!r} is a {slot.manifest.kind} model; use infer")
+        slot.requests += 1
+        for attempt in (0, 1):
+            h = await self._active(slot)
+            h.inflight += 1
+            sent = 0
+
+            def cb(p: dict[str, Any], payload: memoryview) -> None:
+                nonlocal sent
+                sent += 1
+                on_token(p)
+            try:
+                res = await h.stream("generate", params, cb)
+                h.requests += 1
+                return {**res, "model": model, "variant": h.variant, "device": h.device, "retried": attempt > 0}
+            except WorkerDied:
+                if attempt == 1 or sent:
+                    slot.errors += 1
+                    raise
+            except AgentError:
+                slot.errors += 1
+                raise
+            finally:
+                h.inflight -= 1
+        raise Unavailable("unreachable")
+
+    async def llm_stats(self, model: str) -> dict[str, Any] | None:
+        slot = self.slot(model)
+        h = slot.active
+        if slot.manifest.kind != "causal-lm" or h is None or not h.alive:
+            return None
+        res, _ = await h.call("llm_stats", {}, timeout=5)
+        return res
+
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self, initial: dict[str, tuple[str, str]]) -> dict[str, str]:
         """Load the initial variant of each model; returns {model: error} for those that failed."""

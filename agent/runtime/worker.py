@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import mmap
+import threading
 import os
 import resource
 import signal
@@ -56,14 +57,22 @@ class Worker:
         self.inline_max = inline_max
         self.sess: Any = None
         self.info: dict[str, Any] = {}
+        self.current_id: Any = None
+        self._send_lock = threading.Lock()
         self.llm: Any = None
-        self.methods: dict[str, Callable[[dict[str, Any], memoryview], tuple[Any, list[Any]]]] = {
+        # a method returns (result, buffers), or None when it replies later from another thread
+        self.methods: dict[str, Callable[[dict[str, Any], memoryview], tuple[Any, list[Any]] | None]] = {
             "load": self.load, "run": self.run, "ping": self.ping,
         }
 
+    def send(self, header: dict[str, Any], bufs: list[Any] | None = None) -> None:
+        """Thread-safe: generation threads stream their tokens through here."""
+        with self._send_lock:
+            P.send_frame(self.sock, header, bufs or [])
+
     def serve(self) -> None:
         try:
-            P.send_frame(self.sock, {"jsonrpc": "2.0", "method": "hello", "params": {"pid": os.getpid()}})
+            self.send({"jsonrpc": "2.0", "method": "hello", "params": {"pid": os.getpid()}})
         except OSError:
             return  # the daemon went away before we were ready
         while True:
@@ -74,22 +83,22 @@ class Worker:
             h = frame.header
             rid, method = h.get("id"), h.get("method")
             if method == "exit":
-                P.send_frame(self.sock, P.response(rid, {"bye": True}))
+                if self.llm is not None:
+                    self.llm.shutdown()
+                self.send(P.response(rid, {"bye": True}))
                 return
             if method == "crash":  # used by tests to simulate an EP segfault
                 os.kill(os.getpid(), signal.SIGKILL)
             fn = self.methods.get(str(method))
+            self.current_id = rid
             try:
                 if fn is None:
                     raise WorkerError(f"worker has no method {method!r}")
-                result, bufs = fn(h.get("params") or {}, frame.payload)
-                P.send_frame(self.sock, P.response(rid, result), bufs)
-            except AgentError as e:
-                P.send_frame(self.sock, P.error_response(rid, e.to_jsonrpc()))
+                out = fn(h.get("params") or {}, frame.payload)
+                if out is not None:
+                    self.send(P.response(rid, out[0]), out[1])
             except Exception as e:  # never die on a request: report it
-                msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:500]
-                err = WorkerError(f"{type(e).__name__}: {msg}", data={"trace": traceback.format_exc()[-2000:]})
-                P.send_frame(self.sock, P.error_response(rid, err.to_jsonrpc()))
+                self.send(P.error_response(rid, error_payload(e)))
 
     # -- methods ------------------------------------------------------------------------------------
     def ping(self, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
@@ -105,8 +114,8 @@ class Worker:
         if kind == "causal-lm":
             from agent.runtime.llm_worker import load_llm  # the LLM engine, when present
 
-            self.llm, self.info = load_llm(path, params)
-            self.methods.update(self.llm.methods(self))
+            self.llm, self.info = load_llm(path, params, self)
+            self.methods.update(self.llm.methods())
             return {**self.info, "rss_bytes": _rss(), "peak_rss_bytes": _peak_rss()}, []
         sess, info = open_session(path, str(params.get("device", "cpu")), threads=params.get("threads"),
                                   sha256=params.get("sha256"))
@@ -158,6 +167,13 @@ class Worker:
             result["shm_size"] = self.shm_out.size
             return result, []
         return result, bufs
+
+
+def error_payload(e: BaseException) -> dict[str, Any]:
+    if isinstance(e, AgentError):
+        return e.to_jsonrpc()
+    msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:500]
+    return WorkerError(f"{type(e).__name__}: {msg}", data={"trace": traceback.format_exc()[-2000:]}).to_jsonrpc()
 
 
 def _check_signature(expect: dict[str, Any], info: dict[str, Any]) -> None:

@@ -363,6 +363,9 @@ def save_manifest(m: Manifest) -> Path:
     data = tomli_w.dumps(manifest_to_toml(m))
     fd, tmp = tempfile.mkstemp(dir=m.folder, prefix=".manifest.", suffix=".tmp")
     try:
+        mask = os.umask(0)  # mkstemp makes 0600; give the manifest a plain file's mode (the daemon reads it)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(data)
             f.flush()

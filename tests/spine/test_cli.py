@@ -105,7 +105,11 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(daemon):
     t.start()
     import time
 
-    time.sleep(0.1)
+    with daemon.client() as c:   # SIGTERM only once the request is being served
+        deadline = time.monotonic() + 30
+        while c.status()["models"]["mlp"]["active"]["inflight"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
     assert daemon.stop() == 0
     t.join(30)
     assert res["r"].outputs["y"].shape == (40000, 64)

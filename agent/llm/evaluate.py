@@ -1,0 +1,138 @@
+"""Measure a decoder variant: perplexity and top-1 agreement on held-out text, TTFT, decode speed.
+
+``python -m agent.llm.evaluate`` reads one JSON request on stdin and prints one JSON line, so the zoo
+measures every variant in a fresh process (honest peak RSS)::
+
+    {"model": ..., "tokenizer": ..., "llm": {...}, "reference": null | path, "threads": 2,
+     "text": "pydoc-topics", "base": dir, "tokens": 2048, "window": 512,
+     "prompt": "What is the capital of France?", "decode_tokens": 64}
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.errors import AgentError
+
+
+def eval_windows(engine: Any, text: str, tokens: int, window: int) -> list[list[int]]:
+    ids = engine.tokenizer.encode(text, add_special_tokens=False).ids[: tokens]
+    if len(ids) < 2 * window and len(ids) < tokens:
+        window = max(2, len(ids) // 2)
+    return [ids[i:i + window] for i in range(0, len(ids) - 1, window) if len(ids[i:i + window]) > 1]
+
+
+def window_logits(engine: Any, windows: list[list[int]]) -> list[np.ndarray]:
+    return [engine.forward(w, 0, engine.empty_kv())[0] for w in windows]
+
+
+def nll_and_argmax(engine: Any, windows: list[list[int]]) -> tuple[float, int, list[np.ndarray]]:
+    """Sum of next-token negative log-likelihoods, token count, and argmax per window."""
+    total, count, tops = 0.0, 0, []
+    for w, logits in zip(windows, window_logits(engine, windows)):
+        x = logits[:-1].astype(np.float64)
+        m = x.max(-1, keepdims=True)
+        lse = (m[:, 0] + np.log(np.exp(x - m).sum(-1)))
+        tgt = np.asarray(w[1:])
+        total += float((lse - x[np.arange(len(tgt)), tgt]).sum())
+        count += len(tgt)
+        tops.append(logits[:-1].argmax(-1))
+    return total, count, tops
+
+
+def timing(engine: Any, prompt: str, decode_tokens: int, repeats: int = 3) -> dict[str, float]:
+    """Median TTFT (prefill of the chat prompt) and per-token decode latency (greedy, EOS ignored)."""
+    ids = engine.encode([{"role": "user", "content": prompt}])
+    ttfts, steps = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        logits, past = engine.forward(ids, 0, engine.empty_kv())
+        ttfts.append((time.perf_counter() - t) * 1000)
+    pos = len(ids)
+    tok = int(np.argmax(logits[-1]))
+    cpu0 = time.process_time()
+    for _ in range(decode_tokens):
+        t = time.perf_counter()
+        logits, past = engine.forward([tok], pos, past)
+        steps.append((time.perf_counter() - t) * 1000)
+        pos += 1
+        tok = int(np.argmax(logits[-1]))
+    cpu_per_token = (time.process_time() - cpu0) / max(1, decode_tokens)
+    steps = steps[2:] if len(steps) > 4 else steps
+    p50 = statistics.median(steps)
+    return {"ttft_ms": statistics.median(ttfts), "decode_ms_p50": p50,
+            "decode_ms_p95": float(np.percentile(steps, 95)), "tokens_per_s": 1000.0 / p50,
+            "decode_cpu_s_per_token": cpu_per_token}
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set (VmHWM; unlike ru_maxrss it does not inherit the parent's peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run(req: dict[str, Any]) -> dict[str, Any]:
+    from agent.llm.engine import LLMEngine
+    from agent.llm.evaldata import load_text
+    from agent.zoo.manifest import ORT_TYPES
+
+    base_rss = peak_rss_bytes()
+    cpu0 = time.process_time()
+    t = time.perf_counter()
+    eng = LLMEngine(req["model"], req["tokenizer"], req["llm"], threads=req.get("threads"), prefix_cache_bytes=0)
+    load_ms = (time.perf_counter() - t) * 1000
+    tm = timing(eng, req.get("prompt", "What is the capital of France?"), int(req.get("decode_tokens", 64)))
+    text = load_text(req.get("text", "pydoc-topics"), Path(req["base"]) if req.get("base") else None)
+    windows = eval_windows(eng, text, int(req.get("tokens", 2048)), int(req.get("window", 512)))
+    nll, count, tops = nll_and_argmax(eng, windows)
+    peak = peak_rss_bytes()
+    cpu_s = time.process_time() - cpu0
+
+    def spec(args: list[Any]) -> list[dict[str, Any]]:
+        return [{"name": a.name, "dtype": ORT_TYPES.get(a.type, "float32"),
+                 "shape": [d if isinstance(d, int) else str(d) for d in a.shape]} for a in args]
+
+    out: dict[str, Any] = {
+        "load_ms": load_ms, **tm, "perplexity": float(np.exp(nll / count)), "eval_tokens": count,
+        "peak_rss": int(peak), "baseline_rss": int(base_rss), "cpu_s": cpu_s,
+        "inputs": spec(eng.session.get_inputs()), "outputs": spec(eng.session.get_outputs()),
+    }
+    eng.close()
+    if req.get("reference"):
+        ref = LLMEngine(req["reference"], req["tokenizer"], req["llm"], threads=req.get("threads"),
+                        prefix_cache_bytes=0)
+        _, _, ref_tops = nll_and_argmax(ref, windows)
+        agree = sum(int((a == b).sum()) for a, b in zip(tops, ref_tops))
+        out["top1_agreement"] = agree / count
+    return out
+
+
+def main() -> int:
+    try:
+        req = json.loads(sys.stdin.read())
+        res = run(req)
+    except AgentError as e:
+        print(json.dumps({"error": e.message}))
+        return 1
+    except Exception as e:  # noqa: BLE001 - report any failure as one JSON line
+        print(json.dumps({"error": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"}))
+        return 1
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

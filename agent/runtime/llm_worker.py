@@ -1,0 +1,124 @@
+"""The causal-LM side of a worker process: holds an :class:`agent.llm.engine.LLMEngine` and streams.
+
+Methods added to the worker when it loads a ``causal-lm`` variant:
+
+* ``generate`` {prompt | messages, max_tokens, temperature, top_p, top_k, seed, stop}: validated at once
+  (a bad request fails before any token), then run on a small thread pool; every token is sent as an
+  ``event`` frame ``{"id": <request id>, "text", "token_id", "index"}`` and the last one as the response
+  ``{"text", "finish_reason", "usage", "tokens"}``.
+* ``cancel`` {id}: stops that generation at its next step; its KV memory is freed.
+* ``llm_stats``: the engine's counters (prefix-cache hits/misses, live KV bytes, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from agent.errors import InvalidParams, LoadError
+from agent.ipc import protocol as P
+
+if TYPE_CHECKING:
+    from agent.runtime.worker import Worker
+
+
+class LLMHost:
+    def __init__(self, engine: Any, worker: "Worker", max_concurrent: int) -> None:
+        self.engine = engine
+        self.worker = worker
+        self.pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="gen")
+        self.cancels: dict[Any, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def methods(self) -> dict[str, Callable[[dict[str, Any], memoryview], Any]]:
+        return {"generate": self.generate, "cancel": self.cancel, "llm_stats": self.stats}
+
+    def generate(self, params: dict[str, Any], payload: memoryview) -> None:
+        rid = self.worker.current_id
+        prompt: Any = params.get("messages") if params.get("messages") is not None else params.get("prompt")
+        if prompt is None:
+            raise InvalidParams("expected 'prompt' (a string) or 'messages' (a list of {role, content})")
+        gen = {k: params[k] for k in ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop") if k in params}
+        ev = threading.Event()
+        it = self.engine.generate(prompt, gen, cancel=ev)   # raises InvalidParams before any token
+        with self._lock:
+            self.cancels[rid] = ev
+        self.pool.submit(self._stream, rid, it)
+        return None
+
+    def _stream(self, rid: Any, it: Any) -> None:
+        parts: list[str] = []
+        try:
+            for t in it:
+                if t.finish_reason is None:
+                    parts.append(t.text)
+                    self.worker.send({"jsonrpc": "2.0", "method": "event",
+                                      "params": {"id": rid, "text": t.text, "token_id": t.token_id, "index": t.index}})
+                else:
+                    parts.append(t.text)
+                    usage = t.usage.__dict__ if t.usage is not None else None
+                    self.worker.send(P.response(rid, {"text": "".join(parts), "finish_reason": t.finish_reason,
+                                                      "usage": usage, "tail": t.text}))
+        except OSError:
+            return  # the daemon is gone
+        except Exception as e:
+            from agent.runtime.worker import error_payload
+
+            try:
+                self.worker.send(P.error_response(rid, error_payload(e)))
+            except OSError:
+                pass
+        finally:
+            with self._lock:
+                self.cancels.pop(rid, None)
+
+    def cancel(self, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        with self._lock:
+            ev = self.cancels.get(params.get("id"))
+        if ev is not None:
+            ev.set()
+        return {"cancelled": ev is not None}, []
+
+    def stats(self, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        return self.engine.stats(), []
+
+    def shutdown(self) -> None:
+        with self._lock:
+            for ev in self.cancels.values():
+                ev.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def load_llm(path: Path, params: dict[str, Any], worker: "Worker") -> tuple[LLMHost, dict[str, Any]]:
+    try:
+        from agent.llm.engine import LLMEngine
+    except ImportError as e:
+        raise LoadError(f"causal-lm support is not installed ({e}); install the 'llm' extra") from None
+    import time
+
+    from agent.runtime.session import file_sha256
+
+    llm = dict(params.get("llm") or {})
+    tok = llm.get("tokenizer")
+    if not isinstance(tok, str) or not tok:
+        raise LoadError("manifest [llm] needs 'tokenizer' (a file in the model folder)")
+    tok_path = (path.parent / tok).resolve()
+    if path.parent.resolve() not in tok_path.parents:
+        raise LoadError(f"tokenizer {tok!r} is outside the model folder")
+    if params.get("sha256") and file_sha256(path) != params["sha256"]:
+        raise LoadError(f"variant file {path.name} is corrupt: sha256 does not match the manifest")
+    t0 = time.perf_counter()
+    engine = LLMEngine(path, tok_path, llm, threads=params.get("threads"),
+                       prefix_cache_bytes=int(params.get("prefix_cache_bytes", 64 << 20)))
+    n = int(params.get("warmup_runs", 3))
+    if n:  # warm up: one short greedy generation
+        for _ in engine.generate("Hello", {"max_tokens": 2}):
+            pass
+    warm_ms = (time.perf_counter() - t0) * 1e3 - engine.load_ms
+    host = LLMHost(engine, worker, max_concurrent=int(params.get("max_concurrent", min(4, os.cpu_count() or 2))))
+    info = {"device": {"kind": "cpu", "provider": "CPUExecutionProvider", "label": "cpu:CPUExecutionProvider"},
+            "providers": ["CPUExecutionProvider"], "assignment": {}, "load_ms": engine.load_ms, "warmup_ms": warm_ms}
+    return host, info

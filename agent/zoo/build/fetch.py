@@ -1,0 +1,89 @@
+"""Fetch and verify a recipe's source: a local file, or a member of a pinned PyPI wheel."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.errors import BuildError
+from agent.zoo.manifest import sha256_file
+from agent.zoo.recipe import Recipe
+
+
+def _fail(recipe: Recipe, msg: str) -> BuildError:
+    return BuildError(f"{recipe.path}: source: {msg}")
+
+
+def _download_wheel(recipe: Recipe, cache: Path, log: Callable[[str], None]) -> Path:
+    src = recipe.source
+    assert src.pypi and src.wheel_sha256
+    wheel_dir = cache / "wheels" / src.wheel_sha256
+    for w in wheel_dir.glob("*.whl") if wheel_dir.is_dir() else ():
+        if sha256_file(w) == src.wheel_sha256:
+            return w
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".dl-") as tmp:
+        log(f"pip download --no-deps {src.pypi}")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-q", "-d", tmp, src.pypi]
+        try:
+            r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise _fail(recipe, f"pip download {src.pypi} failed: {e}") from e
+        if r.returncode != 0:
+            last = [ln for ln in (r.stderr or r.stdout).splitlines() if ln.strip() and "WARNING" not in ln]
+            raise _fail(recipe, f"pip download {src.pypi} failed: {last[-1] if last else f'exit {r.returncode}'}")
+        wheels = list(Path(tmp).glob("*.whl"))
+        if len(wheels) != 1:
+            raise _fail(recipe, f"pip download {src.pypi} gave {len(wheels)} wheels, expected 1")
+        got = sha256_file(wheels[0])
+        if got != src.wheel_sha256:
+            raise _fail(recipe, f"wheel {wheels[0].name} has sha256 {got}, expected {src.wheel_sha256}")
+        wheel_dir.mkdir(parents=True, exist_ok=True)
+        dest = wheel_dir / wheels[0].name
+        os.replace(wheels[0], dest)
+        return dest
+
+
+def resolve_source(recipe: Recipe, cache: Path, log: Callable[[str], None] = lambda s: None) -> tuple[Path, str]:
+    """The verified source file and its sha256. Raises BuildError naming the recipe on any mismatch."""
+    src = recipe.source
+    if src.path is not None:
+        if not src.path.is_file():
+            raise _fail(recipe, f"expected a file at {src.path}, got none")
+        got = sha256_file(src.path)
+        if got != src.sha256:
+            raise _fail(recipe, f"{src.path.name} has sha256 {got}, expected {src.sha256}")
+        return src.path, got
+    wheel = _download_wheel(recipe, cache, log)
+    assert src.member
+    out = cache / "members" / f"{src.wheel_sha256}" / src.member
+    if out.is_file() and (src.sha256 is None or sha256_file(out) == src.sha256):
+        return out, sha256_file(out)
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            try:
+                info = z.getinfo(src.member)
+            except KeyError:
+                raise _fail(recipe, f"wheel {wheel.name} has no member {src.member!r}") from None
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".x-")
+            try:
+                with os.fdopen(fd, "wb") as f, z.open(info) as m:
+                    shutil.copyfileobj(m, f)
+                got = sha256_file(Path(tmp))
+                if src.sha256 is not None and got != src.sha256:
+                    raise _fail(recipe, f"{src.member} has sha256 {got}, expected {src.sha256}")
+                os.replace(tmp, out)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+    except zipfile.BadZipFile as e:
+        raise _fail(recipe, f"wheel {wheel.name} is not a valid zip: {e}") from e
+    return out, got

@@ -1,0 +1,128 @@
+"""Builders for causal-lm recipes whose source is a llama-family GGUF (see docs/LLM.md).
+
+- ``gguf-onnx``         the decoder at the variant's precision: fp32 | fp16 | int8 | int4
+                        (int8/int4: MatMulNBits, block 32, symmetric, accuracy_level 4; the LM head int8
+                        and the embedding table fp16 in both). fp32/fp16 are cross-checked against the
+                        numpy reference (max |logit diff| in the build info).
+- ``gguf-layer-prune``  drop the ``drop`` layers whose single removal hurts calibration perplexity least;
+                        with ``distill = true`` heal the kept layers by layer-wise distillation from the
+                        full model (torch, time-boxed); then export at the variant's precision.
+
+Every variant directory holds ``model.onnx``, ``tokenizer.json`` and ``llm.json`` (the [llm] table).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from agent.errors import BuildError
+from agent.zoo.build.registry import BuildContext, BuildResult, Param, register_builder
+
+TOOLS = ("onnxruntime", "onnx", "onnx-ir", "gguf", "tokenizers", "numpy")
+MAIN = "model.onnx"
+_RANK_MEMO: dict[str, tuple[float, dict[int, float]]] = {}
+
+
+def _prepare(ctx: BuildContext) -> tuple[Any, Any, Any, dict[str, Any]]:
+    from agent.llm.convert import TOKENIZER_FILE, llm_table, write_tokenizer
+    from agent.llm.gguf_source import GGUFModel
+    from agent.llm.tokenizer import load_tokenizer
+
+    if ctx.spec.precision not in ("fp32", "fp16", "int8", "int4"):
+        raise BuildError(f"precision: expected fp32, fp16, int8 or int4, got {ctx.spec.precision!r}")
+    ctx.log(f"reading {ctx.input_path.name}")
+    g = GGUFModel(ctx.input_path)
+    w = g.weights()
+    write_tokenizer(g, ctx.out_dir / TOKENIZER_FILE)
+    table = llm_table(g)
+    (ctx.out_dir / "llm.json").write_text(json.dumps(table, indent=1), encoding="utf-8")
+    return g, w, load_tokenizer(ctx.out_dir / TOKENIZER_FILE), table
+
+
+def _export(ctx: BuildContext, g: Any, w: Any, keep: list[int] | None, info: dict[str, Any]) -> None:
+    from agent.llm.convert import export_variant
+
+    prec = ctx.spec.precision
+    ctx.log(f"writing the {prec} decoder" + (f" ({len(keep)} of {g.config.num_layers} layers)" if keep else ""))
+    export_variant(g.config, w, prec, ctx.out_dir / MAIN, keep_layers=keep, block_size=ctx.params["block_size"])
+    if prec in ("int8", "int4"):
+        info["weight_only"] = {"bits": 8 if prec == "int8" else 4, "lm_head_bits": 8, "embedding": "fp16",
+                               "block_size": ctx.params["block_size"], "accuracy_level": 4, "symmetric": True}
+
+
+@register_builder("gguf-onnx", precision="fp32", accepts=("gguf",), tools=TOOLS, version=1, params={
+    "block_size": Param(int, 32, "weight-only quantization block size", lo=16, hi=256),
+    "check_tokens": Param(int, 12, "tokens cross-checked against the numpy reference (0 = skip)", lo=0, hi=128),
+})
+def gguf_onnx(ctx: BuildContext) -> BuildResult:
+    """Convert a llama GGUF to an ONNX decoder with KV cache at the variant's precision."""
+    from agent.llm.convert import cross_check
+
+    g, w, tok, table = _prepare(ctx)
+    info: dict[str, Any] = {"config": g.config.to_dict()}
+    _export(ctx, g, w, None, info)
+    n = ctx.params["check_tokens"]
+    if n and ctx.spec.precision == "fp32":
+        ids = tok.encode("The capital of France is Paris. In 1889 the Eiffel Tower opened", add_special_tokens=False).ids
+        diff = cross_check(ctx.out_dir / MAIN, g.config, w, ids[:n])
+        info["max_abs_logit_diff_vs_numpy"] = diff
+        ctx.log(f"cross-check against the numpy reference: max |logit diff| {diff:.2e}")
+        if diff > 1e-2:
+            raise BuildError(f"the ONNX decoder disagrees with the numpy reference (max |logit diff| {diff:.3g})")
+    return BuildResult(main=MAIN, precision=ctx.spec.precision, info=info, llm=table)
+
+
+def _calibration(ctx: BuildContext, tok: Any, count: int, skip: int = 0) -> list[int]:
+    from agent.llm.evaldata import load_text
+
+    ev = ctx.recipe.eval
+    text = load_text(ev.calibration, Path(ev.base) if ev.base else None)
+    start = len(text) // 3  # past the opening chapters that small models have memorised
+    ids = tok.encode(text[start:start + 12 * (count + skip) + 1000], add_special_tokens=False).ids[skip:skip + count]
+    if len(ids) < count:
+        raise BuildError(f"calibration text {ev.calibration!r} gave {len(ids)} tokens, {count} needed")
+    return list(ids)
+
+
+@register_builder("gguf-layer-prune", precision="int8", accepts=("gguf",), uses_eval=True,
+                  tools=TOOLS + ("torch",), version=1, params={
+                      "drop": Param(int, 4, "layers to drop", lo=1, hi=64),
+                      "rank_tokens": Param(int, 256, "calibration tokens used to rank layers", lo=32, hi=8192),
+                      "distill": Param(bool, False, "heal the kept layers by distillation (needs torch)"),
+                      "distill_minutes": Param(float, 8.0, "time box for distillation", lo=0.1, hi=600),
+                      "distill_tokens": Param(int, 8192, "calibration tokens for distillation", lo=256,
+                                              hi=1_000_000),
+                      "distill_lr": Param(float, 3e-4, "learning rate", lo=1e-7, hi=1.0),
+                      "block_size": Param(int, 32, "weight-only quantization block size", lo=16, hi=256),
+                  })
+def gguf_layer_prune(ctx: BuildContext) -> BuildResult:
+    """Drop the layers that matter least (measured), optionally heal by distillation, export."""
+    from agent.llm.prune import choose_drop, rank_layers
+
+    g, w, tok, table = _prepare(ctx)
+    p = ctx.params
+    rank_ids = _calibration(ctx, tok, p["rank_tokens"])
+    windows = [rank_ids[i:i + 128] for i in range(0, len(rank_ids), 128) if len(rank_ids[i:i + 128]) > 8]
+    memo_key = hashlib.sha256(json.dumps([str(ctx.input_path), ctx.input_path.stat().st_size,
+                                          rank_ids]).encode()).hexdigest()
+    if memo_key not in _RANK_MEMO:
+        ctx.log(f"ranking {g.config.num_layers} layers by calibration perplexity ({len(rank_ids)} tokens)")
+        _RANK_MEMO[memo_key] = rank_layers(g.config, w, windows, ctx.log)
+    base, scores = _RANK_MEMO[memo_key]
+    dropped = choose_drop(scores, p["drop"])
+    keep = [i for i in range(g.config.num_layers) if i not in dropped]
+    ctx.log(f"dropping layers {dropped}")
+    info: dict[str, Any] = {"dropped_layers": dropped, "calibration_perplexity_full": round(base, 3),
+                            "single_drop_perplexity": {str(i): round(s, 3) for i, s in scores.items()}}
+    if p["distill"]:
+        from agent.llm.distill import distill
+
+        d_ids = _calibration(ctx, tok, p["distill_tokens"], skip=p["rank_tokens"])
+        ctx.log(f"distilling on {len(d_ids)} tokens for at most {p['distill_minutes']} min")
+        w, dinfo = distill(g.config, w, keep, d_ids, minutes=p["distill_minutes"], lr=p["distill_lr"], log=ctx.log)
+        info["distill"] = dinfo
+    _export(ctx, g, w, keep, info)
+    return BuildResult(main=MAIN, precision=ctx.spec.precision, info=info, llm=table)

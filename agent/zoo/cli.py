@@ -1,0 +1,206 @@
+"""``agentctl zoo build|show|import``: the zoo's command line (wired into agentctl by ``add_parsers``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent.errors import AgentError, ConfigError, NotFound
+from agent.zoo.manifest import MANIFEST, Manifest, load_manifest, manifest_to_toml
+
+
+def default_zoo_dir() -> Path:
+    """$AGENT_ZOO, else the state directory's zoo (see agent.paths)."""
+    from agent.paths import default_zoo
+
+    return default_zoo()
+
+
+class LineReporter:
+    """Plain progress lines (not a TTY, or tqdm missing)."""
+
+    def __init__(self, out: TextIO):
+        self.out, self.total, self.i = out, 0, 0
+
+    def start(self, total_steps: int) -> None:
+        self.total, self.i = total_steps, 0
+
+    def step(self, label: str) -> None:
+        self.i += 1
+        print(f"[{self.i}/{self.total}] {label} ...", file=self.out, flush=True)
+
+    def log(self, line: str) -> None:
+        print(f"      {line}", file=self.out, flush=True)
+
+    def done(self, label: str, seconds: float, note: str = "") -> None:
+        print(f"[{self.i}/{self.total}] {label}: {note or 'done'} ({seconds:.1f}s)", file=self.out, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class TqdmReporter:
+    """One tqdm bar over the build's steps, advancing as each finishes; log lines above it."""
+
+    def __init__(self, out: TextIO):
+        self.out = out
+        self.bar: Any = None
+
+    def start(self, total_steps: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total_steps, unit="step", file=self.out, dynamic_ncols=True, leave=True)
+
+    def step(self, label: str) -> None:
+        self.bar.set_description(label)
+
+    def log(self, line: str) -> None:
+        self.bar.write(f"  {line}", file=self.out)
+
+    def done(self, label: str, seconds: float, note: str = "") -> None:
+        self.bar.write(f"✓ {label}: {note or 'done'} ({seconds:.1f}s)", file=self.out)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def make_reporter(out: TextIO) -> Any:
+    if out.isatty():
+        try:
+            import tqdm  # noqa: F401
+            return TqdmReporter(out)
+        except ImportError:
+            pass
+    return LineReporter(out)
+
+
+def _fmt(v: Any, scale: float = 1.0, digits: int = 2) -> str:
+    return "-" if v is None else f"{v / scale:.{digits}f}"
+
+
+def table(m: Manifest) -> str:
+    head = ["variant", "precision", "from", "method", "size MB", "quality", "rel", "p50 ms", "p95 ms",
+            "load ms", "peak MB", "mJ/inf"]
+    rows = [head]
+    for v in m.variants:
+        meas = v.measurement("cpu") or (v.measurements[0] if v.measurements else None)
+        q = v.quality
+        rows.append([
+            v.id + (" *" if v.id == m.reference else ""), v.precision, v.derived_from, v.method or "-",
+            _fmt(v.size_bytes, 1e6), f"{q.metric} {q.value:.4g}" if q else "-", _fmt(q.relative if q else None,
+                                                                                  digits=3),
+            _fmt(meas.latency_ms_p50 if meas else None, digits=3), _fmt(meas.latency_ms_p95 if meas else None,
+                                                                        digits=3),
+            _fmt(meas.load_ms if meas else None, digits=1), _fmt(meas.peak_rss_bytes if meas else None, 1e6, 1),
+            _fmt(meas.energy_j * 1000 if meas and meas.energy_j is not None else None, digits=4),
+        ])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join([f"{m.name} ({m.kind}; * = reference, quality measured against it)", *lines])
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from agent.zoo.build.runner import build_recipe
+    from agent.zoo.recipe import load_recipe
+
+    recipe = load_recipe(Path(args.recipe))
+    zoo = Path(args.zoo) if args.zoo else default_zoo_dir()
+    t = time.perf_counter()
+    command = "agentctl zoo build " + " ".join(args.argv_echo) if getattr(args, "argv_echo", None) else ""
+    m, reports = build_recipe(recipe, zoo, only=args.only or None, reporter=make_reporter(sys.stderr),
+                              command=command)
+    built = sum(1 for r in reports if r.action == "built")
+    print(f"{m.name}: {built} built, {len(reports) - built} up to date or re-measured, "
+          f"{time.perf_counter() - t:.1f}s -> {m.folder}", file=sys.stderr)
+    print(table(m))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    zoo = Path(args.zoo) if args.zoo else default_zoo_dir()
+    folder = zoo / args.model
+    if not (folder / MANIFEST).exists():
+        have = sorted(p.name for p in zoo.iterdir() if (p / MANIFEST).exists()) if zoo.is_dir() else []
+        raise NotFound(f"no model {args.model!r} in {zoo}" + (f"; it has {', '.join(have)}" if have else ""))
+    m = load_manifest(folder, check_files=False)
+    if args.json:
+        print(json.dumps(manifest_to_toml(m), indent=2))
+    else:
+        print(table(m))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from agent.zoo.importer import import_variant
+
+    zoo = Path(args.zoo) if args.zoo else default_zoo_dir()
+    m = import_variant(zoo, args.model, args.variant, Path(args.path), precision=args.precision,
+                       replace_existing=args.replace)
+    v = m.variant(args.variant)
+    print(f"imported {m.name}/{v.id} ({v.precision}, {v.size_bytes} bytes, sha256 {v.sha256}) -> {m.folder}")
+    return 0
+
+
+def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Our errors -> one line on stderr and exit status 2 (config/recipe) or 1 (anything else of ours)."""
+
+    def call(args: argparse.Namespace) -> int:
+        try:
+            return int(fn(args))
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except AgentError as e:
+            print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+
+    call.__name__ = fn.__name__
+    return call
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register ``zoo`` and its sub-commands on an argparse sub-parsers object."""
+    zp = subparsers.add_parser("zoo", help="build, import and inspect model variants")
+    zs = zp.add_subparsers(dest="zoo_cmd", required=True, metavar="{build,show,import}")
+    b = zs.add_parser("build", help="build and measure a recipe's variants")
+    b.add_argument("recipe", help="recipe.toml or the folder holding it (e.g. model_zoo/silero_vad)")
+    b.add_argument("--zoo", help="zoo directory (default: the state directory's zoo)")
+    b.add_argument("--only", nargs="+", metavar="VARIANT", help="build only these (and what they derive from)")
+    b.set_defaults(func=_guarded(cmd_build))
+    s = zs.add_parser("show", help="print a model's measured variants")
+    s.add_argument("model")
+    s.add_argument("--zoo")
+    s.add_argument("--json", action="store_true", help="the manifest as JSON")
+    s.set_defaults(func=_guarded(cmd_show))
+    i = zs.add_parser("import", help="add an ONNX file as a variant of a model")
+    i.add_argument("model")
+    i.add_argument("variant")
+    i.add_argument("path", help="the .onnx file")
+    i.add_argument("--precision", help="fp32|fp16|bf16|int8|int4|mixed (default: guessed from the graph)")
+    i.add_argument("--replace", action="store_true", help="overwrite an existing variant of that id")
+    i.add_argument("--zoo")
+    i.set_defaults(func=_guarded(cmd_import))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m agent.zoo.cli zoo build ...`` (until agentctl wires add_parsers)."""
+    p = argparse.ArgumentParser(prog="agentctl")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    add_parsers(sub)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(argv)
+    args.argv_echo = argv[2:] if len(argv) > 2 else []
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

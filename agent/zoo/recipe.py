@@ -1,0 +1,251 @@
+"""Zoo recipes: ``model_zoo/<model>/recipe.toml`` says where a model comes from and which variants to build.
+
+Format (schema 1; full reference in docs/ZOO.md)::
+
+    schema = 1
+    name = "silero_vad"          # the model's folder name in the zoo
+    kind = "tensor"              # manifest kind: tensor | causal-lm (a registered kind plugin)
+    reference = "fp32"           # the variant quality is measured against
+    description = "..."
+
+    [source]
+    format = "onnx"              # onnx | gguf
+    pypi = "silero-vad==6.2.3"   # a pinned wheel, fetched with `pip download --no-deps` ...
+    wheel_sha256 = "..."         # ... and checked by sha256 (required with pypi)
+    member = "silero_vad/data/silero_vad_16k_op15.onnx"   # the file inside the wheel
+    # or: path = "model.onnx"    # a local file, relative to the recipe
+    sha256 = "..."               # of the model file itself (required with path, optional with pypi)
+
+    [[variants]]
+    id = "int8"
+    method = "int8-dynamic"      # a registered builder (agent.zoo.build.registry)
+    derived_from = "fp32"        # "source" or a variant above; default: source for the reference, else the reference
+    precision = "int8"           # optional: overrides the builder's
+    [variants.params]            # checked against the builder's declared params
+    per_channel = true
+
+    [eval]                       # parsed by the kind plugin (data + quality metric)
+    [measure]                    # runs, warmup, cpu_watts, threads
+
+Errors are :class:`RecipeError` with ``recipe.toml:line: key: expected ..., got ...``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.errors import RecipeError
+from agent.tomlfile import Checker, TomlDoc, type_name
+from agent.zoo.build.registry import BuilderSpec, Param, builders, get_builder, get_kind, kinds
+from agent.zoo.manifest import _ID, PRECISIONS
+
+FORMATS = ("onnx", "gguf")
+_PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*==[A-Za-z0-9][A-Za-z0-9.+!\-]*$")
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    format: str
+    path: Path | None = None
+    pypi: str | None = None
+    member: str | None = None
+    wheel_sha256: str | None = None
+    sha256: str | None = None
+
+    def describe(self) -> str:
+        return f"{self.pypi}:{self.member}" if self.pypi else str(self.path)
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    id: str
+    method: str
+    derived_from: str
+    precision: str
+    params: dict[str, Any]
+    builder: BuilderSpec
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    runs: int = 50
+    warmup: int = 5
+    cpu_watts: float = 10.0   # energy model: watts per fully busy core (meter = "model")
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    name: str
+    kind: str
+    reference: str
+    description: str
+    source: SourceSpec
+    variants: tuple[VariantSpec, ...]
+    eval: Any
+    measure: MeasureSpec
+
+    @property
+    def dir(self) -> Path:
+        return self.path.parent
+
+    def variant(self, vid: str) -> VariantSpec:
+        for v in self.variants:
+            if v.id == vid:
+                return v
+        raise RecipeError(f"no variant {vid!r}; it has {', '.join(v.id for v in self.variants)}",
+                          file=str(self.path))
+
+    def error(self, message: str) -> RecipeError:
+        return RecipeError(message, file=str(self.path))
+
+
+def _param(c: Checker, key: str, p: Param) -> Any:
+    if p.type is bool:
+        return c.bool(key)
+    if p.type is int:
+        return c.num(key, lo=p.lo, hi=p.hi, integer=True)
+    if p.type is float:
+        return float(c.num(key, lo=p.lo, hi=p.hi))
+    if p.type is str:
+        return c.str(key, choices=p.choices)
+    if p.type is list:
+        return c.list_of_str(key)
+    raise c.error(key, f"builder declares an unsupported param type {p.type!r}")
+
+
+def _params(vc: Checker, spec: BuilderSpec) -> dict[str, Any]:
+    out = {k: p.default for k, p in spec.params.items()}
+    pc = vc.table_of("params")
+    if pc is None:
+        return out
+    if not spec.params and pc.table:
+        k = next(iter(pc.table))
+        raise pc.error(k, f"unknown key; method {spec.method!r} takes no params")
+    pc.only(set(spec.params))
+    for k in pc.table:
+        out[k] = _param(pc, k, spec.params[k])
+    return out
+
+
+def _source(c: Checker, base: Path) -> SourceSpec:
+    c.only({"format", "path", "pypi", "member", "wheel_sha256", "sha256"})
+    fmt = c.str("format", choices=FORMATS)
+    path, pypi = c.str("path", required=False), c.str("pypi", required=False)
+    if (path is None) == (pypi is None):
+        raise c.error(None, "expected exactly one of source.path (a local file) or source.pypi (a pinned wheel)")
+    sha = c.str("sha256", required=False)
+    wsha = c.str("wheel_sha256", required=False)
+    for key, val in (("sha256", sha), ("wheel_sha256", wsha)):
+        if val is not None and not _SHA.match(val):
+            raise c.error(key, f"expected 64 lowercase hex digits, got {type_name(val)}")
+    member = c.str("member", required=False)
+    if pypi is not None:
+        if not _PIN.match(pypi):
+            raise c.error("pypi", f"expected a pinned requirement 'name==version', got {pypi!r}")
+        if wsha is None:
+            raise c.error(None, "wheel_sha256: missing required key (a pypi source must pin the wheel's sha256)")
+        if not member or member.startswith("/") or ".." in member.split("/"):
+            raise c.error("member" if member else None,
+                          f"expected member = the file's path inside the wheel, got {member!r}")
+        return SourceSpec(fmt, pypi=pypi, member=member, wheel_sha256=wsha, sha256=sha)
+    if member is not None or wsha is not None:
+        raise c.error("member" if member is not None else "wheel_sha256", "only valid with source.pypi")
+    if sha is None:
+        raise c.error(None, "sha256: missing required key (a local source must pin its sha256)")
+    p = Path(path).expanduser()
+    return SourceSpec(fmt, path=p if p.is_absolute() else base / p, sha256=sha)
+
+
+def _measure(c: Checker | None) -> MeasureSpec:
+    if c is None:
+        return MeasureSpec()
+    c.only({"runs", "warmup", "cpu_watts", "threads"})
+    d = MeasureSpec()
+    return MeasureSpec(
+        runs=c.num("runs", required=False, lo=1, hi=100000, integer=True) or d.runs,
+        warmup=c.num("warmup", required=False, lo=0, hi=10000, integer=True) if "warmup" in c.table else d.warmup,
+        cpu_watts=float(c.num("cpu_watts", required=False, lo=0.001, hi=1000) or d.cpu_watts),
+        threads=c.num("threads", required=False, lo=1, hi=1024, integer=True),
+    )
+
+
+def load_recipe(path: Path | str) -> Recipe:
+    """Read and strictly validate a recipe. ``path`` is the TOML file or the folder holding recipe.toml."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "recipe.toml"
+    doc = TomlDoc.load(p, RecipeError)
+    c = Checker(doc, doc.data)
+    c.only({"schema", "name", "kind", "reference", "description", "source", "variants", "eval", "measure"})
+    schema = c.num("schema", integer=True)
+    if schema != 1:
+        raise c.error("schema", f"expected 1, got {schema}")
+    name = c.str("name")
+    if not _ID.match(name):
+        raise c.error("name", f"expected letters, digits, '_', '-', '.', got {name!r}")
+    kind = c.str("kind", choices=kinds())
+    plugin = get_kind(kind)
+    assert plugin is not None
+    reference = c.str("reference")
+    src_c = c.table_of("source", required=True)
+    assert src_c is not None
+    source = _source(src_c, p.parent.resolve())
+    variants: list[VariantSpec] = []
+    seen: set[str] = set()
+    vtables = c.array_of_tables("variants", required=True)
+    if not vtables:
+        raise c.error("variants", "expected at least one [[variants]] table")
+    for vc in vtables:
+        vc.only({"id", "method", "derived_from", "precision", "params"})
+        vid = vc.str("id")
+        if not _ID.match(vid):
+            raise vc.error("id", f"expected letters, digits, '_', '-', '.', got {vid!r}")
+        if vid in seen:
+            raise vc.error("id", f"duplicate variant id {vid!r}")
+        method = vc.str("method")
+        spec = get_builder(method)
+        if spec is None:
+            raise vc.error("method", f"expected a registered method ({', '.join(sorted(builders()))}), got {method!r}")
+        parent = vc.str("derived_from", required=False) or ("source" if vid == reference else reference)
+        if parent != "source" and parent not in seen and "derived_from" not in vc.table:
+            raise vc.error("id", f"derived_from: missing, and its default (the reference {reference!r}) is not "
+                                 f"defined above; define the reference first or set derived_from")
+        if parent != "source" and parent not in seen:
+            raise vc.error("derived_from", f"expected 'source' or a variant defined above ({sorted(seen)}), "
+                                           f"got {parent!r}")
+        in_fmt = source.format if parent == "source" else "onnx"
+        if in_fmt not in spec.accepts:
+            raise vc.error("method", f"method {method!r} takes {'/'.join(spec.accepts)} input, "
+                                     f"got {in_fmt} (derived_from = {parent!r})")
+        if vid == reference and parent != "source":
+            raise vc.error("derived_from", f"expected the reference variant to derive from 'source', got {parent!r}")
+        prec = vc.str("precision", required=False, choices=PRECISIONS) or spec.precision
+        variants.append(VariantSpec(vid, method, parent, prec, _params(vc, spec), spec))
+        seen.add(vid)
+    if reference not in seen:
+        raise c.error("reference", f"expected one of the variant ids {sorted(seen)}, got {reference!r}")
+    ev = c.table_of("eval", required=True)
+    assert ev is not None
+    eval_spec = plugin.parse_eval(ev, p.parent.resolve())
+    return Recipe(path=p, name=name, kind=kind, reference=reference,
+                  description=c.str("description", required=False) or "", source=source,
+                  variants=tuple(variants), eval=eval_spec, measure=_measure(c.table_of("measure")))
+
+
+def load_eval(path: Path | str, kind: str) -> Any:
+    """Only the ``[eval]`` table of a recipe, parsed by ``kind``'s plugin (measurement subprocesses use
+    this, so they need no builder registered outside ``agent.zoo.build``)."""
+    p = Path(path)
+    doc = TomlDoc.load(p / "recipe.toml" if p.is_dir() else p, RecipeError)
+    plugin = get_kind(kind)
+    if plugin is None:
+        raise RecipeError(f"expected a registered kind ({', '.join(kinds())}), got {kind!r}", file=str(p))
+    ev = Checker(doc, doc.data).table_of("eval", required=True)
+    assert ev is not None
+    return plugin.parse_eval(ev, p.parent.resolve() if not p.is_dir() else p.resolve())
