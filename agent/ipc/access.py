@@ -22,7 +22,7 @@ Configuration is the ``[access]`` table of the daemon's config (see :meth:`Acces
     admin_group = "ondevice-agent-admins"      # "" leaves only root / the daemon's user as admins
     owner_is_admin = true
     max_concurrent = 8                          # in-flight requests per uid
-    max_connections = 32                        # open connections per uid
+    max_connections = 16                        # open connections per uid
     max_frame_bytes = 67108864
 """
 
@@ -139,7 +139,7 @@ class AccessPolicy:
     admin_group: str | None = "ondevice-agent-admins"
     owner_is_admin: bool = True
     max_concurrent: int = 8
-    max_connections: int = 32
+    max_connections: int = 16
     max_frame_bytes: int = 64 * 1024 * 1024
     owner_uid: int = field(default_factory=os.geteuid)
 
