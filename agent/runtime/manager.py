@@ -288,7 +288,7 @@ class Runtime:
             spec = want.get(name)
             if spec is None:
                 raise InvalidParams(f"model {m.name!r} has no input {name!r}; inputs: {', '.join(want)}")
-            if dt != np.dtype(spec.dtype):
+            if d["dtype"] != spec.dtype:
                 raise InvalidParams(f"input {name!r}: expected dtype {spec.dtype}, got {dt.name}")
             if len(shape) != len(spec.shape) or any(
                     isinstance(w, int) and w != g for w, g in zip(spec.shape, shape)):
