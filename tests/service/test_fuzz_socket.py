@@ -9,6 +9,7 @@ must be a JSON-RPC response (or event), and the daemon must close every connecti
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -122,7 +123,7 @@ def _mutate(rng: random.Random, frame: bytes) -> bytes:
 
 
 def _encoded(header: object, payload: bytes) -> bytes:
-    h = P.json.dumps(header).encode()
+    h = json.dumps(header).encode()
     return struct.pack("<II", 4 + len(h) + len(payload), len(h)) + h + payload
 
 
