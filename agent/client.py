@@ -122,10 +122,23 @@ class Client:
                     if "error" in f.header and f.header.get("id") is None:
                         raise error_from_jsonrpc(f.header["error"])
             except (EOFError, OSError) as e:
+                refusal = self._last_word()
+                if refusal is not None:  # e.g. PermissionDenied: refused at connect, closed before we sent
+                    raise refusal from None
                 raise ConnectionClosed(f"agentd closed the connection: {e}") from None
         if "error" in f.header:
             raise error_from_jsonrpc(f.header["error"])
         return f.header.get("result"), f.payload
+
+    def _last_word(self) -> AgentError | None:
+        """An error the daemon sent before closing the connection, if one is still unread."""
+        try:
+            self.sock.settimeout(0.5)
+            f = P.recv_frame(self.sock, self.max_frame)
+        except (EOFError, OSError, AgentError):
+            return None
+        err = f.header.get("error")
+        return error_from_jsonrpc(err) if isinstance(err, dict) and f.header.get("id") is None else None
 
     def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> InferResult:
         descs, bufs = P.tensor_descs(inputs)
