@@ -61,10 +61,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+def default_policies() -> list[Path]:
+    """Policy files when --policy is not given: $AGENT_POLICY, else the service's configuration
+    directory (``$CONFIGURATION_DIRECTORY/policies/*.toml``, set by systemd; one policy split over
+    files), else none (the built-in profiles, no rules)."""
+    if os.environ.get("AGENT_POLICY"):
+        return [Path(p) for p in os.environ["AGENT_POLICY"].split(os.pathsep) if p]
+    conf = os.environ.get("CONFIGURATION_DIRECTORY", "").split(":")[0]
+    if conf and (Path(conf) / "policies").is_dir():
+        return sorted((Path(conf) / "policies").glob("*.toml"))
+    return []
+
+
 def config_from(a: argparse.Namespace) -> Config:
     state = a.state_dir or default_state_dir()
     return Config(zoo=a.zoo or default_zoo(state), socket=a.socket or default_socket(), state_dir=state,
-                  policy=list(a.policy), sensors=a.sensors, sysfs_root=a.sysfs_root, procfs_root=a.procfs_root,
+                  policy=list(a.policy) or default_policies(), sensors=a.sensors, sysfs_root=a.sysfs_root, procfs_root=a.procfs_root,
                   sample_interval_s=a.sample_interval, threads=a.threads, max_frame=a.max_frame,
                   drain_timeout=a.drain_timeout, spare_workers=a.spare_workers,
                   headroom_bytes=a.headroom_mb << 20, devices=dict(d.split("=", 1) for d in a.device))

@@ -15,6 +15,7 @@ checks that the payload is exactly as long as the described tensors.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -99,7 +100,7 @@ class FrameAssembler:
         self.max_frame = max_frame
         self.scratch = bytearray(self.SCRATCH)
         self.have = 0
-        self.body: bytearray | None = None
+        self.body: mmap.mmap | None = None
         self.body_got = 0
         self.body_h = 0
 
@@ -136,7 +137,9 @@ class FrameAssembler:
                 pos += total
                 continue
             if total > len(sc):  # a large frame: read the rest of it straight into its own buffer
-                body = bytearray(n - 4)
+                # anonymous mmap: pages are committed as bytes arrive, so a length prefix alone
+                # (8 bytes from a client) does not cost the frame's size in memory
+                body = mmap.mmap(-1, n - 4)
                 got = self.have - pos - 8
                 body[:got] = sc[pos + 8: self.have]
                 self.body, self.body_got, self.body_h = body, got, h
@@ -149,7 +152,7 @@ class FrameAssembler:
         return out
 
     @staticmethod
-    def _parse(body: bytes | bytearray, h: int) -> Frame | ProtocolError:
+    def _parse(body: bytes | mmap.mmap, h: int) -> Frame | ProtocolError:
         try:
             return parse_body(memoryview(body), h)
         except ProtocolError as e:
