@@ -276,11 +276,13 @@ class AsyncClient:
                     self._events.put_nowait(hd.get("params") or {})
                     continue
                 if hd.get("method") == "token":
-                    q = self._streams.get((hd.get("params") or {}).get("id"))
+                    sid = (hd.get("params") or {}).get("id")
+                    q = self._streams.get(sid) if isinstance(sid, int) else None
                     if q is not None:
                         q.put_nowait(hd["params"])
                     continue
-                fut = self._pending.pop(hd.get("id"), None) if isinstance(hd.get("id"), int) else None
+                rid = hd.get("id")
+                fut = self._pending.pop(rid, None) if isinstance(rid, int) else None
                 if fut is None or fut.done():
                     continue
                 if "error" in hd:

@@ -39,9 +39,10 @@ class Telemetry:
         self._last_prune = 0.0
         db = self._open()
         for t in TABLES:
-            if not db[t].exists():
-                db[t].create({"ts": float}, if_not_exists=True)
-                db[t].create_index(["ts"], if_not_exists=True)
+            tbl = db.table(t)
+            if not tbl.exists():
+                tbl.create({"ts": float}, if_not_exists=True)
+                tbl.create_index(["ts"], if_not_exists=True)
         db.conn.close()
         self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
         self._thread.start()
@@ -80,7 +81,7 @@ class Telemetry:
             with db.conn:
                 for t, rows in q.items():
                     if rows:
-                        db[t].insert_all(({"ts": r.pop("ts"), **_flat(r)} for r in rows), alter=True,
+                        db.table(t).insert_all(({"ts": r.pop("ts"), **_flat(r)} for r in rows), alter=True,
                                          batch_size=1000)
                 now = time.time()
                 if now - self._last_prune > 60:

@@ -233,7 +233,7 @@ def tensor_descs(tensors: Mapping[str, np.ndarray]) -> tuple[list[dict[str, Any]
         if dname is None:
             raise InvalidParams(f"tensor {name!r}: dtype {a.dtype.name} cannot be sent")
         descs.append({"name": name, "dtype": dname, "shape": list(a.shape)})
-        bufs.append(memoryview(a.reshape(-1).view(np.uint8)) if a.size else memoryview(b""))
+        bufs.append(memoryview(a.reshape(-1).view(np.uint8)) if a.size else memoryview(b""))  # type: ignore[arg-type]
     return descs, bufs
 
 

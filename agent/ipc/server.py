@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import os
 import socket
@@ -147,7 +148,10 @@ class _Conn(asyncio.BufferedProtocol):
         t.add_done_callback(self._finished)  # also runs for a task cancelled before it started
         if method in CANCELLABLE and rid is not None:
             self.cancellable[rid] = t
-            t.add_done_callback(lambda _t, r=rid: self.cancellable.pop(r, None))
+            t.add_done_callback(functools.partial(self._forget, rid))
+
+    def _forget(self, rid: Any, _task: asyncio.Task[Any]) -> None:
+        self.cancellable.pop(rid, None)
 
     async def _run(self, handler: Handler, rid: Any, params: dict[str, Any], payload: memoryview) -> None:
         assert self.peer is not None

@@ -111,6 +111,8 @@ class WorkerHandle:
         self.started = time.monotonic()
         self.cpu_s = 0.0
         self.requests = 0
+        self.shm_in: _Shm
+        self.shm_out: _Shm
 
     @classmethod
     async def spawn(cls, shm_size: int = 4 << 20, start_timeout: float = 60.0) -> WorkerHandle:
