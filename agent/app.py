@@ -297,7 +297,8 @@ class App:
             raise InvalidParams("reason must be a string of at most 1000 characters")
         cookie = secrets.token_hex(8)
         if self.engine is not None:
-            self.engine.hold(cookie, profile, f"conn:{peer.conn_id}", time.monotonic())
+            self.engine.hold(cookie, profile, f"conn:{peer.conn_id}",
+                             self.controller.now() if self.controller else time.monotonic())
         else:
             raise InvalidParams("no policy engine")
         self.holds[cookie] = Hold(cookie, profile, reason, peer.pid, peer.uid, peer.conn_id)

@@ -79,7 +79,7 @@ class Controller:
         try:
             snap = self.source.read()
             self.prev, self.last = None, snap
-            d = self.engine.step(snap, self._table, time.monotonic())
+            d = self.engine.step(snap, self._table, snap.mono_s)
             self.last_decision = d
             for m, c in d.choices.items():
                 if m in choices:
@@ -102,6 +102,10 @@ class Controller:
             self.source.close()
         except Exception:
             pass
+
+    def now(self) -> float:
+        """The policy's clock: the last snapshot's (trace time under replay), else monotonic time."""
+        return self.last.mono_s if self.last is not None else time.monotonic()
 
     def healthy(self) -> bool:
         """The sampling loop ticked recently (used to gate the systemd watchdog)."""
@@ -129,7 +133,9 @@ class Controller:
             self._pending = snap
             return
         try:
-            d = self.engine.step(snap, self._table, time.monotonic())
+            # the snapshot's clock: real time when live, trace time when a trace is replayed, so dwell
+            # and debounce count the same seconds the rules' readings do
+            d = self.engine.step(snap, self._table, snap.mono_s)
         except Exception:
             log.exception("policy decision failed")
             return
@@ -153,7 +159,7 @@ class Controller:
                                                                        "error": str(e)}})
                     a = self.runtime.slots[c.model].active
                     if a is not None:
-                        self.engine.set_current(c.model, a.variant or "", a.device or "cpu")
+                        self.engine.set_current(c.model, a.variant or "", a.device or "cpu", self.now())
         finally:
             self._applying = False
             pending, self._pending = self._pending, None
