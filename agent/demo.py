@@ -95,6 +95,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cores", type=_positive(int), default=2, help="CPU cores for builds and agentd (default: 2)")
     p.add_argument("--max-tokens", type=_positive(int), default=64, help="tokens per reply (default: 64)")
     p.add_argument("--plain", action="store_true", help="plain lines instead of the live table")
+    p.add_argument("--socket", type=Path, help="agentd's socket (default: a private one in a temporary folder)")
     p.add_argument("--sysfs-root", default="/sys", help=argparse.SUPPRESS)
 
 
@@ -157,12 +158,13 @@ def choose_sensors(a: argparse.Namespace) -> tuple[str, str, bool]:
         return "live", "sensors: this machine's own battery, temperature and memory (live)", False
     from agent.sensors.trace import load_trace, shipped
 
-    path = Path(a.trace) if Path(a.trace).suffix == ".jsonl" else shipped(a.trace)
+    own = Path(a.trace).suffix == ".jsonl"
+    path = Path(a.trace) if own else shipped(a.trace)
     tr = load_trace(path)   # ConfigError on a bad file
     dur = tr.duration_s
     speed = a.speed or max(dur / a.duration, 1.0)
     note = tr.header.get("note") or ""
-    msg = (f"No battery on this machine: replaying the shipped trace {path.stem!r} ({dur / 3600:.1f} h"
+    msg = (f"No battery on this machine: replaying the {'' if own else 'shipped '}trace {path.stem!r} ({dur / 3600:.1f} h"
            f"{'; ' + note if note else ''}) at {speed:.0f}x, so {dur / 3600:.1f} h pass in "
            f"{dur / speed:.0f} s. Battery, AC and temperature below come from the trace; memory too.")
     return f"trace:{path},speed={speed:g}", msg, True
@@ -212,9 +214,12 @@ def ensure_zoo(recipe_path: Path, zoo: Path, variants: list[str], build: bool) -
 class Agentd:
     """agentd as a child process on a private socket; its log goes to OUT/agentd.log."""
 
-    def __init__(self, plan: Plan) -> None:
-        self.sock_dir = Path(tempfile.mkdtemp(prefix="agentdemo-"))
-        self.socket = self.sock_dir / "agent.sock"
+    def __init__(self, plan: Plan, socket: Path | None = None) -> None:
+        self.sock_dir: Path | None = None
+        if socket is None:
+            self.sock_dir = Path(tempfile.mkdtemp(prefix="agentdemo-"))
+            socket = self.sock_dir / "agent.sock"
+        self.socket = socket
         self.log_path = plan.out / "agentd.log"
         cmd = [sys.executable, "-m", "agent.daemon", "--zoo", str(plan.zoo), "--socket", str(self.socket),
                "--state-dir", str(plan.out), "--sensors", plan.sensors, "--sample-interval", "0.5",
@@ -264,11 +269,12 @@ class Agentd:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             rc = self.proc.wait()
-        try:
-            self.socket.unlink(missing_ok=True)
-            self.sock_dir.rmdir()
-        except OSError:
-            pass
+        if self.sock_dir is not None:
+            try:
+                self.socket.unlink(missing_ok=True)
+                self.sock_dir.rmdir()
+            except OSError:
+                pass
         return rc
 
 
@@ -355,10 +361,16 @@ def _quiet_logging() -> None:
 def _run(a: argparse.Namespace) -> int:
     from agent.paths import default_state_dir, default_zoo
 
+    from agent.policy.loader import load_policy
+    from agent.sensors.source import make_source
+
     _quiet_logging()
     for p in [a.recipe, *(a.policy or [DEFAULT_POLICY])]:
         if not Path(p).is_file():
             raise ConfigError(f"no such file: {p}")
+    load_policy(a.policy or [DEFAULT_POLICY])   # a bad policy fails here, not inside agentd
+    if a.sensors:
+        make_source(a.sensors, a.sysfs_root).close()
     cores = bound_cores(a.cores)
     state = a.state_dir or default_state_dir()
     zoo = a.zoo or default_zoo(state)
@@ -381,7 +393,7 @@ def _serve_and_chat(plan: Plan, a: argparse.Namespace) -> int:
     from agent.demo_view import LiveView, PlainView, summary_table
 
     print(f"starting agentd (log: {plan.out / 'agentd.log'}) ...", flush=True)
-    d = Agentd(plan)
+    d = Agentd(plan, a.socket)
     rec: Recorder | None = None
     interrupted = False
     try:

@@ -43,8 +43,8 @@ def plot_timeline(rec: Recorder, path: Path, *, title: str, trace: bool) -> Path
                 break
         return best.trace_t / 3600   # type: ignore[operator]
 
-    fig, axes = plt.subplots(5, 1, figsize=(11, 9.5), sharex=True,
-                             gridspec_kw={"height_ratios": [1.2, 1, 1, 0.8, 1.1]})
+    fig, axes = plt.subplots(5, 1, figsize=(11, 9), sharex=True,
+                             gridspec_kw={"height_ratios": [1.2, 1, 1, 0.45, 1.1]})
     ax_bat, ax_tmp, ax_mem, ax_var, ax_tps = axes
 
     bat = [s.battery_percent for s in samples]
@@ -84,13 +84,14 @@ def plot_timeline(rec: Recorder, path: Path, *, title: str, trace: bool) -> Path
     for a, b in zip(samples, samples[1:]):
         if a.variant:
             x0, x1 = t_of[id(a)], t_of[id(b)]
-            ax_var.barh(0, x1 - x0, left=x0, height=0.8, color=color[a.variant], lw=0)
+            ax_var.barh(0, x1 - x0, left=x0, height=1.0, color=color[a.variant], lw=0)
     ax_var.set_yticks([])
     ax_var.set_ylabel("variant")
     handles = [plt.Rectangle((0, 0), 1, 1, color=color[v]) for v in variants]
     if handles:
         ax_var.legend(handles, variants, loc="upper left", ncol=len(variants), fontsize=8, frameon=False,
-                      bbox_to_anchor=(0, 1.35))
+                      bbox_to_anchor=(1.0, 1.0), borderaxespad=0.2, handlelength=1.2)
+    ax_var.set_ylim(-0.5, 0.5)
 
     for v in variants:
         pts = [(x_at((g.t_start + g.t_end) / 2), g.tokens_per_s) for g in gens if g.variant == v and g.tokens_per_s]

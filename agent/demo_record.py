@@ -96,6 +96,8 @@ def describe_reason(reason: Any) -> str:
             parts.insert(0, "held by an app")
         expl = reason.get("explanation")
         return "policy: " + ", ".join(parts) + (f" ({expl})" if expl else "")
+    if why == "pin":
+        return f"pinned by pid {reason.get('pid')}" if reason.get("pid") else "pinned"
     extra = {k: v for k, v in reason.items() if k not in ("why", "readings")}
     return why + (f" {extra}" if extra else "")
 
