@@ -22,7 +22,7 @@ def plot_timeline(rec: Recorder, path: Path, *, title: str, trace: bool) -> Path
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise AgentError(f"the timeline needs matplotlib ({e}): pip install 'ondevice-agent[demo]'") from None
-    samples, gens, swaps, _ = rec.snapshot()
+    samples, gens, swaps, policy = rec.snapshot()
     if not samples:
         raise AgentError("no sensor samples were recorded: nothing to plot")
 
@@ -63,8 +63,8 @@ def plot_timeline(rec: Recorder, path: Path, *, title: str, trace: bool) -> Path
     ax_tmp.plot(xs, [v if v is not None else float("nan") for v in temp], color="#d62728", lw=1.5)
     ax_tmp.set_ylabel("temp °C")
     levels = [s.thermal_level for s in samples]
-    if any(lv not in (None, "none") for lv in levels):
-        hot = [lv not in (None, "none", "light") for lv in levels]
+    hot = [lv not in (None, "none", "light") for lv in levels]
+    if any(hot):
         lo, hi = ax_tmp.get_ylim()
         ax_tmp.fill_between(xs, lo, hi, where=hot, step="post", color="#ff8a65", alpha=0.25, lw=0,
                             label="thermal ≥ moderate")
@@ -81,24 +81,34 @@ def plot_timeline(rec: Recorder, path: Path, *, title: str, trace: bool) -> Path
     variants = list(dict.fromkeys(s.variant for s in samples if s.variant))
     variants += [g.variant for g in gens if g.variant and g.variant not in variants]
     color = {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
+    segments: list[tuple[str, float, float]] = []   # contiguous runs of one variant
     for a, b in zip(samples, samples[1:]):
         if a.variant:
             x0, x1 = t_of[id(a)], t_of[id(b)]
             ax_var.barh(0, x1 - x0, left=x0, height=1.0, color=color[a.variant], lw=0)
+            label = f"{a.variant}@{a.device or 'cpu'}"
+            if segments and segments[-1][0] == label and segments[-1][2] == x0:
+                segments[-1] = (label, segments[-1][1], x1)
+            else:
+                segments.append((label, x0, x1))
+    span = (xs[-1] - xs[0]) or 1.0
+    for label, x0, x1 in segments:
+        if (x1 - x0) / span > 0.06:
+            ax_var.text((x0 + x1) / 2, 0, label, ha="center", va="center", color="white", fontsize=9,
+                        fontweight="bold")
     ax_var.set_yticks([])
     ax_var.set_ylabel("variant")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=color[v]) for v in variants]
-    if handles:
-        ax_var.legend(handles, variants, loc="upper left", ncol=len(variants), fontsize=8, frameon=False,
-                      bbox_to_anchor=(1.0, 1.0), borderaxespad=0.2, handlelength=1.2)
     ax_var.set_ylim(-0.5, 0.5)
 
     for v in variants:
         pts = [(x_at((g.t_start + g.t_end) / 2), g.tokens_per_s) for g in gens if g.variant == v and g.tokens_per_s]
         if pts:
             ax_tps.scatter([p[0] for p in pts], [p[1] for p in pts], s=14, color=color[v], label=v)
-    ax_tps.set_ylabel("tokens/s")
-    ax_tps.set_ylim(bottom=0)
+    if variants:
+        ax_tps.legend(loc="upper right", fontsize=8, frameon=False, ncol=len(variants), markerscale=1.5)
+    ax_tps.set_ylabel("decode tokens/s")
+    tps = [g.tokens_per_s for g in gens if g.tokens_per_s]
+    ax_tps.set_ylim(0, max(tps) * 1.3 if tps else 1.0)   # room for the legend above the points
     ax_tps.set_xlabel(xlabel)
 
     for sw in swaps:
@@ -107,6 +117,17 @@ def plot_timeline(rec: Recorder, path: Path, *, title: str, trace: bool) -> Path
             ax.axvline(x, color="black", ls="--", lw=0.9, alpha=0.7)
         ax_bat.annotate(f"{sw.from_variant or '-'}→{sw.to_variant}", (x, 102), fontsize=8, rotation=0,
                         ha="left", va="top", xytext=(3, 0), textcoords="offset points")
+    prev = None
+    for pc in policy:   # profile changes (with or without a swap) as dotted lines in the variant lane
+        if pc.profile == prev:
+            continue
+        prev = pc.profile
+        x = pc.trace_t / 3600 if use_trace and pc.trace_t is not None else x_at(pc.t)
+        ax_var.axvline(x, color="black", ls=":", lw=1.2)
+        right = x > xs[0] + 0.6 * span
+        ax_var.annotate(f"profile {pc.profile}" + (f" ({pc.rule})" if pc.rule else ""), (x, 0.5),
+                        xytext=(-2 if right else 2, 3), textcoords="offset points", fontsize=7, va="bottom",
+                        ha="right" if right else "left", annotation_clip=False)
     for ax in axes:
         ax.grid(True, alpha=0.25)
     fig.suptitle(title, fontsize=11)
