@@ -66,7 +66,7 @@ def _positive(kind: type) -> Any:
             v = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
-        if not v > 0 or v != v or v == float("inf"):
+        if not (0 < v < float("inf")):
             raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
         return v
 
@@ -303,6 +303,8 @@ def run_workload(sock: Path, model: str, rec: Any, stop: threading.Event, max_to
                     if ch.result is not None:
                         final = ch
                         break
+                    if stop.is_set():   # the demo is over: cancel this reply (the client tells agentd)
+                        break
                     parts.append(ch.text)
                     rec.last_text = f"» {prompt}\n" + "".join(parts)
             except AgentError as e:
@@ -325,7 +327,7 @@ def run_workload(sock: Path, model: str, rec: Any, stop: threading.Event, max_to
                                           f"» {prompt}\n{text}", res.get("finish_reason")))
 
 
-def follow_events(sock: Path, q: "queue.Queue[dict[str, Any]]") -> None:
+def follow_events(sock: Path, q: queue.Queue[dict[str, Any]]) -> None:
     from agent.client import Client
 
     try:
@@ -360,7 +362,6 @@ def _quiet_logging() -> None:
 
 def _run(a: argparse.Namespace) -> int:
     from agent.paths import default_state_dir, default_zoo
-
     from agent.policy.loader import load_policy
     from agent.sensors.source import make_source
 
@@ -434,7 +435,7 @@ def _serve_and_chat(plan: Plan, a: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 interrupted = True
             stop.set()
-            view.note("stopping the workload (finishing the reply in progress) ...")
+            view.note("stopping: cancelling the reply in progress, stopping agentd ...")
             worker.join(timeout=60)
             if d.alive():
                 try:

@@ -6,6 +6,7 @@ workday), else seconds of the run. Swaps are vertical lines through every panel.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from agent.demo_record import Recorder
@@ -55,7 +56,7 @@ def plot_timeline(rec: Recorder, path: Path, *, title: str, trace: bool) -> Path
     if any(on_ac):
         ax_bat.fill_between(xs, 0, 105, where=on_ac, step="post", color="#ffd54f", alpha=0.35, lw=0,
                             label="on AC power")
-        ax_bat.legend(loc="upper right", fontsize=8, frameon=False)
+        ax_bat.legend(loc="lower left", fontsize=8, frameon=False)
     if all(b is None for b in bat):
         ax_bat.text(0.5, 0.5, "no battery", transform=ax_bat.transAxes, ha="center", va="center", color="grey")
 
@@ -82,7 +83,7 @@ def plot_timeline(rec: Recorder, path: Path, *, title: str, trace: bool) -> Path
     variants += [g.variant for g in gens if g.variant and g.variant not in variants]
     color = {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
     segments: list[tuple[str, float, float]] = []   # contiguous runs of one variant
-    for a, b in zip(samples, samples[1:]):
+    for a, b in itertools.pairwise(samples):
         if a.variant:
             x0, x1 = t_of[id(a)], t_of[id(b)]
             ax_var.barh(0, x1 - x0, left=x0, height=1.0, color=color[a.variant], lw=0)
@@ -115,9 +116,11 @@ def plot_timeline(rec: Recorder, path: Path, *, title: str, trace: bool) -> Path
         x = sw.trace_t / 3600 if use_trace and sw.trace_t is not None else x_at(sw.t)
         for ax in axes:
             ax.axvline(x, color="black", ls="--", lw=0.9, alpha=0.7)
+        right = x > xs[0] + 0.75 * span
         ax_bat.annotate(f"{sw.from_variant or '-'}→{sw.to_variant}", (x, 102), fontsize=8, rotation=0,
-                        ha="left", va="top", xytext=(3, 0), textcoords="offset points")
-    prev = None
+                        ha="right" if right else "left", va="top", xytext=(-3 if right else 3, 0),
+                        textcoords="offset points")
+    prev, last_x, level = None, None, 0
     for pc in policy:   # profile changes (with or without a swap) as dotted lines in the variant lane
         if pc.profile == prev:
             continue
@@ -125,9 +128,11 @@ def plot_timeline(rec: Recorder, path: Path, *, title: str, trace: bool) -> Path
         x = pc.trace_t / 3600 if use_trace and pc.trace_t is not None else x_at(pc.t)
         ax_var.axvline(x, color="black", ls=":", lw=1.2)
         right = x > xs[0] + 0.6 * span
+        level = level + 1 if last_x is not None and abs(x - last_x) < 0.2 * span and level < 1 else 0
+        last_x = x
         ax_var.annotate(f"profile {pc.profile}" + (f" ({pc.rule})" if pc.rule else ""), (x, 0.5),
-                        xytext=(-2 if right else 2, 3), textcoords="offset points", fontsize=7, va="bottom",
-                        ha="right" if right else "left", annotation_clip=False)
+                        xytext=(-2 if right else 2, 2 + 9 * level), textcoords="offset points", fontsize=7,
+                        va="bottom", ha="right" if right else "left", annotation_clip=False)
     for ax in axes:
         ax.grid(True, alpha=0.25)
     fig.suptitle(title, fontsize=11)

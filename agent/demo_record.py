@@ -7,6 +7,7 @@ display; every method takes its lock. Times are seconds since the demo's workloa
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -173,7 +174,7 @@ class Recorder:
     def summary(self) -> list[VariantSummary]:
         samples, gens, _, _ = self.snapshot()
         active: dict[tuple[str, str], float] = {}
-        for a, b in zip(samples, samples[1:]):
+        for a, b in itertools.pairwise(samples):
             if a.variant:
                 key = (a.variant, a.device or "cpu")
                 active[key] = active.get(key, 0.0) + (b.t - a.t)

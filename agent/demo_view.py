@@ -57,10 +57,10 @@ class PlainView:
         self.rec, self.out, self.every_s = rec, out, every_s
         self._last = -1e9
 
-    def __enter__(self) -> "PlainView":
+    def __enter__(self) -> PlainView:  # noqa: PYI034
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         pass
 
     def note(self, line: str) -> None:
@@ -95,11 +95,11 @@ class LiveView:
         self.lines: list[str] = []
         self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
 
-    def __enter__(self) -> "LiveView":
+    def __enter__(self) -> LiveView:  # noqa: PYI034
         self.live.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: Any) -> None:  # noqa: PYI036
         self.live.update(self._render())
         self.live.__exit__(*exc)
 

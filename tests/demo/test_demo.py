@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from tiny_llm import write_tiny_recipe
 
 HERE = Path(__file__).parent
@@ -44,7 +43,7 @@ def write_trace(path: Path, *, hours: float = 1.0, plug: tuple[float, float] = (
 
 def agentctl(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "agent.cli", "demo", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+                          timeout=timeout, check=False, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +111,8 @@ def test_demo_builds_the_zoo_replays_a_trace_chats_and_writes_summary_and_timeli
     assert done.get("pinned"), "the test could not pin a variant"
     assert re.search(rf"swap (fp32|int8) → {done['pinned']}@cpu in \d+ ms: pinned by pid \d+", r.stdout), r.stdout
     # the summary table has both variants, and the files are where it says
-    assert re.search(r"^fp32@cpu\s+[\d.]+\s+\d+\s+\d+", r.stdout, re.M), r.stdout
-    assert re.search(r"^int8@cpu\s+[\d.]+\s+\d+\s+\d+", r.stdout, re.M), r.stdout
+    assert re.search(r"^fp32@cpu\s+[\d.]+\s+\d+\s+\d+", r.stdout, re.MULTILINE), r.stdout
+    assert re.search(r"^int8@cpu\s+[\d.]+\s+\d+\s+\d+", r.stdout, re.MULTILINE), r.stdout
     assert f"timeline: {out / 'timeline.png'}" in r.stdout
     png = (out / "timeline.png").read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 20_000
