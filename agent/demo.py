@@ -26,10 +26,7 @@ import argparse
 import logging
 import os
 import queue
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -37,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.demo_agentd import Agentd, DemoError, follow_events, run_workload
 from agent.errors import AgentError, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,20 +42,6 @@ DEFAULT_RECIPE = REPO / "model_zoo" / "smollm2" / "recipe.toml"
 DEFAULT_POLICY = REPO / "policies" / "balanced.toml"
 DEFAULT_VARIANTS = ("fp32", "int8", "int4")
 DEFAULT_TRACE = "laptop_workday"
-PROMPTS = (
-    "What is the capital of France?",
-    "Write a haiku about a laptop battery.",
-    "Explain in two sentences why the sky is blue.",
-    "Give three tips for saving energy on a laptop.",
-    "What is 12 times 12?",
-    "Name three planets of the solar system.",
-    "Summarise what a thermostat does in one sentence.",
-    "Suggest a name for a friendly robot.",
-)
-
-
-class DemoError(AgentError):
-    """The demo could not run (exit status 1); the message says what to do."""
 
 
 def _positive(kind: type) -> Any:
@@ -125,6 +109,7 @@ class Plan:
     sensors_note: str
     trace: bool
     cores: list[int]
+    sysfs_root: str = "/sys"
 
 
 def bound_cores(n: int) -> list[int]:
@@ -209,135 +194,6 @@ def ensure_zoo(recipe_path: Path, zoo: Path, variants: list[str], build: bool) -
     return recipe.name
 
 
-# ------------------------------------------------------------------------------------------ daemon
-
-class Agentd:
-    """agentd as a child process on a private socket; its log goes to OUT/agentd.log."""
-
-    def __init__(self, plan: Plan, socket: Path | None = None) -> None:
-        self.sock_dir: Path | None = None
-        if socket is None:
-            self.sock_dir = Path(tempfile.mkdtemp(prefix="agentdemo-"))
-            socket = self.sock_dir / "agent.sock"
-        self.socket = socket
-        self.log_path = plan.out / "agentd.log"
-        cmd = [sys.executable, "-m", "agent.daemon", "--zoo", str(plan.zoo), "--socket", str(self.socket),
-               "--state-dir", str(plan.out), "--sensors", plan.sensors, "--sample-interval", "0.5",
-               "--spare-workers", "1"]
-        if plan.cores:
-            cmd += ["--threads", str(len(plan.cores))]
-        for p in plan.policy:
-            cmd += ["--policy", str(p)]
-        env = dict(os.environ)
-        env.pop("NOTIFY_SOCKET", None)
-        env.pop("LISTEN_FDS", None)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         stdin=subprocess.DEVNULL)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_tail(self, n: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def wait_ready(self, timeout: float = 300.0) -> None:
-        from agent.client import Client
-
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if not self.alive():
-                raise DemoError(f"agentd exited with status {self.proc.returncode}:\n{self.log_tail()}")
-            if self.socket.exists():
-                try:
-                    with Client(self.socket, timeout=10) as c:
-                        c.status()
-                    return
-                except AgentError:
-                    pass
-            time.sleep(0.2)
-        raise DemoError(f"agentd did not answer within {timeout:.0f} s:\n{self.log_tail()}")
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
-        if self.sock_dir is not None:
-            try:
-                self.socket.unlink(missing_ok=True)
-                self.sock_dir.rmdir()
-            except OSError:
-                pass
-        return rc
-
-
-# ------------------------------------------------------------------------------------------ run
-
-def run_workload(sock: Path, model: str, rec: Any, stop: threading.Event, max_tokens: int) -> None:
-    """Chat prompts in a loop until ``stop``; each reply is one Generation in ``rec``."""
-    from agent.client import Client
-    from agent.demo_record import Generation
-
-    i = 0
-    try:
-        client = Client(sock, timeout=120)
-    except AgentError as e:
-        rec.errors.append(f"workload: {e}")
-        return
-    with client:
-        while not stop.is_set():
-            prompt = PROMPTS[i % len(PROMPTS)]
-            t0 = rec.now()
-            parts: list[str] = []
-            final = None
-            try:
-                for ch in client.generate(model, messages=[{"role": "user", "content": prompt}],
-                                          max_tokens=max_tokens, temperature=0.7, top_p=0.9, seed=i):
-                    if ch.result is not None:
-                        final = ch
-                        break
-                    if stop.is_set():   # the demo is over: cancel this reply (the client tells agentd)
-                        break
-                    parts.append(ch.text)
-                    rec.last_text = f"» {prompt}\n" + "".join(parts)
-            except AgentError as e:
-                rec.errors.append(f"generate: {type(e).__name__}: {e}")
-                if stop.wait(0.5):
-                    break
-                i += 1
-                continue
-            i += 1
-            if final is None or final.result is None:
-                continue
-            res = final.result
-            usage = res.get("usage") or {}
-            toks = int(usage.get("completion_tokens") or 0)
-            t1 = rec.now()
-            tps = usage.get("decode_tokens_per_s") or (toks / (t1 - t0) if t1 > t0 and toks else None)
-            text = res.get("text") or "".join(parts) + (final.text or "")
-            rec.add_generation(Generation(t0, t1, res.get("variant"), res.get("device"), toks, tps,
-                                          usage.get("ttft_ms"), res.get("joules"), res.get("meter"),
-                                          f"» {prompt}\n{text}", res.get("finish_reason")))
-
-
-def follow_events(sock: Path, q: queue.Queue[dict[str, Any]]) -> None:
-    from agent.client import Client
-
-    try:
-        with Client(sock, timeout=None) as c:
-            for ev in c.events():
-                q.put(ev)
-    except AgentError:
-        return
-
-
 def run_demo(a: argparse.Namespace) -> int:
     try:
         return _run(a)
@@ -347,6 +203,9 @@ def run_demo(a: argparse.Namespace) -> int:
     except AgentError as e:
         print(f"agentctl demo: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("agentctl demo: interrupted", file=sys.stderr)
+        return 130
 
 
 def _quiet_logging() -> None:
@@ -381,7 +240,8 @@ def _run(a: argparse.Namespace) -> int:
     print(f"ondevice-agent demo: {a.duration:.0f} s of chat on {len(cores) or 'all'} CPU cores "
           f"({', '.join(map(str, cores))})", flush=True)
     model = ensure_zoo(a.recipe, zoo, list(a.variants), build=not a.no_build)
-    plan = Plan(model, a.recipe, zoo, out, list(a.policy or [DEFAULT_POLICY]), sensors, note, is_trace, cores)
+    plan = Plan(model, a.recipe, zoo, out, list(a.policy or [DEFAULT_POLICY]), sensors, note, is_trace, cores,
+                a.sysfs_root)
     print(note, flush=True)
     print(f"policy: {', '.join(str(p) for p in plan.policy)}", flush=True)
     return _serve_and_chat(plan, a)
@@ -396,7 +256,7 @@ def _serve_and_chat(plan: Plan, a: argparse.Namespace) -> int:
     print(f"starting agentd (log: {plan.out / 'agentd.log'}) ...", flush=True)
     d = Agentd(plan, a.socket)
     rec: Recorder | None = None
-    interrupted = False
+    interrupted = died = False
     try:
         d.wait_ready()
         rec = Recorder(plan.model)
@@ -434,6 +294,7 @@ def _serve_and_chat(plan: Plan, a: argparse.Namespace) -> int:
                     time.sleep(0.5)
             except KeyboardInterrupt:
                 interrupted = True
+            died = not d.alive()
             stop.set()
             view.note("stopping: cancelling the reply in progress, stopping agentd ...")
             worker.join(timeout=60)
@@ -470,6 +331,9 @@ def _serve_and_chat(plan: Plan, a: argparse.Namespace) -> int:
     print(f"summary:  {summary}\nagentd log: {d.log_path} (exit {rc})")
     if interrupted:
         print("interrupted")
+    if died:
+        print(f"agentctl demo: agentd exited during the run (status {rc}); see {d.log_path}", file=sys.stderr)
+        return 1
     if not gens:
         print("agentctl demo: no reply was generated; see the agentd log above", file=sys.stderr)
         return 1

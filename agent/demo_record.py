@@ -11,7 +11,7 @@ import itertools
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -206,17 +206,3 @@ class Recorder:
         path = out / "summary.json"
         path.write_text(json.dumps(self.to_json(), indent=1, default=str), encoding="utf-8")
         return path
-
-
-@dataclass
-class DemoPlan:
-    """What the demo will do, printed before it starts (and kept in summary.json's folder)."""
-
-    model: str
-    zoo: Path
-    policy: list[Path]
-    sensors: str
-    trace_note: str | None
-    duration_s: float
-    speed: float | None
-    cores: list[int] = field(default_factory=list)
