@@ -206,3 +206,39 @@ def test_demo_on_the_real_smollm2_zoo(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["generations"] and all(g["tokens"] > 0 for g in summary["generations"])
     assert (tmp_path / "out" / "timeline.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def _args(*argv: str):  # type: ignore[no-untyped-def]
+    import argparse
+
+    from agent.demo import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+def test_uses_the_live_sensors_when_the_machine_has_a_battery(tmp_path: Path) -> None:
+    from agent.demo import choose_sensors
+
+    bat = tmp_path / "sys" / "class" / "power_supply" / "BAT0"
+    bat.mkdir(parents=True)
+    for k, v in {"type": "Battery", "present": 1, "status": "Discharging", "energy_now": 30_000_000,
+                 "energy_full": 60_000_000, "power_now": 9_000_000}.items():
+        (bat / k).write_text(f"{v}\n")
+    spec, note, is_trace = choose_sensors(_args("--sysfs-root", str(tmp_path / "sys")))
+    assert (spec, is_trace) == ("live", False)
+    assert "own battery" in note
+
+
+def test_without_a_battery_replays_the_workday_so_it_fits_the_duration(tmp_path: Path) -> None:
+    from agent.demo import choose_sensors
+    from agent.sensors.trace import load_trace, shipped
+
+    (tmp_path / "sys").mkdir()
+    day = load_trace(shipped("laptop_workday")).duration_s
+    spec, note, is_trace = choose_sensors(_args("--sysfs-root", str(tmp_path / "sys"), "--duration", "60"))
+    assert is_trace and spec == f"trace:{shipped('laptop_workday')},speed={day / 60:g}"
+    assert f"at {day / 60:.0f}x" in note and "No battery on this machine" in note
+    spec, _, _ = choose_sensors(_args("--sysfs-root", str(tmp_path / "sys"), "--speed", "30"))
+    assert spec.endswith(",speed=30")
