@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.control import Controller
 from agent.errors import AgentError, InvalidParams, NotFound
 from agent.ipc import protocol as P
 from agent.ipc.server import REQUEST_ID, Peer, Server
-from agent.control import Controller
 from agent.policy.engine import PolicyEngine
 from agent.runtime.manager import Runtime
 from agent.sensors.source import make_source

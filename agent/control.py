@@ -22,7 +22,7 @@ from agent.policy.decide import Decision
 from agent.policy.engine import PolicyEngine
 from agent.policy.table import VariantRow, table_from_manifests
 from agent.runtime.manager import Runtime
-from agent.sensors.energy import EnergyAccountant
+from agent.sensors.energy import EnergyAccountant, EnergyReading
 from agent.sensors.sampler import Sampler
 from agent.sensors.snapshot import Snapshot
 from agent.sensors.source import SensorSource
@@ -65,6 +65,7 @@ class Controller:
         self._last_key: tuple[Any, ...] | None = None
         self._table: list[VariantRow] = []
         self.hints: dict[str, dict[str, float]] = {}
+        self._readings: tuple[EnergyReading | None, EnergyReading | None] = (None, None)
         self.energy: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0.0])  # n, J, s
         self.refresh_table()
 
@@ -111,6 +112,8 @@ class Controller:
     # -- sampling thread ----------------------------------------------------------------------------
     def _on_sample(self, snap: Snapshot) -> None:
         self.prev, self.last = self.last, snap
+        # converted once per sample, not per request (the request path only does arithmetic)
+        self._readings = (self._readings[1], EnergyReading.from_snapshot(snap))
         self.last_tick_mono = time.monotonic()
         if self.prev is not None:
             self.acct.calibrate(self.prev, snap)   # learns watts per busy core where a meter exists
@@ -174,8 +177,9 @@ class Controller:
 
     # -- energy -------------------------------------------------------------------------------------
     def attribute(self, model: str, variant: str, cpu_s: float, wall_s: float) -> tuple[float, str]:
-        if self.prev is not None and self.last is not None:
-            j, meter = self.acct.joules(cpu_s, wall_s, self.prev, self.last)
+        r0, r1 = self._readings
+        if r0 is not None and r1 is not None:
+            j, meter = self.acct.joules(cpu_s, wall_s, r0, r1)
         else:
             j, meter = self.acct.model(cpu_s), "model"
         e = self.energy[(model, variant)]

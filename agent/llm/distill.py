@@ -36,7 +36,7 @@ class _Model:
     def __init__(self, cfg: LlamaConfig, w: LlamaWeights, keep: Sequence[int], trainable: bool, max_len: int) -> None:
         torch = _torch()
         self.torch, self.cfg, self.keep = torch, cfg, list(keep)
-        t = lambda a, grad=False: torch.tensor(np.ascontiguousarray(a), requires_grad=grad)  # noqa: E731
+        t = lambda a, grad=False: torch.tensor(np.ascontiguousarray(a), requires_grad=grad)
         self.embed = t(w.embed)
         self.lm_head = self.embed if w.lm_head is w.embed else t(w.lm_head)
         self.final_norm = t(w.final_norm, trainable)

@@ -43,7 +43,7 @@ class LlamaConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LlamaConfig":
+    def from_dict(cls, d: dict[str, Any]) -> LlamaConfig:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 

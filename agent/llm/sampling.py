@@ -45,7 +45,7 @@ class GenerationParams:
             raise bad("stop", f"up to {MAX_STOPS} non-empty strings", self.stop)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "GenerationParams":
+    def from_dict(cls, d: Mapping[str, Any] | None) -> GenerationParams:
         """From a request's JSON object; unknown keys are an error."""
         if d is None:
             return cls()

@@ -20,7 +20,7 @@ from agent.errors import BuildError, InvalidParams, LoadError
 
 CHAT_TEMPLATES = ("chatml", "none")
 ROLES = ("system", "user", "assistant")
-_DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system(?:\\n|\n)(.*?)<\|im_end\|>", re.S)
+_DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system(?:\\n|\n)(.*?)<\|im_end\|>", re.DOTALL)
 
 
 def build_tokenizer(tokens: Sequence[str], merges: Sequence[str], special_ids: Sequence[int],
