@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.control import Controller
 from agent.errors import AgentError, InvalidParams, NotFound
 from agent.ipc import protocol as P
 from agent.ipc.server import REQUEST_ID, Peer, Server
-from agent.control import Controller
 from agent.policy.engine import PolicyEngine
 from agent.runtime.manager import Runtime
 from agent.sensors.source import make_source
@@ -315,7 +315,8 @@ class App:
             raise InvalidParams("reason must be a string of at most 1000 characters")
         cookie = secrets.token_hex(8)
         if self.engine is not None:
-            self.engine.hold(cookie, profile, f"conn:{peer.conn_id}", time.monotonic())
+            self.engine.hold(cookie, profile, f"conn:{peer.conn_id}",
+                             self.controller.now() if self.controller else time.monotonic())
         else:
             raise InvalidParams("no policy engine")
         self.holds[cookie] = Hold(cookie, profile, reason, peer.pid, peer.uid, peer.conn_id)

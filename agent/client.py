@@ -100,10 +100,10 @@ class Client:
             self.sock.close()
             raise ConnectionClosed(f"cannot connect to agentd at {self.path}: {e.strerror or e}") from None
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -122,10 +122,23 @@ class Client:
                     if "error" in f.header and f.header.get("id") is None:
                         raise error_from_jsonrpc(f.header["error"])
             except (EOFError, OSError) as e:
+                refusal = self._last_word()
+                if refusal is not None:  # e.g. PermissionDenied: refused at connect, closed before we sent
+                    raise refusal from None
                 raise ConnectionClosed(f"agentd closed the connection: {e}") from None
         if "error" in f.header:
             raise error_from_jsonrpc(f.header["error"])
         return f.header.get("result"), f.payload
+
+    def _last_word(self) -> AgentError | None:
+        """An error the daemon sent before closing the connection, if one is still unread."""
+        try:
+            self.sock.settimeout(0.5)
+            f = P.recv_frame(self.sock, self.max_frame)
+        except (EOFError, OSError, AgentError):
+            return None
+        err = f.header.get("error")
+        return error_from_jsonrpc(err) if isinstance(err, dict) and f.header.get("id") is None else None
 
     def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> InferResult:
         descs, bufs = P.tensor_descs(inputs)
@@ -223,7 +236,7 @@ class AsyncClient:
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def connect(self) -> "AsyncClient":
+    async def connect(self) -> AsyncClient:
         try:
             self._reader, self._writer = await asyncio.open_unix_connection(self.path, limit=1 << 20)
         except OSError as e:
@@ -231,10 +244,10 @@ class AsyncClient:
         self._task = asyncio.ensure_future(self._read_loop())
         return self
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return await self.connect()
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
@@ -263,11 +276,13 @@ class AsyncClient:
                     self._events.put_nowait(hd.get("params") or {})
                     continue
                 if hd.get("method") == "token":
-                    q = self._streams.get((hd.get("params") or {}).get("id"))
+                    sid = (hd.get("params") or {}).get("id")
+                    q = self._streams.get(sid) if isinstance(sid, int) else None
                     if q is not None:
                         q.put_nowait(hd["params"])
                     continue
-                fut = self._pending.pop(hd.get("id"), None) if isinstance(hd.get("id"), int) else None
+                rid = hd.get("id")
+                fut = self._pending.pop(rid, None) if isinstance(rid, int) else None
                 if fut is None or fut.done():
                     continue
                 if "error" in hd:

@@ -22,7 +22,7 @@ from agent.policy.decide import Decision
 from agent.policy.engine import PolicyEngine
 from agent.policy.table import VariantRow, table_from_manifests
 from agent.runtime.manager import Runtime
-from agent.sensors.energy import EnergyAccountant
+from agent.sensors.energy import EnergyAccountant, EnergyReading
 from agent.sensors.sampler import Sampler
 from agent.sensors.snapshot import Snapshot
 from agent.sensors.source import SensorSource
@@ -65,6 +65,7 @@ class Controller:
         self._last_key: tuple[Any, ...] | None = None
         self._table: list[VariantRow] = []
         self.hints: dict[str, dict[str, float]] = {}
+        self._readings: tuple[EnergyReading | None, EnergyReading | None] = (None, None)
         self.energy: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0.0])  # n, J, s
         self.refresh_table()
 
@@ -78,7 +79,7 @@ class Controller:
         try:
             snap = self.source.read()
             self.prev, self.last = None, snap
-            d = self.engine.step(snap, self._table, time.monotonic())
+            d = self.engine.step(snap, self._table, snap.mono_s)
             self.last_decision = d
             for m, c in d.choices.items():
                 if m in choices:
@@ -102,6 +103,10 @@ class Controller:
         except Exception:
             pass
 
+    def now(self) -> float:
+        """The policy's clock: the last snapshot's (trace time under replay), else monotonic time."""
+        return self.last.mono_s if self.last is not None else time.monotonic()
+
     def healthy(self) -> bool:
         """The sampling loop ticked recently (used to gate the systemd watchdog)."""
         if self.last_tick_mono is None:
@@ -111,6 +116,8 @@ class Controller:
     # -- sampling thread ----------------------------------------------------------------------------
     def _on_sample(self, snap: Snapshot) -> None:
         self.prev, self.last = self.last, snap
+        # converted once per sample, not per request (the request path only does arithmetic)
+        self._readings = (self._readings[1], EnergyReading.from_snapshot(snap))
         self.last_tick_mono = time.monotonic()
         if self.prev is not None:
             self.acct.calibrate(self.prev, snap)   # learns watts per busy core where a meter exists
@@ -126,7 +133,9 @@ class Controller:
             self._pending = snap
             return
         try:
-            d = self.engine.step(snap, self._table, time.monotonic())
+            # the snapshot's clock: real time when live, trace time when a trace is replayed, so dwell
+            # and debounce count the same seconds the rules' readings do
+            d = self.engine.step(snap, self._table, snap.mono_s)
         except Exception:
             log.exception("policy decision failed")
             return
@@ -150,7 +159,7 @@ class Controller:
                                                                        "error": str(e)}})
                     a = self.runtime.slots[c.model].active
                     if a is not None:
-                        self.engine.set_current(c.model, a.variant or "", a.device or "cpu")
+                        self.engine.set_current(c.model, a.variant or "", a.device or "cpu", self.now())
         finally:
             self._applying = False
             pending, self._pending = self._pending, None
@@ -174,8 +183,9 @@ class Controller:
 
     # -- energy -------------------------------------------------------------------------------------
     def attribute(self, model: str, variant: str, cpu_s: float, wall_s: float) -> tuple[float, str]:
-        if self.prev is not None and self.last is not None:
-            j, meter = self.acct.joules(cpu_s, wall_s, self.prev, self.last)
+        r0, r1 = self._readings
+        if r0 is not None and r1 is not None:
+            j, meter = self.acct.joules(cpu_s, wall_s, r0, r1)
         else:
             j, meter = self.acct.model(cpu_s), "model"
         e = self.energy[(model, variant)]

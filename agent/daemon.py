@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent import logs
+from agent import logs, systemd
 from agent.app import App, Config
-from agent.errors import AgentError
+from agent.errors import AgentError, ConfigError
+from agent.ipc import access
 from agent.ipc.protocol import DEFAULT_MAX_FRAME
 from agent.paths import default_socket, default_state_dir, default_zoo
 
@@ -45,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--http", metavar="HOST:PORT|unix:PATH",
                     help="also serve the OpenAI-compatible HTTP API there (loopback only; off by default)")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    ap.add_argument("--access-config", type=Path,
+                    help="TOML file with an [access] table (default: $CONFIGURATION_DIRECTORY/access.toml)")
     a = ap.parse_args(argv)
     for name, lo in (("threads", 1), ("max_frame", 1024), ("spare_workers", 0), ("headroom_mb", 0)):
         v = getattr(a, name)
@@ -67,10 +70,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+def default_policies() -> list[Path]:
+    """Policy files when --policy is not given: $AGENT_POLICY, else the service's configuration
+    directory (``$CONFIGURATION_DIRECTORY/policies/*.toml``, set by systemd; one policy split over
+    files), else none (the built-in profiles, no rules)."""
+    if os.environ.get("AGENT_POLICY"):
+        return [Path(p) for p in os.environ["AGENT_POLICY"].split(os.pathsep) if p]
+    conf = os.environ.get("CONFIGURATION_DIRECTORY", "").split(":")[0]
+    if conf and (Path(conf) / "policies").is_dir():
+        return sorted((Path(conf) / "policies").glob("*.toml"))
+    return []
+
+
 def config_from(a: argparse.Namespace) -> Config:
     state = a.state_dir or default_state_dir()
     return Config(zoo=a.zoo or default_zoo(state), socket=a.socket or default_socket(), state_dir=state,
-                  policy=list(a.policy), sensors=a.sensors, sysfs_root=a.sysfs_root, procfs_root=a.procfs_root,
+                  policy=list(a.policy) or default_policies(), sensors=a.sensors, sysfs_root=a.sysfs_root, procfs_root=a.procfs_root,
                   sample_interval_s=a.sample_interval, threads=a.threads, max_frame=a.max_frame,
                   drain_timeout=a.drain_timeout, spare_workers=a.spare_workers,
                   headroom_bytes=a.headroom_mb << 20, devices=dict(d.split("=", 1) for d in a.device),
@@ -79,25 +94,32 @@ def config_from(a: argparse.Namespace) -> Config:
 
 def listen_socket() -> Any:
     """The socket systemd passed us (socket activation), or None to bind the path ourselves."""
-    try:
-        from agent import systemd
-
-        fds = systemd.listen_fds()
-        return fds[0] if fds else None
-    except ImportError:
-        return None
+    return systemd.unix_listener()
 
 
-def notify(state: str) -> None:
-    try:
-        from agent import systemd
+def service_status(app: App) -> str:
+    """One line for systemd's STATUS=: active variant of each model, the policy's profile, held profiles."""
+    rt = app.runtime
+    models = ", ".join(f"{n}={s.active.variant}@{s.active.device}" if s.active else f"{n}=down"
+                       for n, s in sorted(rt.slots.items())) if rt else ""
+    decision = app.controller.last_decision if app.controller is not None else None
+    profile = decision.profile if decision is not None else "-"
+    holds = sorted({h.profile for h in app.holds.values()})
+    return f"serving {models or 'no models'}; profile {profile}; holds: {', '.join(holds) or 'none'}"
 
-        systemd.notify(state)
-    except ImportError:
-        pass
+
+def workers_ok(app: App) -> bool:
+    """False while a model that had a worker has none (died, restart pending); models that never
+    loaded do not count, or a bad zoo entry would make systemd restart the daemon forever."""
+    rt = app.runtime
+    if rt is None:
+        return True
+    return all(s.active is not None and s.active.alive for s in rt.slots.values()
+               if s.active is not None or s.restarting)
 
 
-async def run(cfg: Config) -> int:
+async def run(cfg: Config, access_policy: access.AccessPolicy | None = None) -> int:
+    access_policy = access_policy or access.AccessPolicy()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reload_req = asyncio.Event()
@@ -115,13 +137,19 @@ async def run(cfg: Config) -> int:
     loop.add_signal_handler(signal.SIGHUP, reload_req.set)
 
     app = App(cfg, listen_sock=listen_socket())
+    access.install(app.server, access_policy)
+    supervisor = systemd.Supervisor(lambda: workers_ok(app),
+                                    lambda: app.controller is None or app.controller.healthy(),
+                                    status_text=lambda: service_status(app))
+    supervisor.start()
     try:
         await app.start()
     except AgentError as e:
         log.error("start failed", extra={"fields": {"error": str(e)}})
+        await supervisor.stop()
         await app.stop(timeout=0)
         return 1
-    notify("READY=1")
+    supervisor.ready()  # app.start() returned: the default variants are loaded and warmed
     while not stop.is_set():
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(reload_req.wait())]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -129,15 +157,16 @@ async def run(cfg: Config) -> int:
             w.cancel()
         if reload_req.is_set() and not stop.is_set():
             reload_req.clear()
-            notify("RELOADING=1")
+            supervisor.reloading()
             try:
                 await app.reload()
             except AgentError as e:
                 log.error("reload failed", extra={"fields": {"error": str(e)}})
-            notify("READY=1")
-    notify("STOPPING=1")
+            supervisor.ready()
+    supervisor.stopping(f"stopping: finishing {app.server.inflight} in-flight requests")
     log.info("stopping", extra={"fields": {"inflight": app.server.inflight}})
     await app.stop()
+    await supervisor.stop()
     return 0
 
 
@@ -145,7 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     logs.setup(a.log_level)
     try:
-        return asyncio.run(run(config_from(a)))
+        policy = access.policy_for_daemon(a.access_config)
+    except ConfigError as e:
+        print(f"agentd: {e}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(run(config_from(a), policy))
     except KeyboardInterrupt:
         return 1
 

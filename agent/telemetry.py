@@ -39,9 +39,10 @@ class Telemetry:
         self._last_prune = 0.0
         db = self._open()
         for t in TABLES:
-            if not db[t].exists():
-                db[t].create({"ts": float}, if_not_exists=True)
-                db[t].create_index(["ts"], if_not_exists=True)
+            tbl = db.table(t)
+            if not tbl.exists():
+                tbl.create({"ts": float}, if_not_exists=True)
+                tbl.create_index(["ts"], if_not_exists=True)
         db.conn.close()
         self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
         self._thread.start()
@@ -80,7 +81,7 @@ class Telemetry:
             with db.conn:
                 for t, rows in q.items():
                     if rows:
-                        db[t].insert_all(({"ts": r.pop("ts"), **_flat(r)} for r in rows), alter=True,
+                        db.table(t).insert_all(({"ts": r.pop("ts"), **_flat(r)} for r in rows), alter=True,
                                          batch_size=1000)
                 now = time.time()
                 if now - self._last_prune > 60:
@@ -130,12 +131,16 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
-def parse_duration(text: str) -> float:
-    """'90', '30s', '10m', '1h', '2d' -> seconds. Anything else -> InvalidParams."""
-    m = _DUR.match(str(text))
+def parse_duration(text: str, *, positive: bool = False) -> float:
+    """'90', '500ms', '30s', '10m', '1.5h', '2d' -> seconds. Anything else -> InvalidParams."""
+    m = _DUR.match(str(text or ""))
     if not m:
         raise InvalidParams(f"expected a duration like 30s, 10m, 1h or 2d, got {text!r}")
-    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}[m.group(2)]
+    value = float(m.group(1)) * _UNITS[m.group(2)]
+    if positive and value <= 0:
+        raise InvalidParams(f"expected a duration of more than zero, got {text!r}")
+    return value

@@ -20,6 +20,8 @@ _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 _KEYLINE = re.compile(r"^\s*([A-Za-z0-9_\-\.\"' ]+?)\s*=")
 
 PathKey = Sequence[str | int]
+_Str = str     # Checker has methods named str/bool: annotations inside it use these aliases
+_Bool = bool
 
 
 def _split_dotted(s: str) -> list[str]:
@@ -76,7 +78,7 @@ class TomlDoc:
         self.path, self.data, self.text, self.error_cls = path, data, text, error_cls
 
     @classmethod
-    def load(cls, path: Path, error_cls: type[ConfigError] = ConfigError) -> "TomlDoc":
+    def load(cls, path: Path, error_cls: type[ConfigError] = ConfigError) -> TomlDoc:
         try:
             raw = path.read_bytes()
         except OSError as e:
@@ -121,36 +123,36 @@ def type_name(v: Any) -> str:
 class Checker:
     """Typed accessors over a table of a :class:`TomlDoc` that reject unknown keys."""
 
-    def __init__(self, doc: TomlDoc, table: dict[str, Any], path: PathKey = ()):
+    def __init__(self, doc: TomlDoc, table: dict[_Str, Any], path: PathKey = ()):
         self.doc, self.table, self.path = doc, table, list(path)
 
-    def at(self, key: str | int) -> list[str | int]:
+    def at(self, key: _Str | int) -> list[_Str | int]:
         return [*self.path, key]
 
-    def only(self, allowed: set[str]) -> None:
+    def only(self, allowed: set[_Str]) -> None:
         for k in self.table:
             if k not in allowed:
                 raise self.doc.error(self.at(k), f"unknown key; expected one of {', '.join(sorted(allowed))}")
 
-    def _get(self, key: str, required: bool) -> Any:
+    def _get(self, key: _Str, required: _Bool) -> Any:
         if key not in self.table:
             if required:
                 raise self.doc.error(self.path or [key], f"{key}: missing required key")
             return None
         return self.table[key]
 
-    def str(self, key: str, required: bool = True, choices: Sequence[str] | None = None) -> Any:
+    def str(self, key: _Str, required: _Bool = True, choices: Sequence[_Str] | None = None) -> Any:
         v = self._get(key, required)
         if v is None:
             return None
-        if not isinstance(v, str):
+        if not isinstance(v, _Str):
             raise self.doc.error(self.at(key), f"expected a string, got {type_name(v)}")
         if choices is not None and v not in choices:
             raise self.doc.error(self.at(key), f"expected one of {', '.join(choices)}, got {v!r}")
         return v
 
-    def num(self, key: str, required: bool = True, lo: float | None = None, hi: float | None = None,
-            integer: bool = False) -> Any:
+    def num(self, key: _Str, required: _Bool = True, lo: float | None = None, hi: float | None = None,
+            integer: _Bool = False) -> Any:
         v = self._get(key, required)
         if v is None:
             return None
@@ -162,7 +164,7 @@ class Checker:
             raise self.doc.error(self.at(key), f"expected a number in {rng}, got {v}")
         return v
 
-    def bool(self, key: str, required: bool = True) -> Any:
+    def bool(self, key: _Str, required: _Bool = True) -> Any:
         v = self._get(key, required)
         if v is None:
             return None
@@ -170,7 +172,7 @@ class Checker:
             raise self.doc.error(self.at(key), f"expected true or false, got {type_name(v)}")
         return v
 
-    def table_of(self, key: str, required: bool = False) -> "Checker | None":
+    def table_of(self, key: _Str, required: _Bool = False) -> Checker | None:
         v = self._get(key, required)
         if v is None:
             return None
@@ -178,7 +180,7 @@ class Checker:
             raise self.doc.error(self.at(key), f"expected a table, got {type_name(v)}")
         return Checker(self.doc, v, self.at(key))
 
-    def array_of_tables(self, key: str, required: bool = False) -> list["Checker"]:
+    def array_of_tables(self, key: _Str, required: _Bool = False) -> list[Checker]:
         v = self._get(key, required)
         if v is None:
             return []
@@ -186,13 +188,13 @@ class Checker:
             raise self.doc.error(self.at(key), f"expected an array of tables ([[{key}]]), got {type_name(v)}")
         return [Checker(self.doc, x, [*self.at(key), i]) for i, x in enumerate(v)]
 
-    def list_of_str(self, key: str, required: bool = False) -> list[str] | None:
+    def list_of_str(self, key: _Str, required: _Bool = False) -> list[_Str] | None:
         v = self._get(key, required)
         if v is None:
             return None
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        if not isinstance(v, list) or not all(isinstance(x, _Str) for x in v):
             raise self.doc.error(self.at(key), f"expected an array of strings, got {type_name(v)}")
         return list(v)
 
-    def error(self, key: str | int | None, message: str) -> ConfigError:
+    def error(self, key: _Str | int | None, message: _Str) -> ConfigError:
         return self.doc.error(self.at(key) if key is not None else self.path, message)

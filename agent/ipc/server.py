@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import os
 import socket
@@ -21,6 +22,7 @@ from typing import Any
 
 from agent.errors import AgentError, Busy, MethodNotFound, ProtocolError
 from agent.ipc import protocol as P
+from agent.ipc.access import peer_groups
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class Peer:
     uid: int
     gid: int
     conn_id: int
+    groups: frozenset[int] = frozenset()  # supplementary groups at connect time (SO_PEERGROUPS)
     inflight: int = 0
     subscribed: bool = False
     send: Callable[[dict[str, Any], list[Any]], None] = field(default=lambda h, b: None, repr=False)
@@ -57,7 +60,7 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
 
 
 class _Conn(asyncio.BufferedProtocol):
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self.reader = P.FrameAssembler(server.max_frame)
         self.transport: asyncio.Transport | None = None
@@ -65,14 +68,16 @@ class _Conn(asyncio.BufferedProtocol):
         self.tasks: set[asyncio.Task[Any]] = set()
         self.cancellable: dict[Any, asyncio.Task[Any]] = {}
         self.closed = False
+        self.eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         sock = transport.get_extra_info("socket")
         pid, uid, gid = peer_credentials(sock) if sock is not None else (-1, -1, -1)
+        groups = peer_groups(sock, pid, uid, gid) if sock is not None and uid >= 0 else frozenset()
         self.server._next_id += 1
-        self.peer = Peer(pid, uid, gid, self.server._next_id, send=self.send, close=self.close,
+        self.peer = Peer(pid, uid, gid, self.server._next_id, groups=groups, send=self.send, close=self.close,
                          cancel=self.cancel_request)
         self.server.conns.add(self)
         deny = self.server.on_connect(self.peer) if self.server.on_connect else None
@@ -127,24 +132,29 @@ class _Conn(asyncio.BufferedProtocol):
             if handler is None:
                 raise MethodNotFound(f"unknown method {method!r}")
             assert self.peer is not None
-            if self.server.authorize is not None:
-                self.server.authorize(self.peer, method)
             if self.peer.inflight >= self.server.max_inflight:
                 raise Busy(f"too many requests in flight on this connection (limit {self.server.max_inflight})")
+            if self.server.authorize is not None:
+                self.server.authorize(self.peer, method)
         except AgentError as e:
             self.send(P.error_response(rid, e.to_jsonrpc()), [])
             return
+        # counted now, not when the task first runs: several frames of one read are dispatched before
+        # any task starts, and limits and the shutdown drain must see all of them
+        self.peer.inflight += 1
+        self.server.inflight += 1
         t = asyncio.ensure_future(self._run(handler, rid, params, f.payload))
         self.tasks.add(t)
-        t.add_done_callback(self.tasks.discard)
+        t.add_done_callback(self._finished)  # also runs for a task cancelled before it started
         if method in CANCELLABLE and rid is not None:
             self.cancellable[rid] = t
-            t.add_done_callback(lambda _t, r=rid: self.cancellable.pop(r, None))
+            t.add_done_callback(functools.partial(self._forget, rid))
+
+    def _forget(self, rid: Any, _task: asyncio.Task[Any]) -> None:
+        self.cancellable.pop(rid, None)
 
     async def _run(self, handler: Handler, rid: Any, params: dict[str, Any], payload: memoryview) -> None:
         assert self.peer is not None
-        self.peer.inflight += 1
-        self.server.inflight += 1
         REQUEST_ID.set(rid)
         try:
             result, bufs = await handler(self.peer, params, payload)
@@ -159,9 +169,21 @@ class _Conn(asyncio.BufferedProtocol):
         except Exception as e:  # a bug in a handler must not kill the daemon
             log.exception("handler failed")
             self.send(P.error_response(rid, AgentError(f"internal error: {type(e).__name__}: {e}").to_jsonrpc()), [])
-        finally:
-            self.peer.inflight -= 1
-            self.server.inflight -= 1
+
+    def _finished(self, t: asyncio.Task[Any]) -> None:
+        self.tasks.discard(t)
+        assert self.peer is not None
+        self.peer.inflight -= 1
+        self.server.inflight -= 1
+        if self.server.on_done is not None:
+            self.server.on_done(self.peer)
+        if self.eof and self.peer.inflight == 0:
+            self.close()  # the peer half-closed: its last reply is out, now close
+
+    def eof_received(self) -> bool:
+        """The peer shut down its write side: answer what it already sent, then close."""
+        self.eof = True
+        return self.peer is not None and self.peer.inflight > 0  # True keeps the transport open
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -187,6 +209,7 @@ class Server:
         self.authorize = authorize
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
+        self.on_done: Callable[[Peer], None] | None = None  # after each authorized request (limits)
         self.conns: set[_Conn] = set()
         self.inflight = 0
         self._next_id = 0
@@ -223,7 +246,11 @@ class Server:
         """Wait until no request is in flight or half-received (True), or the timeout passes (False)."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
-        while self.busy() and loop.time() < end:
+        idle = 0
+        # idle on 3 checks in a row: a request whose bytes sit in the kernel's socket buffer when the
+        # stop signal arrives is read (and counted) by the loop between checks, not dropped
+        while idle < 3 and loop.time() < end:
+            idle = 0 if self.busy() else idle + 1
             await asyncio.sleep(0.01)
         return not self.busy()
 

@@ -19,6 +19,7 @@ and the error is reported in the Decision (write ``battery.percent != null && ..
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -66,16 +67,20 @@ def rewrite_levels(expr: str) -> str:
 
 
 def _plain(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
+    """JSON-like values: dataclasses to dicts, tuples to lists (what ``to_dict`` gives, without its deep copy)."""
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
     return v
 
 
 def activation_dict(snapshot: Snapshot) -> dict[str, Any]:
-    """The mapping rules see: ``to_dict()`` made CEL-friendly, with ``thermal.level_rank`` added."""
-    d: dict[str, Any] = _plain(snapshot.to_dict())
+    """The mapping rules see: ``Snapshot.to_dict()`` made CEL-friendly, plus ``thermal.level_rank``."""
+    d: dict[str, Any] = _plain(snapshot)
+    d["reasons"] = dict(snapshot.reasons)
     lvl = d["thermal"].get("level")
     d["thermal"]["level_rank"] = LEVEL_RANK.get(lvl) if isinstance(lvl, str) else None
     return d
@@ -91,9 +96,28 @@ class Activation:
         self.context = cel.Context(self.data)
 
 
+def _filled(obj: Any) -> Any:
+    """``obj`` with every ``None`` field given a value of its annotated type (so fields added to the
+    Snapshot later are known in the sample too)."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        if getattr(obj, f.name) is not None:
+            continue
+        t = str(f.type)
+        if t.startswith("float"):
+            values[f.name] = 1.0
+        elif t.startswith("int"):
+            values[f.name] = 1
+        elif t.startswith("bool"):
+            values[f.name] = False
+        elif t.startswith("str"):
+            values[f.name] = "x"
+    return dataclasses.replace(obj, **values)
+
+
 def sample_snapshot() -> Snapshot:
     """A Snapshot with every field known, used to type-check conditions at load time."""
-    return Snapshot(
+    snap = Snapshot(
         mono_s=100.0, wall_s=1.7e9,
         battery=BatteryState(present=True, percent=55.0, status="Discharging", power_w=6.5, energy_wh=30.0,
                              energy_full_wh=55.0, count=1),
@@ -108,6 +132,8 @@ def sample_snapshot() -> Snapshot:
                            gpu_util_percent=10.0, npu_busy_s=1.0),
         source="sample",
     )
+    return dataclasses.replace(snap, **{name: _filled(getattr(snap, name)) for name in
+                                        ("battery", "power", "thermal", "memory", "cpu", "energy")})
 
 
 def _describe(e: Exception) -> str:

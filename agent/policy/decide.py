@@ -104,6 +104,8 @@ def _step_rules(policy: Policy, act: Activation, state: PolicyState, now: float
         if err is not None:
             errors.append(f"rule {rule.name}: {err}")
         debounce = policy.switching.debounce_s if rule.debounce_s is None else rule.debounce_s
+        if mem.active and rule.exit_debounce_s is not None:
+            debounce = rule.exit_debounce_s
         if target == mem.active:
             mem = RuleMemory(mem.active, None)
         elif mem.pending_since is None and debounce > 0:
@@ -124,8 +126,14 @@ def _winning_hold(policy: Policy, holds: tuple[Hold, ...]) -> Hold | None:
     return min(saver or valid, key=lambda h: (h.since, h.cookie))
 
 
-def violations(row: VariantRow, c: Constraints, objective: str, snapshot: Snapshot, resident: bool) -> list[str]:
-    """Why ``row`` may not run now (empty = feasible). ``resident``: it is already loaded."""
+def violations(row: VariantRow, c: Constraints, objective: str, snapshot: Snapshot,
+               current: VariantRow | None) -> list[str]:
+    """Why ``row`` may not run now (empty = feasible); ``current`` is the model's loaded row, if any.
+
+    Memory: the loaded row needs ``available >= headroom``. Another row is loaded next to the current one
+    and the current one is then drained and unloaded, so it needs ``available >= its memory`` at the peak
+    and ``available + current's memory - its memory >= headroom`` afterwards (other models are not counted).
+    """
     out: list[str] = []
     if not c.device_ok(row.device):
         out.append(f"device {row.device} not allowed")
@@ -144,11 +152,17 @@ def violations(row: VariantRow, c: Constraints, objective: str, snapshot: Snapsh
             out.append(f"p95 {row.latency_ms_p95:.4g} ms > SLO {c.max_latency_p95_ms:.4g} ms")
     avail = snapshot.memory.available_bytes
     if c.memory_headroom_mb is not None and avail is not None:
-        need = c.memory_headroom_mb * 1e6 + (0 if resident else (row.memory_bytes or 0))
-        if not resident and row.memory_bytes is None:
+        head = c.memory_headroom_mb * 1e6
+        if current is not None and current.key == row.key:
+            if avail < head:
+                out.append(f"headroom {head / 1e6:.0f} MB, {avail / 1e6:.0f} MB available")
+        elif row.memory_bytes is None:
             out.append("no measured memory_bytes")
-        elif avail < need:
-            out.append(f"needs {need / 1e6:.0f} MB free, {avail / 1e6:.0f} MB available")
+        else:
+            freed = (current.memory_bytes or 0) if current is not None else 0
+            need = max(row.memory_bytes, head + row.memory_bytes - freed)
+            if avail < need:
+                out.append(f"needs {need / 1e6:.0f} MB free, {avail / 1e6:.0f} MB available")
     return out
 
 
@@ -177,7 +191,7 @@ def _choose(model: str, rows: list[VariantRow], cons: Constraints, objective: st
     cur_key = state.current.get(model)
     by_key = {r.key: r for r in rows}
     cur = by_key.get(cur_key) if cur_key else None
-    viol = {r.key: violations(r, cons, objective, snapshot, r.key == cur_key) for r in rows}
+    viol = {r.key: violations(r, cons, objective, snapshot, cur) for r in rows}
     feasible = sorted((r for r in rows if not viol[r.key]), key=lambda r: rank_key(r, objective))
     verdicts: dict[tuple[str, str], Alternative] = {}
     pin = state.pins.get(model)

@@ -32,6 +32,7 @@ earlier ones, and override ``default`` / ``[switching]`` when they give them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,7 @@ from agent.tomlfile import Checker, TomlDoc
 _CONSTRAINT_KEYS = {"min_quality", "max_latency_p95_ms", "memory_headroom_mb", "allow_devices", "deny_devices",
                     "thermal_ceiling"}
 _PROFILE_KEYS = _CONSTRAINT_KEYS | {"objective", "include", "description"}
-_RULE_KEYS = {"name", "when", "exit_when", "profile", "tighten", "debounce_s", "description"}
+_RULE_KEYS = {"name", "when", "exit_when", "profile", "tighten", "debounce_s", "exit_debounce_s", "description"}
 
 
 def _builtin_raw() -> dict[str, dict[str, Any]]:
@@ -78,6 +79,14 @@ class _Part:
     rules: list[Checker] = field(default_factory=list)
 
 
+def _num(c: Checker, key: str, lo: float, hi: float) -> float | None:
+    """An optional number in lo..hi; NaN is refused too (Checker.num's range test lets it through)."""
+    v = c.num(key, required=False, lo=lo, hi=hi)
+    if v is not None and math.isnan(v):
+        raise c.error(key, f"expected a number in {lo}..{hi}, got nan")
+    return None if v is None else float(v)
+
+
 def _devices(c: Checker, key: str) -> frozenset[str] | None:
     v = c.list_of_str(key)
     if v is None:
@@ -91,11 +100,11 @@ def _devices(c: Checker, key: str) -> frozenset[str] | None:
 def _constraints(c: Checker, raw: dict[str, Any] | None = None) -> Constraints:
     """Constraints from ``c`` (values from ``raw`` when given: an include-merged table)."""
     src = Checker(c.doc, raw, c.path) if raw is not None else c
-    q = src.num("min_quality", required=False, lo=0, hi=1)
-    slo = src.num("max_latency_p95_ms", required=False, lo=0, hi=3_600_000)
+    q = _num(src, "min_quality", 0, 1)
+    slo = _num(src, "max_latency_p95_ms", 0, 3_600_000)
     if slo is not None and slo <= 0:
         raise src.error("max_latency_p95_ms", f"expected a number greater than 0, got {slo}")
-    head = src.num("memory_headroom_mb", required=False, lo=0, hi=10_000_000)
+    head = _num(src, "memory_headroom_mb", 0, 10_000_000)
     ceil = src.str("thermal_ceiling", required=False, choices=THERMAL_LEVELS)
     allow = _devices(src, "allow_devices")
     deny = _devices(src, "deny_devices") or frozenset()
@@ -113,10 +122,10 @@ def _switching(c: Checker) -> Switching:
     mc = c.table_of("margins")
     if mc is not None:
         mc.only({"energy", "latency", "quality"})
-        vals = {k: mc.num(k, required=False, lo=0, hi=1) for k in ("energy", "latency", "quality")}
+        vals = {k: _num(mc, k, 0, 1) for k in ("energy", "latency", "quality")}
         margins = Margins(**{k: float(getattr(margins, k) if v is None else v) for k, v in vals.items()})
-    dwell = c.num("min_dwell_s", required=False, lo=0, hi=3600)
-    deb = c.num("debounce_s", required=False, lo=0, hi=600)
+    dwell = _num(c, "min_dwell_s", 0, 3600)
+    deb = _num(c, "debounce_s", 0, 600)
     return Switching(min_dwell_s=float(base.min_dwell_s if dwell is None else dwell),
                      debounce_s=float(base.debounce_s if deb is None else deb), margins=margins)
 
@@ -231,10 +240,11 @@ def _rules(parts: list[_Part], profiles: dict[str, Profile]) -> tuple[Rule, ...]
                 tighten = _constraints(tc)
             if prof is None and tighten is None:
                 raise rc.error(None, "expected 'profile' or a [rules.tighten] table (or both), got neither")
-            deb = rc.num("debounce_s", required=False, lo=0, hi=600)
+            deb = _num(rc, "debounce_s", 0, 600)
+            exit_deb = _num(rc, "exit_debounce_s", 0, 3600)
             assert when is not None
             rules.append(Rule(name=name, when=when, exit_when=exit_when, profile=prof, tighten=tighten,
-                              debounce_s=None if deb is None else float(deb)))
+                              debounce_s=deb, exit_debounce_s=exit_deb))
     return tuple(rules)
 
 

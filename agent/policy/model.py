@@ -72,6 +72,7 @@ class Rule:
     profile: str | None = None              # select this profile while active
     tighten: Constraints | None = None      # tighten the active profile's constraints while active
     debounce_s: float | None = None         # overrides [switching] debounce_s
+    exit_debounce_s: float | None = None    # how long the exit must hold before the rule ends (cool-down)
 
 
 @dataclass(frozen=True)

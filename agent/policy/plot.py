@@ -38,8 +38,9 @@ def plot_report(rep: SimReport, out: Path, methods: tuple[str, ...] = ("policy",
         ax = axes[3 + k]
         labels = sorted({step[model] for name in shown for step in rep.methods[name].timeline})
         pos = {lab: i for i, lab in enumerate(labels)}
-        for name in shown:
-            ax.step(ts, [pos[step[model]] for step in rep.methods[name].timeline], where="post", label=name)
+        for j, name in enumerate(shown):
+            ax.step(ts, [pos[step[model]] + 0.04 * j for step in rep.methods[name].timeline], where="post",
+                    label=name, linestyle="-" if j == 0 else "--")
         ax.set_yticks(range(len(labels)), labels)
         ax.set_ylabel(model)
         ax.legend(loc="upper right", fontsize="small")

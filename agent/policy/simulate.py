@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent.policy.decide import Decision, decide, violations
@@ -39,6 +39,22 @@ _BIG = 1e12
 class SimConfig:
     swap_power_w: float = 10.0
     default_load_ms: float = 1000.0
+    # The trace's memory.available_bytes is taken as what the device had *without* our models (the
+    # environment); each method then sees it minus the memory of the rows it has loaded, as decide() would
+    # live. Set False for traces recorded with the agent's own models already counted.
+    subtract_model_memory: bool = True
+
+
+def _mem(row: VariantRow | None) -> int:
+    return (row.memory_bytes or 0) if row is not None else 0
+
+
+def _seen(snapshot: Snapshot, loaded_bytes: int, cfg: SimConfig) -> Snapshot:
+    """The snapshot as a method with ``loaded_bytes`` of models resident would read it."""
+    avail = snapshot.memory.available_bytes
+    if not cfg.subtract_model_memory or avail is None or loaded_bytes == 0:
+        return snapshot
+    return replace(snapshot, memory=replace(snapshot.memory, available_bytes=max(0, avail - loaded_bytes)))
 
 
 @dataclass(frozen=True)
@@ -142,6 +158,8 @@ def _account(name: str, intervals: list[Interval], plan: dict[str, list[VariantR
     res = MethodResult(name)
     for i, iv in enumerate(intervals):
         n = workload.count(iv.t0, iv.t1)
+        loaded = sum(_mem(rows[i - 1]) for rows in plan.values()) if i > 0 else 0
+        snap = _seen(iv.snapshot, loaded, cfg)
         step: dict[str, str] = {}
         for model, rows in plan.items():
             row = rows[i]
@@ -157,8 +175,7 @@ def _account(name: str, intervals: list[Interval], plan: dict[str, list[VariantR
             else:
                 res.energy_j += n * row.energy_j
             res.quality_sum += n * (row.quality_rel or 0.0)
-            resident = i > 0 and rows[i - 1].key == row.key
-            if violations(row, cons[i], "min_energy", iv.snapshot, resident):
+            if violations(row, cons[i], "min_energy", snap, rows[i - 1] if i > 0 else None):
                 res.violating_requests += n
             slo = cons[i].max_latency_p95_ms
             if slo is None or (row.latency_ms_p95 is not None and row.latency_ms_p95 <= slo):
@@ -169,26 +186,32 @@ def _account(name: str, intervals: list[Interval], plan: dict[str, list[VariantR
 
 
 def _oracle_plan(rows: list[VariantRow], intervals: list[Interval], cons: list[Constraints],
-                 workload: Workload, cfg: SimConfig) -> list[VariantRow]:
+                 workload: Workload, cfg: SimConfig, others: list[int]) -> list[VariantRow]:
+    """``others[i]``: bytes other models hold during interval i (taken from the policy's plan)."""
     n_rows = len(rows)
 
-    def cost(i: int, r: int, resident: bool) -> float:
+    def cost(i: int, r: int, prev: int | None) -> float:
         row, iv = rows[r], intervals[i]
         c = workload.count(iv.t0, iv.t1) * (row.energy_j if row.energy_j is not None else _BIG)
-        # graded: when nothing is feasible, prefer the row breaking the fewest constraints (as decide() does)
-        c += _BIG * len(violations(row, cons[i], "min_energy", iv.snapshot, resident))
+        before = None if prev is None else rows[prev]
+        snap = _seen(iv.snapshot, others[i] + _mem(before), cfg)
+        v = violations(row, cons[i], "min_energy", snap, before)
+        # graded, as decide()'s fallback; quality, SLO and device limits outweigh memory so that the
+        # oracle is never cheaper by serving below the quality floor
+        c += _BIG * len(v) + _BIG * 1000 * sum(1 for x in v if not _is_memory(x))
         return c
 
-    dp = [cost(0, r, False) for r in range(n_rows)]
+    dp = [cost(0, r, None) for r in range(n_rows)]
     back: list[list[int]] = []
     for i in range(1, len(intervals)):
         nxt, arg = [], []
         for r in range(n_rows):
-            best, best_from = dp[r] + cost(i, r, True), r
-            arrive = cost(i, r, False) + _swap_j(rows[r], cfg)
+            best, best_from = dp[r] + cost(i, r, r), r
             for q in range(n_rows):
-                if q != r and dp[q] + arrive < best:
-                    best, best_from = dp[q] + arrive, q
+                if q != r:
+                    arrive = dp[q] + cost(i, r, q) + _swap_j(rows[r], cfg)
+                    if arrive < best:
+                        best, best_from = arrive, q
             nxt.append(best)
             arg.append(best_from)
         dp = nxt
@@ -200,6 +223,10 @@ def _oracle_plan(rows: list[VariantRow], intervals: list[Interval], cons: list[C
         path.append(r)
     path.reverse()
     return [rows[k] for k in path]
+
+
+def _is_memory(violation: str) -> bool:
+    return "MB" in violation or "memory_bytes" in violation
 
 
 def _best_quality(rows: list[VariantRow]) -> VariantRow:
@@ -230,7 +257,8 @@ def simulate(trace: TraceSource, policy: Policy, table: list[VariantRow], worklo
     plan: dict[str, list[VariantRow]] = {m: [] for m in models}
     index = {(r.model, r.variant, r.device): r for r in table}
     for iv in intervals:
-        d = decide(iv.snapshot, st, policy, table, iv.t0)
+        loaded = sum(_mem(index.get((m, *key))) for m, key in st.current.items())
+        d = decide(_seen(iv.snapshot, loaded, cfg), st, policy, table, iv.t0)
         decisions.append(d)
         st = d.state
         for m in models:
@@ -249,7 +277,10 @@ def simulate(trace: TraceSource, policy: Policy, table: list[VariantRow], worklo
         }
         for name, p in static.items():
             methods[name] = _account(name, intervals, p, workload, cons, cfg)
-        oracle = {m: _oracle_plan(rs, intervals, cons, workload, cfg) for m, rs in models.items()}
+        oracle = {}
+        for m, rs in models.items():
+            others = [0] + [sum(_mem(plan[o][i]) for o in models if o != m) for i in range(n - 1)]
+            oracle[m] = _oracle_plan(rs, intervals, cons, workload, cfg, others)
         methods["oracle"] = _account("oracle", intervals, oracle, workload, cons, cfg)
     duration = intervals[-1].t1 - intervals[0].t0 if intervals else 0.0
     name = str(trace.header.get("name", "trace"))

@@ -28,8 +28,9 @@ SMOLLM2 = (
 )
 
 
-def smollm2_rows(model: str = "smollm2", npu: bool = False) -> list[VariantRow]:
-    """The fixture table; ``npu=True`` adds hypothetical NPU rows (int8 and fp16) for device tests."""
+def smollm2_rows(model: str = "smollm2", npu: bool = False, gpu: bool = False) -> list[VariantRow]:
+    """The fixture table. ``npu=True`` adds hypothetical NPU rows (int8, fp16); ``gpu=True`` a hypothetical
+    fp16 GPU row that is the cheapest of all (3.5 J) so heat guards that deny the GPU have a cost."""
     rows = []
     for vid, prec, ms_tok, ppl, mb, load in SMOLLM2:
         p50 = ms_tok * TOKENS
@@ -40,6 +41,9 @@ def smollm2_rows(model: str = "smollm2", npu: bool = False) -> list[VariantRow]:
                                300.0, 330.0, 1.2, 120_000_000, 900.0))
         rows.append(VariantRow(model, "fp16", "npu", "QNNExecutionProvider", "fp16", 1.0,
                                420.0, 470.0, 2.0, 200_000_000, 1200.0))
+    if gpu:
+        rows.append(VariantRow(model, "fp16", "gpu", "CUDAExecutionProvider", "fp16", 1.0,
+                               160.0, 190.0, 3.5, 250_000_000, 1500.0))
     return sorted(rows, key=lambda r: (r.model, r.variant, r.device))
 
 
@@ -75,7 +79,7 @@ def scenario(name: str, duration_s: float = 3600.0, step_s: float = 5.0) -> Trac
             s = _snap(t, 80.0, True, _level(temp), temp, 3000.0, 0.5)
         elif name == "memory-pressure":  # available memory swings every 2 minutes, PSI spikes with it
             phase = math.sin(2 * math.pi * t / 120.0)
-            s = _snap(t, 60.0, True, "light", 60.0, 1400 + 1000 * phase, max(0.0, -phase) * 25)
+            s = _snap(t, 60.0, True, "light", 60.0, 1900 + 1000 * phase, max(0.0, -phase) * 25)
         elif name == "flappy-charger":   # charger flaps every 15 s around 20 % battery
             on = (i // 3) % 2 == 0
             s = _snap(t, 21.0 - 3 * x + (0.8 if on else -0.8), on, "moderate", 70.0, 3000.0, 0.3)

@@ -1,6 +1,9 @@
-"""Trace input for the simulator, behind a small interface so the sensors' own replayer can stand in.
+"""Trace input for the simulator, behind a small interface (``TraceSource``: ``.header`` and ``.samples``).
 
-Assumed file format (JSONL, UTF-8)::
+Sensor traces (header ``"format": "ondevice-agent-sensor-trace"``, written by ``agentctl trace record``
+and shipped in ``agent/sensors/traces/``) are read with the sensors' own strict reader,
+``agent.sensors.trace.load_trace``; :func:`write_trace` writes that format. Other JSONL files are read
+leniently in this shape::
 
     {"format": "ondevice-agent-trace", "version": 1, "name": "discharge", "interval_s": 5}   <- header
     {"t": 0.0, "snapshot": {"battery": {"percent": 97.0, ...}, "power": {...}, "thermal": {...}, ...}}
@@ -17,6 +20,7 @@ writers may add fields); a known field of the wrong type is an error naming ``fi
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +42,7 @@ from agent.sensors.snapshot import (
 _SECTIONS: dict[str, type] = {"battery": BatteryState, "power": PowerState, "thermal": ThermalState,
                               "memory": MemoryState, "cpu": CpuState, "energy": EnergyState}
 _TIME_KEYS = ("t", "t_s", "offset_s")
+SENSOR_FORMAT = "ondevice-agent-sensor-trace"
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,14 @@ def snapshot_from_dict(d: dict[str, Any], t: float, source: str, where: str = "s
     return Snapshot(mono_s=float(mono), wall_s=float(wall), source=source, **sections)
 
 
+def _sensor_trace(path: Path) -> Trace:
+    from agent.sensors import trace as st
+
+    tr = st.load_trace(path)
+    samples = tuple(TraceSample(t, s) for t, s in zip(tr.times, tr.snapshots, strict=True))
+    return Trace(header=dict(tr.header), samples=samples, name=str(tr.header.get("name", path.stem)))
+
+
 def load_trace(path: Path | str) -> Trace:
     """Read a JSONL trace (format above); errors are ConfigError ``file:line: key: expected ..., got ...``."""
     path = Path(path)
@@ -104,6 +117,12 @@ def load_trace(path: Path | str) -> Trace:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read trace: {e}", file=str(path)) from e
+    try:
+        first = json.loads(lines[0]) if lines else None
+    except json.JSONDecodeError:
+        first = None
+    if isinstance(first, dict) and first.get("format") == SENSOR_FORMAT:
+        return _sensor_trace(path)
     header: dict[str, Any] | None = None
     samples: list[TraceSample] = []
     last_t = float("-inf")
@@ -147,11 +166,13 @@ def load_trace(path: Path | str) -> Trace:
 
 
 def write_trace(path: Path, header: dict[str, Any], samples: Sequence[tuple[float, Snapshot]]) -> Path:
-    """Write the format above (used by tests and fixture generators)."""
+    """Write a sensor trace (``agent.sensors.trace`` format); ``header`` adds free metadata."""
+    from agent.sensors import trace as st
+
+    meta = {k: v for k, v in header.items() if k not in ("format", "version", "interval_s", "source")}
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(samples) if b[0] > a[0]]
+    interval = float(header.get("interval_s") or (min(gaps) if gaps else 1.0))
     with open(path, "w", encoding="utf-8") as f:
-        f.write(json.dumps(header) + "\n")
-        for t, s in samples:
-            d = s.to_dict()
-            snap = {k: d[k] for k in _SECTIONS}
-            f.write(json.dumps({"t": t, "snapshot": snap}) + "\n")
+        st.write_header(f, interval_s=interval, source=str(header.get("source", "policy-synthetic")), **meta)
+        f.writelines(json.dumps(st.snapshot_to_record(s, t)) + "\n" for t, s in samples)
     return path

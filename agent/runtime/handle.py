@@ -59,7 +59,7 @@ class _Shm:
 
 
 class _Proto(asyncio.BufferedProtocol):
-    def __init__(self, handle: "WorkerHandle") -> None:
+    def __init__(self, handle: WorkerHandle) -> None:
         self.h = handle
         self.reader = P.FrameAssembler(max_frame=(1 << 32) - 1)
 
@@ -107,13 +107,15 @@ class WorkerHandle:
         self.variant: str | None = None
         self.model: str | None = None
         self.device: str | None = None
-        self.on_death: Callable[["WorkerHandle"], None] | None = None
+        self.on_death: Callable[[WorkerHandle], None] | None = None
         self.started = time.monotonic()
         self.cpu_s = 0.0
         self.requests = 0
+        self.shm_in: _Shm
+        self.shm_out: _Shm
 
     @classmethod
-    async def spawn(cls, shm_size: int = 4 << 20, start_timeout: float = 60.0) -> "WorkerHandle":
+    async def spawn(cls, shm_size: int = 4 << 20, start_timeout: float = 60.0) -> WorkerHandle:
         h = cls()
         loop = asyncio.get_running_loop()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -134,7 +136,7 @@ class WorkerHandle:
         h.alive = True
         try:
             await asyncio.wait_for(asyncio.shield(h._hello), start_timeout)
-        except (asyncio.TimeoutError, WorkerDied) as e:
+        except (TimeoutError, WorkerDied) as e:
             h.kill()
             raise WorkerDied(f"worker did not start: {e or 'timeout'}") from None
         return h
@@ -252,7 +254,7 @@ class WorkerHandle:
         if self.alive:
             try:
                 await self.call("exit", {}, timeout=timeout)
-            except (AgentError, asyncio.TimeoutError):
+            except (TimeoutError, AgentError):
                 pass
         if self.proc is not None:
             try:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import InvalidParams, LoadError
 from agent.ipc import protocol as P
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 
 class LLMHost:
-    def __init__(self, engine: Any, worker: "Worker", max_concurrent: int) -> None:
+    def __init__(self, engine: Any, worker: Worker, max_concurrent: int) -> None:
         self.engine = engine
         self.worker = worker
         self.pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="gen")
@@ -51,7 +52,6 @@ class LLMHost:
         with self._lock:
             self.cancels[rid] = ev
         self.pool.submit(self._stream, rid, it)
-        return None
 
     def _stream(self, rid: Any, it: Any) -> None:
         parts: list[str] = []
@@ -96,7 +96,7 @@ class LLMHost:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def load_llm(path: Path, params: dict[str, Any], worker: "Worker") -> tuple[LLMHost, dict[str, Any]]:
+def load_llm(path: Path, params: dict[str, Any], worker: Worker) -> tuple[LLMHost, dict[str, Any]]:
     try:
         from agent.llm.engine import LLMEngine
     except ImportError as e:

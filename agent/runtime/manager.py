@@ -21,10 +21,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from agent.errors import (AgentError, InsufficientMemory, InvalidParams, LoadError, NotFound, Unavailable,
-                          WorkerDied)
+from agent.errors import (
+    AgentError,
+    InsufficientMemory,
+    InvalidParams,
+    LoadError,
+    NotFound,
+    Unavailable,
+    WorkerDied,
+)
 from agent.ipc import protocol as P
 from agent.runtime.handle import WorkerHandle
 from agent.zoo.manifest import Manifest, Variant
@@ -288,7 +293,7 @@ class Runtime:
             spec = want.get(name)
             if spec is None:
                 raise InvalidParams(f"model {m.name!r} has no input {name!r}; inputs: {', '.join(want)}")
-            if dt != np.dtype(spec.dtype):
+            if d["dtype"] != spec.dtype:
                 raise InvalidParams(f"input {name!r}: expected dtype {spec.dtype}, got {dt.name}")
             if len(shape) != len(spec.shape) or any(
                     isinstance(w, int) and w != g for w, g in zip(spec.shape, shape)):
@@ -306,7 +311,7 @@ class Runtime:
             return h
         try:
             await asyncio.wait_for(slot.ready.wait(), self.ready_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Unavailable(f"no variant of {slot.manifest.name!r} is ready") from None
         if slot.active is None:
             raise Unavailable(f"no variant of {slot.manifest.name!r} is ready")

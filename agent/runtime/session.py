@@ -7,7 +7,6 @@ silently running elsewhere, and the node assignment per provider is recorded and
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,7 @@ import numpy as np
 from agent.errors import LoadError, NotFound
 from agent.runtime import devices as devmod
 from agent.zoo.manifest import ORT_TYPES
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from agent.zoo.manifest import sha256_file as file_sha256
 
 
 def signature(sess: Any) -> dict[str, list[dict[str, Any]]]:
@@ -82,7 +74,7 @@ def assignment(sess: Any) -> dict[str, int]:
     try:
         for sub in sess.get_provider_graph_assignment_info():
             ep = getattr(sub, "ep_name", None) or str(sub)
-            n = len(getattr(sub, "get_nodes", lambda: [])()) if hasattr(sub, "get_nodes") else len(getattr(sub, "nodes", []))
+            n = len(getattr(sub, "get_nodes", list)()) if hasattr(sub, "get_nodes") else len(getattr(sub, "nodes", []))
             counts[ep] = counts.get(ep, 0) + n
     except Exception:
         pass

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import argparse
 import mmap
-import threading
 import os
 import resource
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import Any
 
 from agent.errors import AgentError, InvalidParams, LoadError, WorkerError
 from agent.ipc import protocol as P

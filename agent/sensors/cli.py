@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from typing import Any
 
@@ -18,20 +17,15 @@ FIELDS = ("battery.percent", "battery.status", "battery.power_w", "power.on_ac",
           "thermal.headroom", "thermal.max_c", "memory.available_bytes", "memory.psi_some_avg10",
           "cpu.load_1m", "energy.meter")
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
 def parse_duration(text: str) -> float:
-    """``"10m"`` -> 600.0; ``"30s"``, ``"1.5h"``, ``"500ms"``, bare seconds; must be > 0."""
-    m = _DURATION.match(text or "")
-    if not m:
-        raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: expected a number with an optional unit ms, s, m or h (e.g. 10m, 30s)")
-    value = float(m.group(1)) * _UNITS[m.group(2)]
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be more than zero")
-    return value
+    """``"10m"`` -> 600.0; ``"30s"``, ``"1.5h"``, ``"500ms"``, bare seconds; must be > 0 (argparse type)."""
+    from agent.errors import InvalidParams
+    from agent.telemetry import parse_duration as parse
+
+    try:
+        return parse(text, positive=True)
+    except InvalidParams as e:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: {e}") from None
 
 
 def summary(snap: Snapshot) -> dict[str, Any]:

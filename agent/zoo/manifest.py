@@ -82,7 +82,7 @@ class TensorSpec:
     dtype: str
     shape: tuple[int | str, ...]
 
-    def matches(self, other: "TensorSpec") -> str | None:
+    def matches(self, other: TensorSpec) -> str | None:
         """None when ``other`` fits this spec, else why not."""
         if self.name != other.name:
             return f"name {other.name!r} != {self.name!r}"

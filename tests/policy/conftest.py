@@ -3,28 +3,13 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from policy_helpers import make_snap
 
 from agent.policy.synthetic import smollm2_rows
 from agent.policy.table import VariantRow
-from agent.sensors.snapshot import BatteryState, MemoryState, PowerState, Snapshot, ThermalState
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def make_snap(t: float = 0.0, pct: float | None = 80.0, on_ac: bool | None = False, level: str | None = "none",
-              avail_mb: float | None = 4000.0, psi: float | None = 0.0) -> Snapshot:
-    return Snapshot(
-        mono_s=t, wall_s=t,
-        battery=BatteryState(present=pct is not None, percent=pct),
-        power=PowerState(on_ac=on_ac),
-        thermal=ThermalState(level=level),
-        memory=MemoryState(total_bytes=8_000_000_000,
-                           available_bytes=None if avail_mb is None else int(avail_mb * 1e6),
-                           psi_some_avg10=psi),
-    )
+from agent.sensors.snapshot import Snapshot
 
 
 @pytest.fixture
@@ -44,7 +29,3 @@ def write_policy(tmp_path: Path) -> Callable[[str, str], Path]:
         p.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
         return p
     return write
-
-
-def kv(**kw: Any) -> dict[str, Any]:
-    return kw

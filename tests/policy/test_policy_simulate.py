@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_snap
+from policy_helpers import REPO, make_snap
 
 from agent.errors import ConfigError, InvalidParams
 from agent.policy.cli import main, zoo_table
@@ -75,6 +76,29 @@ def test_default_policy_meets_the_acceptance_targets_on_fixture_traces(name: str
     assert acc["quality_loss_vs_best_quality"] <= 0.01
     assert acc["energy_gap_to_oracle"] <= 0.02
     assert rep.methods["oracle"].energy_j <= rep.policy.energy_j + 1e-6
+
+
+@pytest.mark.parametrize("name", ["laptop_workday", "thermal_sustained_load", "memory_pressure_bursts"])
+def test_default_policy_meets_the_acceptance_targets_on_shipped_sensor_traces(name: str) -> None:
+    from agent.sensors.trace import shipped
+
+    tr = load_trace(shipped(name))
+    assert tr.samples and tr.header["format"] == "ondevice-agent-sensor-trace"
+    rep = simulate(tr, load_policy([BALANCED]), smollm2_rows(), parse_workload("rate=0.5/s"))
+    acc = rep.acceptance()
+    assert acc["pass"], format_report(rep)
+
+
+def test_heat_guard_moves_off_the_gpu_on_the_shipped_thermal_trace() -> None:
+    from agent.sensors.trace import shipped
+
+    rep = simulate(load_trace(shipped("thermal_sustained_load")), load_policy([BALANCED]),
+                   smollm2_rows(gpu=True), parse_workload("rate=0.5/s"))
+    assert rep.policy.time_in.get("smollm2:int8@cpu", 0) > 0 and rep.policy.violating_requests == 0
+    assert rep.methods["static-best-quality"].violating_requests > 0   # stays on the GPU while "severe"
+    swaps = [iv.t0 for iv, d in zip(rep.intervals, rep.decisions)
+             if d.choices["smollm2"].change and d.choices["smollm2"].previous]
+    assert all(b - a >= 30 for a, b in itertools.pairwise(swaps))
 
 
 def test_baselines_are_what_they_claim() -> None:
@@ -217,3 +241,17 @@ def test_policy_check_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["policy", "check", str(BALANCED), str(bad)]) == 1
     err = capsys.readouterr().err
     assert err.strip() == f"{bad}:3: profiles.x.min_quality: expected a number in 0..1, got 7"
+
+
+def test_plot_without_matplotlib_says_so_and_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # makes `import matplotlib` raise ImportError
+    zoo = write_zoo(tmp_path / "zoo", smollm2_rows())
+    tr = write_scenario("discharge", tmp_path / "t.jsonl", 60)
+    rc = main(["simulate", "--trace", str(tr), "--policy", str(BALANCED), "--zoo", str(zoo),
+               "--plot", str(tmp_path / "p.png")])
+    captured = capsys.readouterr()
+    assert rc == 2 and "policy" in captured.out
+    assert "--plot needs matplotlib, which is not installed" in captured.err
+    assert not (tmp_path / "p.png").exists()

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_snap
+from policy_helpers import make_snap
 
 from agent.policy.conditions import Activation, Condition, ConditionError, rewrite_levels
 from agent.sensors.snapshot import THERMAL_LEVELS
@@ -73,3 +73,17 @@ def test_bad_conditions_are_rejected_at_compile_time(expr: str, msg: str) -> Non
 def test_fields_lists_the_readings_a_condition_uses() -> None:
     c = Condition.compile("battery.percent < 20.0 && !power.on_ac")
     assert c.fields == ("battery.percent", "power.on_ac")
+
+
+def test_sample_snapshot_knows_every_field_so_rules_on_new_fields_type_check() -> None:
+    import dataclasses
+
+    from agent.policy.conditions import sample_snapshot
+
+    snap = sample_snapshot()
+    for section in ("battery", "power", "thermal", "memory", "cpu", "energy"):
+        obj = getattr(snap, section)
+        for f in dataclasses.fields(obj):
+            assert getattr(obj, f.name) is not None, f"{section}.{f.name}"
+            if f.type in ("float | None", "int | None"):
+                Condition.compile(f"{section}.{f.name} >= 0")   # numeric fields compare with numbers

@@ -4,7 +4,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_snap
+from policy_helpers import REPO, make_snap
 
 from agent.errors import InvalidParams, NotFound, PolicyError
 from agent.policy.engine import PolicyEngine

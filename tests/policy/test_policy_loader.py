@@ -4,7 +4,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from policy_helpers import REPO
 
 from agent.errors import PolicyError
 from agent.policy.loader import check_files, load_policy
@@ -227,3 +227,28 @@ def test_later_files_override_profiles_and_append_rules(write_policy: Callable[.
     pol = load_policy([a, b])
     assert pol.default == "x" and pol.profiles["x"].objective == "max_quality"
     assert [r.name for r in pol.rules] == ["low", "hot"]
+
+
+def test_nan_is_out_of_range(write_policy: Callable[..., Path]) -> None:
+    p = write_policy('[profiles.x]\nobjective = "min_energy"\nmin_quality = nan\n')
+    assert_located(error_of(p), p, 3, "profiles.x.min_quality", "got nan")
+
+
+def test_empty_condition_is_refused(write_policy: Callable[..., Path]) -> None:
+    p = write_policy("[[rules]]\nname = \"r\"\nwhen = '  '\nprofile = \"power-saver\"\n")
+    assert_located(error_of(p), p, 3, "rules.0.when", "got an empty string")
+
+
+def test_profiles_must_be_a_table(write_policy: Callable[..., Path]) -> None:
+    p = write_policy("[[profiles]]\nobjective = \"min_energy\"\n")
+    assert_located(error_of(p), p, 1, "profiles", "expected a table, got array")
+
+
+def test_wrong_schema(write_policy: Callable[..., Path]) -> None:
+    p = write_policy("schema = 2\n")
+    assert_located(error_of(p), p, 1, "schema", "expected 1, got 2")
+
+
+def test_exit_debounce_out_of_range(write_policy: Callable[..., Path]) -> None:
+    p = write_policy("[[rules]]\nname = \"r\"\nwhen = 'true'\nexit_debounce_s = 7200\nprofile = \"balanced\"\n")
+    assert_located(error_of(p), p, 4, "rules.0.exit_debounce_s", "expected a number in 0..3600, got 7200")

@@ -5,7 +5,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_snap
+from policy_helpers import REPO, make_snap
 
 from agent.policy.decide import decide
 from agent.policy.loader import load_policy
@@ -305,3 +305,53 @@ def test_alternatives_say_why_each_lost(pol, rows) -> None:  # type: ignore[no-u
     assert set(alt) == {"fp32", "fp16", "int4", "int8-dyn"}
     assert alt["fp32"].verdict == "worse" and "energy_j" in alt["fp32"].why
     assert alt["int4"].verdict == "violates" and "quality" in alt["int4"].why
+
+
+def test_shrinks_to_a_smaller_variant_when_the_loaded_one_breaks_the_headroom(pol, rows) -> None:  # type: ignore[no-untyped-def]
+    p = pol("""
+[[rules]]
+name = "pressure"
+when = 'memory.psi_some_avg10 > 10.0'
+[rules.tighten]
+memory_headroom_mb = 768
+min_quality = 0.5
+""")
+    st = PolicyState(current={"smollm2": ("fp32", "cpu")})
+    d = decide(make_snap(avail_mb=700.0, psi=30.0), st, p, rows, 100.0)
+    # fp32 (600 MB) leaves 700 < 768 MB; int8 needs 330 MB at the peak and 498 MB after fp32 is unloaded.
+    # (tighten never lowers a floor: balanced's 0.99 stays, so int8-dyn is out)
+    assert d.constraints.min_quality == 0.99
+    assert choice(d) == "int8@cpu" and d.choices["smollm2"].change
+    alt = {a.variant: a for a in d.choices["smollm2"].alternatives}
+    assert alt["fp32"].verdict == "violates" and "headroom" in alt["fp32"].why
+
+
+def test_a_variant_larger_than_free_memory_is_never_loaded(pol, rows) -> None:  # type: ignore[no-untyped-def]
+    p = pol('[profiles.balanced]\nobjective = "max_quality"\nmemory_headroom_mb = 0\n')
+    st = PolicyState(current={"smollm2": ("int8-dyn", "cpu")})
+    d = decide(make_snap(avail_mb=500.0), st, p, rows, 100.0)
+    # fp32 (600 MB) would free 200 MB later but does not fit next to int8-dyn now; int8 (330 MB) does
+    assert choice(d) == "int8@cpu"
+
+
+def test_exit_debounce_keeps_a_rule_through_a_saw_tooth(pol, rows) -> None:  # type: ignore[no-untyped-def]
+    p = pol("""
+[[rules]]
+name = "hot"
+when = 'thermal.level >= "severe"'
+exit_when = 'thermal.level <= "moderate"'
+exit_debounce_s = 60
+[rules.tighten]
+deny_devices = ["npu"]
+""")
+    st = PolicyState()
+    active = {}
+    # severe for 10 s, then a saw-tooth: 40 s light / 10 s severe, then cool for good from t=200
+    for t in range(0, 300, 5):
+        lvl = "severe" if t < 10 or (t < 200 and t % 50 >= 40) else "light"
+        d = decide(make_snap(level=lvl), st, p, rows, float(t))
+        st = d.state
+        active[t] = "hot" in d.rules_active
+    assert all(active[t] for t in range(0, 250, 5))   # light spells of 40 s < 60 s never end it
+    assert not active[295]                             # 60 s of cool after t=190 ends it
+

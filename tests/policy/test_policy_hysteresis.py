@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from conftest import REPO, make_snap
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from policy_helpers import REPO, make_snap
 
 from agent.policy.decide import decide
 from agent.policy.loader import load_policy

@@ -1,0 +1,99 @@
+"""Per-peer limits from [access], enforced by a real agentd: concurrency, connections, frame size."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from svc_agentd import Agentd, start_agentd
+from svc_helpers import NotifySocket
+
+from agent.errors import Busy, FrameTooLarge
+from agent.ipc import protocol as P
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def limited_agentd(tensor_zoo_src: Path, tmp_path: Path, notify_socket: NotifySocket) -> Iterator[Agentd]:
+    cfg = tmp_path / "access.toml"
+    cfg.write_text("[access]\nmax_concurrent = 2\nmax_connections = 6\nmax_frame_bytes = 33554432\n")
+    a = start_agentd(tmp_path, tensor_zoo_src, notify_socket, activate=False,
+                     extra=["--access-config", str(cfg)])
+    notify_socket.wait_for("READY=1", 60)
+    yield a
+    assert a.stop() == 0, a.log_text()[-2000:]
+
+
+def _open(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(60)
+    s.connect(str(path))
+    return s
+
+
+def test_requests_over_the_per_uid_concurrency_limit_get_busy(limited_agentd: Agentd) -> None:
+    x = np.ones((20000, 256), np.float32)  # ~20 MB, a few hundred ms per run
+    descs, bufs = P.tensor_descs({"x": x})
+    socks = [_open(limited_agentd.socket_path) for _ in range(5)]  # 5 connections, one uid
+    for i, s in enumerate(socks):
+        P.send_frame(s, P.request(i, "infer", {"model": "mlp", "inputs": descs}), bufs)
+    outcomes = []
+    for s in socks:
+        f = P.recv_frame(s, 1 << 26)
+        outcomes.append("ok" if "result" in f.header else f.header["error"]["data"]["type"])
+        s.close()
+    assert outcomes.count("ok") >= 2 and outcomes.count("Busy") >= 1, outcomes
+    assert set(outcomes) <= {"ok", "Busy"}
+    # the slots are given back: later requests are served again
+    with _client(limited_agentd) as c:
+        assert c.infer("mlp", {"x": np.ones((1, 256), np.float32)}).outputs["y"].shape == (1, 64)
+
+
+def _client(a: Agentd):  # type: ignore[no-untyped-def]
+    from agent.client import Client
+
+    return Client(a.socket_path, timeout=60)
+
+
+def test_connections_over_the_per_uid_limit_are_refused_with_busy(limited_agentd: Agentd) -> None:
+    from agent.client import Client
+
+    held = [_settled_client(limited_agentd) for _ in range(6)]
+    with pytest.raises(Busy, match="too many connections"):
+        Client(limited_agentd.socket_path, timeout=10).status()
+    held.pop().close()
+    with _settled_client(limited_agentd) as c:  # the freed slot is usable again
+        assert c.status()["models"]["mlp"]["active"] is not None
+    for c in held:
+        c.close()
+
+
+def _settled_client(a: Agentd):  # type: ignore[no-untyped-def]
+    """A connected client, retrying while connections closed just before are still being counted."""
+    end = time.monotonic() + 10
+    while True:
+        c = _client(a)
+        try:
+            c.status()
+            return c
+        except Busy:
+            c.close()
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.05)
+
+
+def test_frame_over_the_limit_is_refused_from_its_length_prefix(limited_agentd: Agentd) -> None:
+    s = _open(limited_agentd.socket_path)
+    s.sendall(struct.pack("<II", 40 * 1024 * 1024, 10))  # only the prefix: nothing else is needed
+    f = P.recv_frame(s)
+    assert f.header["error"]["code"] == FrameTooLarge.code
+    assert f.header["error"]["data"]["limit"] == 33554432
+    assert s.recv(1) == b""  # and the connection is closed
+    s.close()
