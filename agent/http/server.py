@@ -16,6 +16,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,7 @@ class HttpServer:
 
             from agent.http.openai_api import build_app
         except ImportError as e:
-            raise AgentError(f"--http needs starlette and uvicorn ({e}); install the 'http' extra") from None
+            raise AgentError(f"--http needs starlette and uvicorn ({e}); install the 'llm' extra") from None
 
         class _Server(uvicorn.Server):
             @contextlib.contextmanager
@@ -92,32 +93,58 @@ class HttpServer:
                 yield
 
         a = self.address
-        if a.uds is not None:
-            a.uds.parent.mkdir(parents=True, exist_ok=True)
-            if a.uds.is_socket():
-                a.uds.unlink()
-            elif a.uds.exists():
-                raise AgentError(f"{a.uds} exists and is not a socket; refusing to replace it")
-        cfg = uvicorn.Config(build_app(self.agent_app), host=a.host or "127.0.0.1", port=a.port or 0,
-                             uds=str(a.uds) if a.uds else None, log_config=None, access_log=False,
-                             lifespan="off", timeout_graceful_shutdown=int(max(1, self.graceful_timeout)),
-                             server_header=False)
+        sock = self._bind()   # we bind, so a bad address is our clear error, not uvicorn's sys.exit
+        cfg = uvicorn.Config(build_app(self.agent_app), log_config=None, access_log=False, lifespan="off",
+                             timeout_graceful_shutdown=int(max(1, self.graceful_timeout)), server_header=False)
         self._server = _Server(cfg)
-        self._task = asyncio.ensure_future(self._server.serve())
+
+        async def serve() -> None:
+            try:
+                await self._server.serve(sockets=[sock])
+            except SystemExit as e:   # uvicorn exits the process on a startup failure: not ours to do
+                raise AgentError(f"the HTTP endpoint on {a} failed to start (uvicorn exit {e.code})") from None
+            finally:
+                sock.close()
+
+        self._task = asyncio.ensure_future(serve())
         while not self._server.started:
-            if self._task.done():   # bind failed (uvicorn logs and exits)
+            if self._task.done():
                 exc = self._task.exception() if not self._task.cancelled() else None
-                raise AgentError(f"cannot serve HTTP on {a}: {exc or 'bind failed (address in use?)'}")
+                raise AgentError(f"cannot serve HTTP on {a}: {exc or 'stopped during start-up'}")
             await asyncio.sleep(0.01)
         if a.uds is not None:
-            os.chmod(a.uds, 0o660)
             self.url = f"unix:{a.uds}"
         else:
-            sock = self._server.servers[0].sockets[0]
             host, port = sock.getsockname()[:2]
             self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
         log.info("http listening", extra={"fields": {"url": self.url}})
         return self.url
+
+    def _bind(self) -> socket.socket:
+        a = self.address
+        try:
+            if a.uds is not None:
+                a.uds.parent.mkdir(parents=True, exist_ok=True)
+                if a.uds.is_socket():
+                    a.uds.unlink()
+                elif a.uds.exists():
+                    raise AgentError(f"{a.uds} exists and is not a socket; refusing to replace it")
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                old = os.umask(0o117)   # 0660, no window where others could connect
+                try:
+                    sock.bind(str(a.uds))
+                finally:
+                    os.umask(old)
+            else:
+                family = socket.AF_INET6 if a.host and ":" in a.host else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((a.host or "127.0.0.1", a.port or 0))
+            sock.listen(128)
+            sock.setblocking(False)
+            return sock
+        except OSError as e:
+            raise AgentError(f"cannot serve HTTP on {a}: {e.strerror or e}") from None
 
     async def stop(self) -> None:
         if self._server is None or self._task is None:

@@ -62,7 +62,7 @@ def llm_daemon(llm_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture(scope="session")
 def http_url(llm_daemon: Any) -> str:
     if not HAVE_HTTP:
-        pytest.skip("the HTTP endpoint needs starlette and uvicorn (the 'http' extra)")
+        pytest.skip("the HTTP endpoint needs starlette and uvicorn (the 'llm' extra)")
     with llm_daemon.client() as c:
         url = c.status()["daemon"]["http"]
     assert url and url.startswith("http://127.0.0.1:")

@@ -214,3 +214,18 @@ def test_the_endpoint_can_listen_on_a_unix_socket_instead(llm_zoo, tmp_path):
     finally:
         d.stop()
     assert not sock.exists()   # removed on a graceful stop
+
+
+def test_agentd_says_so_and_exits_1_when_the_http_port_is_taken(llm_zoo, tmp_path):
+    pytest.importorskip("uvicorn")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "agent.daemon", "--zoo", str(llm_zoo), "--socket",
+                            str(tmp_path / "s"), "--state-dir", str(tmp_path / "st"), "--spare-workers", "0",
+                            "--http", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 1, r.stderr[-2000:]
+    out = r.stdout + r.stderr
+    assert f"cannot serve HTTP on 127.0.0.1:{port}" in out and "in use" in out
+    assert "Traceback" not in out
