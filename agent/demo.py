@@ -39,7 +39,9 @@ from agent.errors import AgentError, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = REPO / "model_zoo" / "smollm2" / "recipe.toml"
-DEFAULT_POLICY = REPO / "policies" / "balanced.toml"
+# the default policy, plus the shipped workday add-on (best quality on AC, int4-class quality allowed
+# on low battery) so a workday shows the agent adapting; --policy replaces both
+DEFAULT_POLICIES = [REPO / "policies" / "balanced.toml", REPO / "policies" / "workday-demo.toml"]
 DEFAULT_VARIANTS = ("fp32", "int8", "int4")
 DEFAULT_TRACE = "laptop_workday"
 
@@ -71,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help="model recipe (default: SmolLM2)")
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="VARIANT",
                    help="variants to build and serve (default: %(default)s, no torch needed)")
-    p.add_argument("--policy", type=Path, action="append", help="policy file (default: policies/balanced.toml)")
+    p.add_argument("--policy", type=Path, action="append", help="policy file, repeatable (default: policies/balanced.toml + policies/workday-demo.toml)")
     p.add_argument("--sensors", help="'live' or 'trace:FILE[,speed=N]' (default: live with a battery, "
                                      "else the shipped workday trace)")
     p.add_argument("--trace", default=DEFAULT_TRACE,
@@ -225,10 +227,10 @@ def _run(a: argparse.Namespace) -> int:
     from agent.sensors.source import make_source
 
     _quiet_logging()
-    for p in [a.recipe, *(a.policy or [DEFAULT_POLICY])]:
+    for p in [a.recipe, *(a.policy or DEFAULT_POLICIES)]:
         if not Path(p).is_file():
             raise ConfigError(f"no such file: {p}")
-    load_policy(a.policy or [DEFAULT_POLICY])   # a bad policy fails here, not inside agentd
+    load_policy(a.policy or DEFAULT_POLICIES)   # a bad policy fails here, not inside agentd
     if a.sensors:
         make_source(a.sensors, a.sysfs_root).close()
     cores = bound_cores(a.cores)
@@ -240,7 +242,7 @@ def _run(a: argparse.Namespace) -> int:
     print(f"ondevice-agent demo: {a.duration:.0f} s of chat on {len(cores) or 'all'} CPU cores "
           f"({', '.join(map(str, cores))})", flush=True)
     model = ensure_zoo(a.recipe, zoo, list(a.variants), build=not a.no_build)
-    plan = Plan(model, a.recipe, zoo, out, list(a.policy or [DEFAULT_POLICY]), sensors, note, is_trace, cores,
+    plan = Plan(model, a.recipe, zoo, out, list(a.policy or DEFAULT_POLICIES), sensors, note, is_trace, cores,
                 a.sysfs_root)
     print(note, flush=True)
     print(f"policy: {', '.join(str(p) for p in plan.policy)}", flush=True)
