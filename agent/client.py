@@ -94,6 +94,7 @@ class Client:
         self._lock = threading.Lock()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
+        P.widen(self.sock)
         try:
             self.sock.connect(self.path)
         except OSError as e:

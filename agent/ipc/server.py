@@ -71,9 +71,10 @@ class _Conn(asyncio.BufferedProtocol):
         self.eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  (uvloop's transports are not asyncio subclasses)
         sock = transport.get_extra_info("socket")
+        if sock is not None:
+            P.widen(sock)
         pid, uid, gid = peer_credentials(sock) if sock is not None else (-1, -1, -1)
         groups = peer_groups(sock, pid, uid, gid) if sock is not None and uid >= 0 else frozenset()
         self.server._next_id += 1

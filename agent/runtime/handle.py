@@ -119,6 +119,8 @@ class WorkerHandle:
         h = cls()
         loop = asyncio.get_running_loop()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        P.widen(parent)
+        P.widen(child)
         h.shm_in = _Shm("agent-in", shm_size)
         h.shm_out = _Shm("agent-out", shm_size)
         env = dict(os.environ)
