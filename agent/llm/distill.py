@@ -92,13 +92,13 @@ class _Model:
 
 
 def distill(cfg: LlamaConfig, w: LlamaWeights, keep: Sequence[int], tokens: Sequence[int], *,
-            minutes: float = 10.0, epochs: int = 3, seq_len: int = 128, batch: int = 4,
+            minutes: float = 10.0, epochs: int = 3, layers_per_gap: int = 1, seq_len: int = 128, batch: int = 4,
             lr: float = 2e-4, seed: int = 0, threads: int | None = None,
             log: Callable[[str], None] = lambda s: None) -> tuple[LlamaWeights, dict[str, Any]]:
     """Layer-wise (hidden-state) distillation: walk the layers in order keeping the teacher's and the
     student's residual streams on the calibration windows; every kept layer that follows a dropped one
-    is trained so that, on the student's actual input, it reproduces the teacher's stream at the same
-    depth (normalised MSE). Later layers therefore see the healed earlier ones. Returns the healed
+    (and the ``layers_per_gap - 1`` kept layers after it) is trained so that, on the student's actual
+    input, it reproduces the teacher's stream at the same depth (normalised MSE). Later layers therefore see the healed earlier ones. Returns the healed
     weights and a summary. The time box is shared by all trained layers."""
     torch = _torch()
     if threads:
@@ -111,7 +111,12 @@ def distill(cfg: LlamaConfig, w: LlamaWeights, keep: Sequence[int], tokens: Sequ
     ids = torch.from_numpy(np.asarray(tokens[: n_win * seq_len], dtype=np.int64).reshape(n_win, seq_len))
     model = _Model(cfg, w, range(cfg.num_layers), False, seq_len)
     keep_set = set(keep)
-    after_gap = [i for i in keep_set if i > 0 and (i - 1) not in keep_set]
+    kept = sorted(keep_set)
+    after_gap: list[int] = []
+    for n, i in enumerate(kept):
+        if i > 0 and (i - 1) not in keep_set:  # the first kept layer after a gap, and the next ones
+            after_gap.extend(kept[n:n + layers_per_gap])
+    after_gap = sorted(set(after_gap))
     t0 = time.perf_counter()
     budget = minutes * 60.0
     info: dict[str, Any] = {"method": "layer-wise hidden-state distillation", "windows": n_win,

@@ -183,3 +183,21 @@ def test_null_params_mean_defaults(engine):
     p = GenerationParams.from_dict({"max_tokens": None, "stop": None, "seed": None, "temperature": 0})
     assert p == GenerationParams(temperature=0)
     assert GenerationParams.from_dict({"stop": "END"}).stop == ("END",)
+
+
+def test_concurrent_generations_on_one_engine_do_not_mix_tokens(engine):
+    prompts = ["the tree", "in 1999 the", "a b c d", "hello there"]
+    solo = {p: collect(engine.generate(p, {"max_tokens": 10}))[0] for p in prompts}
+    engine.prefix_cache.clear()
+    got: dict[str, list[int]] = {}
+
+    def run(p: str) -> None:
+        got[p] = collect(engine.generate(p, {"max_tokens": 10}))[0]
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in prompts * 1]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == solo
+    assert engine.stats()["active_generations"] == 0 and engine.stats()["live_kv_bytes"] == 0

@@ -88,7 +88,7 @@ def _calibration(ctx: BuildContext, tok: Any, count: int, skip: int = 0) -> list
 
 
 @register_builder("gguf-layer-prune", precision="int8", accepts=("gguf",), uses_eval=True,
-                  tools=TOOLS + ("torch",), version=1, params={
+                  tools=TOOLS + ("torch",), version=2, params={
                       "drop": Param(int, 4, "layers to drop", lo=1, hi=64),
                       "rank_tokens": Param(int, 256, "calibration tokens used to rank layers", lo=32, hi=8192),
                       "distill": Param(bool, False, "heal the kept layers by distillation (needs torch)"),
@@ -96,6 +96,9 @@ def _calibration(ctx: BuildContext, tok: Any, count: int, skip: int = 0) -> list
                       "distill_tokens": Param(int, 8192, "calibration tokens for distillation", lo=256,
                                               hi=1_000_000),
                       "distill_lr": Param(float, 3e-4, "learning rate", lo=1e-7, hi=1.0),
+                      "distill_epochs": Param(int, 3, "passes over the distillation windows per layer", lo=1,
+                                              hi=1000),
+                      "distill_layers_per_gap": Param(int, 1, "kept layers retrained after each gap", lo=1, hi=64),
                       "block_size": Param(int, 32, "weight-only quantization block size", lo=16, hi=256),
                   })
 def gguf_layer_prune(ctx: BuildContext) -> BuildResult:
@@ -108,9 +111,20 @@ def gguf_layer_prune(ctx: BuildContext) -> BuildResult:
     windows = [rank_ids[i:i + 128] for i in range(0, len(rank_ids), 128) if len(rank_ids[i:i + 128]) > 8]
     memo_key = hashlib.sha256(json.dumps([str(ctx.input_path), ctx.input_path.stat().st_size,
                                           rank_ids]).encode()).hexdigest()
+    memo_file = ctx.input_path.parent / f".layer-rank-{memo_key[:16]}.json"
+    if memo_key not in _RANK_MEMO and memo_file.is_file():
+        try:
+            d = json.loads(memo_file.read_text())
+            _RANK_MEMO[memo_key] = (float(d["base"]), {int(k): float(v) for k, v in d["scores"].items()})
+        except (OSError, ValueError, KeyError):
+            pass
     if memo_key not in _RANK_MEMO:
         ctx.log(f"ranking {g.config.num_layers} layers by calibration perplexity ({len(rank_ids)} tokens)")
         _RANK_MEMO[memo_key] = rank_layers(g.config, w, windows, ctx.log)
+        try:  # next to the cached source (the zoo's .cache): a rebuild need not rank again
+            memo_file.write_text(json.dumps({"base": _RANK_MEMO[memo_key][0], "scores": _RANK_MEMO[memo_key][1]}))
+        except OSError:
+            pass
     base, scores = _RANK_MEMO[memo_key]
     dropped = choose_drop(scores, p["drop"])
     keep = [i for i in range(g.config.num_layers) if i not in dropped]
@@ -122,7 +136,8 @@ def gguf_layer_prune(ctx: BuildContext) -> BuildResult:
 
         d_ids = _calibration(ctx, tok, p["distill_tokens"], skip=p["rank_tokens"])
         ctx.log(f"distilling on {len(d_ids)} tokens for at most {p['distill_minutes']} min")
-        w, dinfo = distill(g.config, w, keep, d_ids, minutes=p["distill_minutes"], lr=p["distill_lr"], log=ctx.log)
+        w, dinfo = distill(g.config, w, keep, d_ids, minutes=p["distill_minutes"], lr=p["distill_lr"],
+                           epochs=p["distill_epochs"], layers_per_gap=p["distill_layers_per_gap"], log=ctx.log)
         info["distill"] = dinfo
     _export(ctx, g, w, keep, info)
     return BuildResult(main=MAIN, precision=ctx.spec.precision, info=info, llm=table)
