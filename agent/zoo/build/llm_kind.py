@@ -18,9 +18,6 @@ lower is worse); top-1 agreement with the reference goes to ``[variants.build.ev
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -72,22 +69,9 @@ def fingerprint(ev: LLMEval) -> str:
 
 def run_evaluate(req: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
     """``python -m agent.llm.evaluate`` in a fresh interpreter; its JSON answer (BuildError on error)."""
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[3])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    try:
-        r = subprocess.run([sys.executable, "-m", "agent.llm.evaluate"], input=json.dumps(req),
-                           capture_output=True, text=True, timeout=timeout, env=env, check=False)
-    except subprocess.TimeoutExpired as e:
-        raise BuildError(f"measurement took longer than {timeout:.0f}s") from e
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        tail = " ".join((r.stderr or "").strip().splitlines()[-1:])[:300]
-        raise BuildError(f"measurement process died (exit {r.returncode}): {tail}")
-    res: dict[str, Any] = json.loads(lines[-1])
-    if "error" in res:
-        raise BuildError(str(res["error"]))
-    return res
+    from agent.zoo.build.tensor_kind import run_worker
+
+    return run_worker(req, timeout, module="agent.llm.evaluate")
 
 
 def read_sidecar(model_path: Path) -> dict[str, Any]:

@@ -22,13 +22,15 @@ def _specs(rows: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec(r["name"], r["dtype"], tuple(r["shape"])) for r in rows)
 
 
-def run_worker(req: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
-    """Run the measurement worker in a fresh interpreter; its JSON answer (raises BuildError on error)."""
+def run_worker(req: dict[str, Any], timeout: float = 600,
+               module: str = "agent.zoo.build.measure_worker") -> dict[str, Any]:
+    """Run a measurement module (``python -m MODULE``, request as JSON on stdin) in a fresh interpreter;
+    its last JSON line is the answer (raises BuildError on error)."""
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[3])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
-        r = subprocess.run([sys.executable, "-m", "agent.zoo.build.measure_worker"], input=json.dumps(req),
+        r = subprocess.run([sys.executable, "-m", module], input=json.dumps(req),
                            check=False, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as e:
         raise BuildError(f"measurement took longer than {timeout:.0f}s") from e
