@@ -18,7 +18,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from agent.errors import (
@@ -32,6 +31,7 @@ from agent.errors import (
 )
 from agent.ipc import protocol as P
 from agent.runtime.handle import WorkerHandle
+from agent.runtime.slots import InferResult, Slot, VariantState  # noqa: F401  (re-exported)
 from agent.zoo.manifest import Manifest, Variant
 
 log = logging.getLogger("agent.runtime")
@@ -45,45 +45,6 @@ def default_memory_probe() -> int:
     import psutil
 
     return int(psutil.virtual_memory().available)
-
-
-@dataclass
-class VariantState:
-    status: str = "unloaded"      # unloaded | loading | active | draining | failed
-    reason: str | None = None
-    device: str | None = None
-    load_ms: float | None = None
-    warmup_ms: float | None = None
-    last_change: float = field(default_factory=time.time)
-
-
-@dataclass
-class Slot:
-    manifest: Manifest
-    active: WorkerHandle | None = None
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    states: dict[str, VariantState] = field(default_factory=dict)
-    draining: set[WorkerHandle] = field(default_factory=set)
-    restarting: bool = False
-    failures: int = 0
-    pinned: tuple[str, str] | None = None
-    requests: int = 0
-    errors: int = 0
-
-    def state(self, vid: str) -> VariantState:
-        return self.states.setdefault(vid, VariantState())
-
-
-@dataclass
-class InferResult:
-    outputs: list[dict[str, Any]]
-    data: bytes
-    model: str
-    variant: str
-    device: str
-    run_ms: float
-    cpu_s: float
-    retried: bool = False
 
 
 class Runtime:
@@ -359,7 +320,7 @@ class Runtime:
             h.inflight += 1
             sent = 0
 
-            def cb(p: dict[str, Any], payload: memoryview) -> None:
+            def cb(p: dict[str, Any], payload: memoryview, h: WorkerHandle = h) -> None:
                 nonlocal sent
                 sent += 1
                 on_token({**p, "variant": h.variant, "device": h.device})

@@ -1,0 +1,50 @@
+"""The runtime's records: a model's slot (active worker, per-variant state) and an inference result."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.runtime.handle import WorkerHandle
+from agent.zoo.manifest import Manifest
+
+
+@dataclass
+class VariantState:
+    status: str = "unloaded"      # unloaded | loading | active | draining | failed
+    reason: str | None = None
+    device: str | None = None
+    load_ms: float | None = None
+    warmup_ms: float | None = None
+    last_change: float = field(default_factory=time.time)
+
+
+@dataclass
+class Slot:
+    manifest: Manifest
+    active: WorkerHandle | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    states: dict[str, VariantState] = field(default_factory=dict)
+    draining: set[WorkerHandle] = field(default_factory=set)
+    restarting: bool = False
+    failures: int = 0
+    pinned: tuple[str, str] | None = None
+    requests: int = 0
+    errors: int = 0
+
+    def state(self, vid: str) -> VariantState:
+        return self.states.setdefault(vid, VariantState())
+
+
+@dataclass
+class InferResult:
+    outputs: list[dict[str, Any]]
+    data: bytes
+    model: str
+    variant: str
+    device: str
+    run_ms: float
+    cpu_s: float
+    retried: bool = False
