@@ -22,9 +22,10 @@ from agent import __version__
 from agent.control import Controller
 from agent.errors import AgentError, InvalidParams, NotFound
 from agent.ipc import protocol as P
-from agent.ipc.server import REQUEST_ID, Peer, Server
+from agent.ipc.server import REQUEST_ID, Peer, Reply, Server
 from agent.policy.engine import PolicyEngine
 from agent.runtime.manager import Runtime
+from agent.runtime.slots import InferResult
 from agent.sensors.source import make_source
 from agent.telemetry import Telemetry, parse_duration
 from agent.zoo.manifest import Manifest, load_zoo
@@ -80,6 +81,7 @@ class App:
         self.engine: PolicyEngine | None = None
         self.server = Server(self.handlers(), max_frame=cfg.max_frame, max_inflight=cfg.max_inflight,
                              on_disconnect=self.on_disconnect)
+        self.server.fast["infer"] = self.infer_nowait
         self.ready = asyncio.Event()
         self.http: Any = None
 
@@ -232,22 +234,49 @@ class App:
     async def h_infer(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         t0 = time.perf_counter()
         model = _str(params, "model")
-        descs = params.get("inputs")
         try:
-            r = await self.rt().infer(model, descs, payload)  # type: ignore[arg-type]
+            r = await self.rt().infer(model, params.get("inputs"), payload)  # type: ignore[arg-type]
         except AgentError as e:
-            self.telemetry.record("requests", {"model": model, "ok": False, "error": type(e).__name__,
-                                               "latency_ms": (time.perf_counter() - t0) * 1e3})
+            return self._infer_done(model, t0, None, e)
+        return self._infer_done(model, t0, r, None)
+
+    def infer_nowait(self, peer: Peer, params: dict[str, Any], payload: memoryview, reply: Reply) -> bool:
+        """``infer`` without a task: the reply is sent from the worker's (or the cache's) callback."""
+        t0 = time.perf_counter()
+        model = _str(params, "model")
+
+        def done(r: InferResult | None, err: AgentError | None) -> None:
+            try:
+                result, bufs = self._infer_done(model, t0, r, err)
+            except AgentError as e:
+                reply.fail(e)
+                return
+            reply.ok(result, bufs)
+        try:
+            return self.rt().infer_nowait(model, params.get("inputs"), payload, done)
+        except AgentError as e:
+            self._infer_done(model, t0, None, e, reply=False)
             raise
+
+    def _infer_done(self, model: str, t0: float, r: InferResult | None, err: AgentError | None,
+                    reply: bool = True) -> tuple[Any, list[Any]]:
+        """Telemetry and the reply of one inference (raises ``err`` after recording it)."""
         server_ms = (time.perf_counter() - t0) * 1e3
+        if err is not None or r is None:
+            self.telemetry.record("requests", {"model": model, "ok": False, "error": type(err).__name__,
+                                               "latency_ms": server_ms})
+            if reply and err is not None:
+                raise err
+            return {}, []
         joules, meter = (self.controller.attribute(model, r.variant, r.cpu_s, r.run_ms / 1e3)
-                         if self.controller else (None, None))
+                         if self.controller and not r.cached else (None, None))
         self.telemetry.record("requests", {"model": model, "variant": r.variant, "device": r.device, "ok": True,
                                            "latency_ms": server_ms, "run_ms": r.run_ms, "cpu_s": r.cpu_s,
-                                           "retried": r.retried, "joules": joules, "meter": meter})
+                                           "retried": r.retried, "joules": joules, "meter": meter,
+                                           "batch": r.batch, "cached": r.cached})
         return ({"outputs": r.outputs, "model": model, "variant": r.variant, "device": r.device,
                  "server_ms": server_ms, "run_ms": r.run_ms, "retried": r.retried, "joules": joules,
-                 "meter": meter}, [r.data])
+                 "meter": meter, "batch": r.batch, "cached": r.cached}, r.buffers())
 
     async def h_models(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         out = []

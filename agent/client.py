@@ -190,6 +190,10 @@ class Client:
     def models(self) -> Any:
         return self.call("models")[0]
 
+    def ping(self) -> Any:
+        """The bare round trip to agentd (no model work)."""
+        return self.call("ping")[0]
+
     def status(self) -> Any:
         return self.call("status")[0]
 
@@ -355,6 +359,9 @@ class AsyncClient:
 
     async def models(self) -> Any:
         return (await self.call("models"))[0]
+
+    async def ping(self) -> Any:
+        return (await self.call("ping"))[0]
 
     async def pin(self, model: str, variant: str, device: str = "cpu") -> Any:
         return (await self.call("pin", {"model": model, "variant": variant, "device": device}))[0]

@@ -15,6 +15,8 @@ checks that the payload is exactly as long as the described tensors.
 
 from __future__ import annotations
 
+import collections
+import os
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +61,41 @@ def encode(header: Mapping[str, Any], buffers: Sequence[bytes | memoryview] = ()
     h = dumps(header)
     n = 4 + len(h) + sum(memoryview(b).nbytes for b in buffers)
     return [PREFIX.pack(n, len(h)) + h, *buffers]
+
+
+def write_parts(transport: Any, fd: int, parts: Sequence[bytes | memoryview]) -> None:
+    """Send a frame's parts on an asyncio transport without joining them first. Python 3.11's
+    ``writelines`` copies every buffer into one bytes object (a 1 MB tensor costs a memcpy per hop);
+    when the transport has nothing queued we ``writev`` the parts straight to its socket, as its own
+    ``write`` would ``send`` them, and only a remainder the kernel did not take goes through the transport.
+    Callers may pass views of shared memory: once this returns they may be overwritten."""
+    if fd < 0 or transport.get_write_buffer_size() or transport.is_closing():
+        transport.writelines(parts)
+        return
+    try:
+        sent = os.writev(fd, parts)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:   # a dead peer: let the transport see the error and close as it always does
+        transport.writelines(parts)
+        return
+    total = 0
+    for i, p in enumerate(parts):
+        n = memoryview(p).nbytes
+        if sent < total + n:
+            rest = [memoryview(p).cast("B")[sent - total:], *parts[i + 1:]]
+            transport.write(b"".join(rest))
+            return
+        total += n
+
+
+def transport_fd(transport: Any) -> int:
+    """The socket fd under an asyncio transport, or -1 (then :func:`write_parts` uses the transport)."""
+    sock = transport.get_extra_info("socket")
+    try:
+        return int(sock.fileno()) if sock is not None else -1
+    except (OSError, ValueError):
+        return -1
 
 
 def encode_bytes(header: Mapping[str, Any], buffers: Sequence[bytes | memoryview] = ()) -> bytes:
@@ -186,6 +223,31 @@ class FrameReader:
 
     def pending(self) -> int:
         return self.asm.pending()
+
+
+class SocketFrames:
+    """Blocking frame reader over a socket (the worker's side): one ``recv_into`` per wake-up takes
+    the prefix and a small body together, and frames pipelined into one read come out one by one."""
+
+    def __init__(self, sock: Any, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.sock = sock
+        self.asm = FrameAssembler(max_frame)
+        self.ready: collections.deque[Frame] = collections.deque()
+
+    def next(self) -> Frame:
+        while not self.ready:
+            buf = self.asm.get_buffer()
+            try:
+                n = self.sock.recv_into(buf)
+            finally:
+                buf.release()   # the assembler may grow its buffer next time: no view may be alive
+            if n == 0:
+                raise EOFError("connection closed")
+            for f in self.asm.buffer_updated(n):
+                if isinstance(f, ProtocolError):
+                    raise f
+                self.ready.append(f)
+        return self.ready.popleft()
 
 
 SOCK_BUFFER = 4 << 20

@@ -1,7 +1,9 @@
 """The daemon's Unix-socket server: frames in, JSON-RPC dispatch, frames out.
 
 Every request runs as its own task so one connection may have many in flight; replies carry the
-request's id. A malformed frame gets a JSON-RPC error reply (the connection survives when the frame
+request's id. A method may also have a *fast* handler (``Server.fast``): called synchronously from the
+protocol callback with a :class:`Reply`, it answers later from a callback with no task or future per
+request (tensor ``infer``), or declines and the request takes the task path. A malformed frame gets a JSON-RPC error reply (the connection survives when the frame
 boundary is known, and is closed after the reply when it is not, e.g. an oversized length prefix).
 Peers are identified with SO_PEERCRED; ``authorize(peer, method)`` may refuse a call.
 """
@@ -50,6 +52,37 @@ class Peer:
 Handler = Callable[[Peer, dict[str, Any], memoryview], Awaitable[tuple[Any, list[Any]]]]
 
 
+class Reply:
+    """The one answer to a request taken by a fast handler: call :meth:`ok` or :meth:`fail` once,
+    from the event loop's thread. Buffers passed to :meth:`ok` may be views of shared memory: they are
+    written out (or copied) before it returns."""
+
+    __slots__ = ("conn", "rid", "done")
+
+    def __init__(self, conn: _Conn, rid: Any) -> None:
+        self.conn, self.rid, self.done = conn, rid, False
+
+    def ok(self, result: Any, bufs: list[Any]) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.rid is not None:
+            self.conn.send(P.response(self.rid, result), bufs)
+        self.conn._settle()
+
+    def fail(self, err: AgentError) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.conn.send(P.error_response(self.rid, err.to_jsonrpc()), [])
+        self.conn._settle()
+
+
+# a fast handler gets (peer, params, payload, reply); True: it took the request and answers through
+# ``reply``; False: it declined (the request runs as a task through the normal handler)
+FastHandler = Callable[[Peer, dict[str, Any], memoryview, Reply], bool]
+
+
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     try:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -64,6 +97,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.server = server
         self.reader = P.FrameAssembler(server.max_frame)
         self.transport: asyncio.Transport | None = None
+        self.fd = -1
         self.peer: Peer | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.cancellable: dict[Any, asyncio.Task[Any]] = {}
@@ -75,6 +109,7 @@ class _Conn(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             P.widen(sock)
+        self.fd = P.transport_fd(transport)
         pid, uid, gid = peer_credentials(sock) if sock is not None else (-1, -1, -1)
         groups = peer_groups(sock, pid, uid, gid) if sock is not None and uid >= 0 else frozenset()
         self.server._next_id += 1
@@ -88,7 +123,7 @@ class _Conn(asyncio.BufferedProtocol):
 
     def send(self, header: dict[str, Any], bufs: list[Any]) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(P.encode(header, bufs))
+            P.write_parts(self.transport, self.fd, P.encode(header, bufs))
 
     def close(self) -> None:
         if self.transport is not None:
@@ -144,12 +179,27 @@ class _Conn(asyncio.BufferedProtocol):
         # any task starts, and limits and the shutdown drain must see all of them
         self.peer.inflight += 1
         self.server.inflight += 1
+        fast = self.server.fast.get(method)
+        if fast is not None and self._fast(fast, rid, params, f.payload):
+            return
         t = asyncio.ensure_future(self._run(handler, rid, params, f.payload))
         self.tasks.add(t)
         t.add_done_callback(self._finished)  # also runs for a task cancelled before it started
         if method in CANCELLABLE and rid is not None:
             self.cancellable[rid] = t
             t.add_done_callback(functools.partial(self._forget, rid))
+
+    def _fast(self, fast: FastHandler, rid: Any, params: dict[str, Any], payload: memoryview) -> bool:
+        assert self.peer is not None
+        reply = Reply(self, rid)
+        try:
+            return fast(self.peer, params, payload, reply)
+        except AgentError as e:
+            reply.fail(e)
+        except Exception as e:  # a bug in a handler must not kill the daemon
+            log.exception("fast handler failed")
+            reply.fail(AgentError(f"internal error: {type(e).__name__}: {e}"))
+        return True
 
     def _forget(self, rid: Any, _task: asyncio.Task[Any]) -> None:
         self.cancellable.pop(rid, None)
@@ -173,6 +223,10 @@ class _Conn(asyncio.BufferedProtocol):
 
     def _finished(self, t: asyncio.Task[Any]) -> None:
         self.tasks.discard(t)
+        self._settle()
+
+    def _settle(self) -> None:
+        """One request of this connection is answered (task or fast path)."""
         assert self.peer is not None
         self.peer.inflight -= 1
         self.server.inflight -= 1
@@ -198,13 +252,25 @@ class _Conn(asyncio.BufferedProtocol):
                 log.exception("on_disconnect failed")
 
 
+async def _ping(peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+    return {"pong": True}, []
+
+
+def _ping_now(peer: Peer, params: dict[str, Any], payload: memoryview, reply: Reply) -> bool:
+    reply.ok({"pong": True}, [])
+    return True
+
+
 class Server:
+    """``ping`` is built in: the bare round trip (frames, dispatch, access checks; no handler work)."""
+
     def __init__(self, handlers: dict[str, Handler], *, max_frame: int = P.DEFAULT_MAX_FRAME,
                  max_inflight: int = 64,
                  authorize: Callable[[Peer, str], None] | None = None,
                  on_connect: Callable[[Peer], AgentError | None] | None = None,
                  on_disconnect: Callable[[Peer], None] | None = None) -> None:
-        self.handlers = handlers
+        self.handlers = {"ping": _ping, **handlers}
+        self.fast: dict[str, FastHandler] = {"ping": _ping_now}   # synchronous fronts of methods (see Reply)
         self.max_frame = max_frame
         self.max_inflight = max_inflight
         self.authorize = authorize

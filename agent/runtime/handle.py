@@ -1,13 +1,19 @@
 """Daemon-side handle of one worker process: spawn, call, stream, stop.
 
 The handle speaks the frame protocol over a socketpair with an asyncio protocol (no thread per worker),
-and moves large tensors through two memfds shared with the worker (inputs in, outputs out). One
-request runs at a time per worker (ONNX Runtime already uses every core inside one run).
+and moves large tensors through two memfds shared with the worker (inputs in, outputs out).
+
+Tensor requests go through :meth:`WorkerHandle.submit`, a callback API with no task, lock or future:
+the worker runs requests in arrival order, so small ones are pipelined (the next one already waits in
+the socket when a run ends). The two shared buffers are one *token*: the request holding it may put
+its inputs in ``shm_in`` and get its outputs back in ``shm_out``; others travel inline. A request with
+large inputs waits for the token; a small one takes it when free, else goes inline both ways.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import mmap
@@ -39,14 +45,14 @@ class _Shm:
         if n > self.size:
             new = max(n, self.size * 2)
             os.ftruncate(self.fd, new)
-            self.mm.close()
+            _close_map(self.mm)
             self.mm = mmap.mmap(self.fd, new)
             self.size = new
 
     def remap(self) -> None:
         size = os.fstat(self.fd).st_size
         if size != self.size:
-            self.mm.close()
+            _close_map(self.mm)
             self.mm = mmap.mmap(self.fd, size)
             self.size = size
 
@@ -56,6 +62,24 @@ class _Shm:
         except BufferError:
             pass
         os.close(self.fd)
+
+
+def _close_map(mm: mmap.mmap) -> None:
+    try:
+        mm.close()
+    except BufferError:   # a caller still holds a view: the map goes when the view does
+        pass
+
+
+# done(result, data, error): ``data`` is valid only during the call (it may view shared memory)
+Done = Callable[[dict[str, Any] | None, memoryview | None, AgentError | None], None]
+
+
+class _Req:
+    __slots__ = ("descs", "payload", "done", "token")
+
+    def __init__(self, descs: list[dict[str, Any]], payload: memoryview, done: Done) -> None:
+        self.descs, self.payload, self.done, self.token = descs, payload, done, False
 
 
 class _Proto(asyncio.BufferedProtocol):
@@ -97,6 +121,10 @@ class WorkerHandle:
         self.pid: int | None = None
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._runs: dict[int, _Req] = {}           # submitted tensor requests by id
+        self._token_free = True                    # the shared buffers (see the module doc)
+        self._token_wait: collections.deque[_Req] = collections.deque()
+        self._fd = -1
         self._streams: dict[int, Callable[[dict[str, Any], memoryview], None]] = {}
         self._hello: asyncio.Future[Any] | None = None
         self._lock = asyncio.Lock()
@@ -135,6 +163,7 @@ class WorkerHandle:
         h._hello = loop.create_future()
         parent.setblocking(False)
         h._transport, _ = await loop.create_unix_connection(lambda: _Proto(h), sock=parent)
+        h._fd = P.transport_fd(h._transport)
         h.alive = True
         try:
             await asyncio.wait_for(asyncio.shield(h._hello), start_timeout)
@@ -157,6 +186,10 @@ class WorkerHandle:
                 cb(params, f.payload)
             return
         rid = hd.get("id")
+        req = self._runs.pop(rid, None) if isinstance(rid, int) else None
+        if req is not None:
+            self._ran(req, hd, f.payload)
+            return
         fut = self._pending.pop(rid, None) if isinstance(rid, int) else None
         if fut is None or fut.done():
             return
@@ -173,6 +206,11 @@ class WorkerHandle:
             if not fut.done():
                 fut.set_exception(err)
         self._pending.clear()
+        runs = [*self._runs.values(), *self._token_wait]
+        self._runs.clear()
+        self._token_wait.clear()
+        for req in runs:
+            req.done(None, None, err)
         if self._hello is not None and not self._hello.done():
             self._hello.set_exception(err)
         if self.proc is not None:
@@ -230,25 +268,79 @@ class WorkerHandle:
         self.info = result
         return result
 
-    async def run(self, descs: list[dict[str, Any]], payload: memoryview) -> tuple[dict[str, Any], bytes]:
-        """Run one request; returns (result header, output bytes)."""
-        async with self._lock:
-            n = len(payload)
-            if n > INLINE_MAX:
-                self.shm_in.ensure(n)
-                self.shm_in.mm[:n] = payload
-                result, out = await self.call("run", {"inputs": descs, "shm": True})
-            else:
-                result, out = await self.call("run", {"inputs": descs}, [payload])
-            if result.get("shm"):
-                self.shm_out.remap()
-                total = P.iter_nbytes(result["outputs"])
-                data = self.shm_out.mm[:total]
-            else:
-                data = bytes(out)
+    def submit(self, descs: list[dict[str, Any]], payload: memoryview, done: Done) -> None:
+        """Queue one tensor request; ``done(result, data, error)`` is called once, from the event loop.
+        Raises :class:`WorkerDied` at once when the worker is not running."""
+        if not self.alive or self._transport is None:
+            raise WorkerDied(f"worker {self.pid} is not running")
+        req = _Req(descs, payload, done)
+        if self._token_free:
+            self._token_free = False
+            req.token = True
+            self._send_run(req)
+        elif len(payload) > INLINE_MAX:
+            self._token_wait.append(req)
+        else:
+            self._send_run(req)
+
+    def _send_run(self, req: _Req) -> None:
+        rid = next(self._ids)
+        n = len(req.payload)
+        if req.token and n > INLINE_MAX:
+            self.shm_in.ensure(n)
+            self.shm_in.mm[:n] = req.payload
+            parts = P.encode(P.request(rid, "run", {"inputs": req.descs, "shm": True, "shm_out": True}))
+        else:
+            parts = P.encode(P.request(rid, "run", {"inputs": req.descs, "shm_out": req.token}), [req.payload])
+        self._runs[rid] = req
+        assert self._transport is not None
+        P.write_parts(self._transport, self._fd, parts)
+
+    def _ran(self, req: _Req, hd: dict[str, Any], payload: memoryview) -> None:
+        try:
+            if "error" in hd:
+                req.done(None, None, error_from_jsonrpc(hd["error"]))
+                return
+            result = hd.get("result") or {}
             self.requests += 1
             self.cpu_s += float(result.get("cpu_s", 0.0))
-            return result, data
+            if result.get("shm"):
+                self.shm_out.remap()
+                view = memoryview(self.shm_out.mm)[:P.iter_nbytes(result["outputs"])]
+                try:
+                    req.done(result, view, None)
+                finally:
+                    view.release()
+            else:
+                req.done(result, payload, None)
+        except Exception:
+            log.exception("a request's completion callback failed")
+        finally:
+            if req.token:
+                self._pass_token()
+
+    def _pass_token(self) -> None:
+        if self._token_wait and self.alive:
+            nxt = self._token_wait.popleft()
+            nxt.token = True
+            self._send_run(nxt)
+        else:
+            self._token_free = True
+
+    async def run(self, descs: list[dict[str, Any]], payload: memoryview) -> tuple[dict[str, Any], bytes]:
+        """Run one request; returns (result header, output bytes)."""
+        fut: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
+
+        def done(result: dict[str, Any] | None, data: memoryview | None, err: AgentError | None) -> None:
+            if fut.done():
+                return
+            if err is not None:
+                fut.set_exception(err)
+            else:
+                assert result is not None and data is not None
+                fut.set_result((result, bytes(data)))
+        self.submit(descs, payload, done)
+        return await fut
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Ask the worker to exit; kill it if it does not."""

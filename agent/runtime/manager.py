@@ -30,6 +30,7 @@ from agent.errors import (
     WorkerDied,
 )
 from agent.ipc import protocol as P
+from agent.runtime.batching import Done, TensorFront
 from agent.runtime.handle import WorkerHandle
 from agent.runtime.slots import InferResult, Slot, VariantState  # noqa: F401  (re-exported)
 from agent.zoo.manifest import Manifest, Variant
@@ -55,6 +56,8 @@ class Runtime:
                  backoff: tuple[float, float] = (0.2, 10.0),
                  emit: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.slots = {name: Slot(m) for name, m in manifests.items()}
+        # cache + dynamic batching + the callback path, per tensor model (runtime/batching.py)
+        self.fronts = {name: self._front(s) for name, s in self.slots.items() if s.manifest.kind == "tensor"}
         self.spawner = spawner or WorkerHandle.spawn
         self.memory_probe = memory_probe
         self.headroom = headroom_bytes
@@ -77,6 +80,15 @@ class Runtime:
         if s is None:
             raise NotFound(f"unknown model {model!r}; known: {', '.join(sorted(self.slots)) or 'none'}")
         return s
+
+    def _front(self, slot: Slot) -> TensorFront:
+        def active() -> WorkerHandle | None:
+            h = slot.active
+            return h if h is not None and h.alive and not self.closing else None
+
+        def error() -> None:
+            slot.errors += 1
+        return TensorFront(slot.manifest.name, slot.manifest.serving, active, lambda: self._active(slot), error)
 
     def _bg(self, coro: Awaitable[Any]) -> None:
         t = asyncio.ensure_future(coro)
@@ -184,6 +196,8 @@ class Runtime:
             # the switch: one assignment, no await between it and the routing it affects
             old = slot.active
             slot.active = h
+            if model in self.fronts:
+                self.fronts[model].on_swap()
             slot.ready.set()
             slot.failures = 0
             st.status, st.device, st.load_ms, st.warmup_ms, st.last_change = "active", device, load_ms, warm_ms, time.time()
@@ -278,33 +292,42 @@ class Runtime:
             raise Unavailable(f"no variant of {slot.manifest.name!r} is ready")
         return slot.active
 
-    async def infer(self, model: str, descs: list[dict[str, Any]], payload: memoryview) -> InferResult:
+    def infer_nowait(self, model: str, descs: Any, payload: memoryview, done: Done) -> bool:
+        """The callback path: validate, then serve from the cache, a batch or the active worker and call
+        ``done(result, error)`` once from the event loop. Raises on bad input; False when no variant is
+        serving right now (use :meth:`infer`, which waits for one). ``result.data`` may view shared
+        memory: it is valid only inside ``done``."""
         slot = self.slot(model)
         if slot.manifest.kind != "tensor":
             raise InvalidParams(f"model {model!r} is a {slot.manifest.kind}; use generate")
         self.check_inputs(slot.manifest, descs)
         if P.iter_nbytes(descs) != len(payload):
             raise InvalidParams("payload length does not match the described inputs")
+        if not self.fronts[model].submit(descs, payload, done):
+            return False
         slot.requests += 1
-        for attempt in (0, 1):
-            h = await self._active(slot)
-            h.inflight += 1
-            try:
-                result, data = await h.run(descs, payload)
-                return InferResult(result["outputs"], data, model, h.variant or "?", h.device or "?",
-                                   float(result.get("run_ms", 0.0)), float(result.get("cpu_s", 0.0)),
-                                   retried=attempt > 0)
-            except WorkerDied:
-                if attempt == 1:
-                    slot.errors += 1
-                    raise
-                log.warning("retrying a %s request after worker %s died", model, h.pid)
-            except AgentError:
-                slot.errors += 1
-                raise
-            finally:
-                h.inflight -= 1
-        raise Unavailable("unreachable")
+        return True
+
+    async def infer(self, model: str, descs: list[dict[str, Any]], payload: memoryview) -> InferResult:
+        """Wait for a serving variant if none is ready, then take the callback path; the result owns its bytes."""
+        slot = self.slot(model)
+        fut: asyncio.Future[InferResult] = asyncio.get_running_loop().create_future()
+
+        def done(r: InferResult | None, err: AgentError | None) -> None:
+            if fut.done():
+                return
+            if err is not None:
+                fut.set_exception(err)
+            else:
+                assert r is not None
+                if not isinstance(r.data, bytes):
+                    r.data = b"".join(r.buffers())
+                fut.set_result(r)
+        for _ in range(3):
+            if self.infer_nowait(model, descs, payload, done):
+                return await fut
+            await self._active(slot)
+        raise Unavailable(f"no variant of {model!r} is ready")
 
     async def generate(self, model: str, params: dict[str, Any],
                        on_token: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
@@ -388,6 +411,7 @@ class Runtime:
                 "active": {"variant": a.variant, "device": a.device, **a.describe()} if a else None,
                 "pinned": {"variant": s.pinned[0], "device": s.pinned[1]} if s.pinned else None,
                 "requests": s.requests, "errors": s.errors,
+                **(self.fronts[name].stats() if name in self.fronts else {}),
                 "variants": {v.id: {"precision": v.precision, **vars(s.state(v.id))} for v in s.manifest.variants},
             }
         return out

@@ -41,10 +41,15 @@ class Slot:
 @dataclass
 class InferResult:
     outputs: list[dict[str, Any]]
-    data: bytes
+    data: Any                  # bytes, or views (valid only inside a fast-path callback): one or a list
     model: str
     variant: str
     device: str
     run_ms: float
     cpu_s: float
     retried: bool = False
+    batch: int = 1             # requests served by the same run (dynamic batching)
+    cached: bool = False       # answered from the response cache
+
+    def buffers(self) -> list[Any]:
+        return list(self.data) if isinstance(self.data, list) else [self.data]

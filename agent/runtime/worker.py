@@ -74,9 +74,10 @@ class Worker:
             self.send({"jsonrpc": "2.0", "method": "hello", "params": {"pid": os.getpid()}})
         except OSError:
             return  # the daemon went away before we were ready
+        frames = P.SocketFrames(self.sock)
         while True:
             try:
-                frame = P.recv_frame(self.sock)
+                frame = frames.next()
             except (EOFError, OSError):
                 return
             h = frame.header
@@ -155,7 +156,7 @@ class Worker:
         del src, feed
         total = sum(b.nbytes for b in bufs)
         result: dict[str, Any] = {"outputs": descs, "run_ms": run_ms, "cpu_s": cpu_s}
-        if total > self.inline_max:
+        if total > self.inline_max and params.get("shm_out"):   # only the request holding the token
             self.shm_out.ensure(total)
             assert self.shm_out.mm is not None
             off = 0

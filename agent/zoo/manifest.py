@@ -43,6 +43,11 @@ Format (schema 1)::
     [variants.build]              # provenance: source sha256, tool versions, command
     ...
 
+    [serving]                     # optional, tensor models (docs/SERVING.md)
+    max_batch = 16                # stack up to this many rows of concurrent requests into one run
+    max_queue_delay_ms = 2.0      # the longest a request waits for others to join its batch
+    cache_bytes = 8388608         # exact-match response cache, bounded in bytes (0: off)
+
 Anything else is an error that names ``file:line: key``. Built by the zoo tools, read by the daemon.
 """
 
@@ -143,6 +148,18 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class ServingConfig:
+    """Per-model serving options: dynamic batching (``max_batch`` > 1) and the response cache."""
+    max_batch: int = 1
+    max_queue_delay_ms: float = 0.0
+    cache_bytes: int = 0
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch > 1
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     kind: str
@@ -153,6 +170,7 @@ class Manifest:
     folder: Path
     description: str = ""
     llm: dict[str, Any] | None = None
+    serving: ServingConfig = ServingConfig()
 
     def variant(self, vid: str) -> Variant:
         for v in self.variants:
@@ -232,11 +250,35 @@ def _signature_mismatch(model: tuple[TensorSpec, ...], got: tuple[TensorSpec, ..
     return None
 
 
+def _serving(c: Checker | None, kind: str, inputs: tuple[TensorSpec, ...],
+             outputs: tuple[TensorSpec, ...]) -> ServingConfig:
+    if c is None:
+        return ServingConfig()
+    c.only({"max_batch", "max_queue_delay_ms", "cache_bytes"})
+    max_batch = c.num("max_batch", required=False, lo=1, hi=4096, integer=True) or 1
+    delay = c.num("max_queue_delay_ms", required=False, lo=0, hi=1000)
+    cache = c.num("cache_bytes", required=False, lo=0, integer=True) or 0
+    if max_batch > 1:
+        if kind != "tensor":
+            raise c.error("max_batch", f"dynamic batching is for tensor models; this model is {kind}")
+        if delay is None:
+            raise c.error("max_batch", "batching needs max_queue_delay_ms (how long a request may wait)")
+        for spec in (*inputs, *outputs):
+            if not spec.shape or not isinstance(spec.shape[0], str):
+                dim = spec.shape[0] if spec.shape else "no dimensions"
+                raise c.error("max_batch", f"batching needs a free batch dimension, but tensor {spec.name!r} "
+                                           f"has first dimension {dim!r} (expected a dim name such as 'batch')")
+    elif delay is not None and delay > 0:
+        raise c.error("max_queue_delay_ms", "has no effect unless max_batch > 1")
+    return ServingConfig(int(max_batch), float(delay or 0.0), int(cache))
+
+
 def load_manifest(folder: Path, *, check_files: bool = True) -> Manifest:
     """Read and strictly validate ``folder/manifest.toml``."""
     doc = TomlDoc.load(folder / MANIFEST, ManifestError)
     c = Checker(doc, doc.data)
-    c.only({"schema", "name", "kind", "reference", "description", "inputs", "outputs", "variants", "llm"})
+    c.only({"schema", "name", "kind", "reference", "description", "inputs", "outputs", "variants", "llm",
+            "serving"})
     schema = c.num("schema", integer=True)
     if schema != 1:
         raise c.error("schema", f"expected 1, got {schema}")
@@ -305,7 +347,8 @@ def load_manifest(folder: Path, *, check_files: bool = True) -> Manifest:
                             f"expected 'source' or a variant id, got {v.derived_from!r}")
     return Manifest(name=name, kind=kind, reference=reference, inputs=inputs, outputs=outputs,
                     variants=tuple(variants), folder=folder, description=c.str("description", required=False) or "",
-                    llm=dict(llm_c.table) if llm_c else None)
+                    llm=dict(llm_c.table) if llm_c else None,
+                    serving=_serving(c.table_of("serving"), kind, inputs, outputs))
 
 
 def load_zoo(zoo: Path) -> tuple[dict[str, Manifest], dict[str, str]]:
@@ -336,6 +379,8 @@ def manifest_to_toml(m: Manifest) -> dict[str, Any]:
     out["outputs"] = [s.to_toml() for s in m.outputs]
     if m.llm:
         out["llm"] = m.llm
+    if m.serving != ServingConfig():
+        out["serving"] = vars(m.serving).copy()
     vs = []
     for v in m.variants:
         d: dict[str, Any] = _drop_none({

@@ -1,0 +1,272 @@
+"""Serving one tensor model: the response cache, dynamic batching, and submission to the active worker.
+
+A :class:`TensorFront` per model takes requests from the runtime's callback path (no task per request):
+
+    cache hit? ── yes ─► answer now (the variant and device that computed it)
+        │ no
+    batching on and rows < max_batch? ── no ─► submit alone to the active worker
+        │ yes
+    queue by (input names, dtypes, trailing dims) ─► stacked along dim 0 up to ``max_batch`` rows,
+    run once on one worker, split back per request
+
+A queued request waits at most ``max_queue_delay_ms``; it goes at once when the batch is full, or when
+no batch of this model is running (a lone request on an idle worker is never held back, so batching
+costs nothing at low load and forms batches by itself under load). A batch is served by the one
+variant that is active when it leaves the queue, and every reply names it and the batch size. A request
+whose worker died is retried once (alone or in a new batch) on the slot's next worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from agent.errors import AgentError, WorkerDied, WorkerError
+from agent.ipc import protocol as P
+from agent.runtime.cache import Entry, ResponseCache, digest
+from agent.runtime.handle import WorkerHandle
+from agent.runtime.slots import InferResult
+from agent.zoo.manifest import ServingConfig
+
+log = logging.getLogger("agent.runtime")
+
+Done = Callable[[InferResult | None, AgentError | None], None]
+
+
+class Pending:
+    """One request on its way: its inputs (views of the client's frame), its callback, its cache key."""
+
+    __slots__ = ("descs", "payload", "done", "key", "rows", "retried")
+
+    def __init__(self, descs: list[dict[str, Any]], payload: memoryview, done: Done, key: bytes | None,
+                 retried: bool) -> None:
+        self.descs, self.payload, self.done, self.key, self.retried = descs, payload, done, key, retried
+        self.rows = int(descs[0]["shape"][0]) if descs and descs[0]["shape"] else 1
+
+
+def _group(descs: list[dict[str, Any]]) -> tuple[Any, ...]:
+    return tuple(sorted((d["name"], d["dtype"], tuple(d["shape"][1:])) for d in descs))
+
+
+class TensorFront:
+    def __init__(self, model: str, cfg: ServingConfig, active: Callable[[], WorkerHandle | None],
+                 wait_active: Callable[[], Awaitable[WorkerHandle]],
+                 on_error: Callable[[], None] = lambda: None) -> None:
+        self.model, self.cfg = model, cfg
+        self.active = active            # the slot's serving worker now, or None
+        self.wait_active = wait_active  # waits for one (raises Unavailable)
+        self.on_error = on_error
+        self.cache = ResponseCache(cfg.cache_bytes)
+        self.queues: dict[tuple[Any, ...], list[Pending]] = {}
+        self.timers: dict[tuple[Any, ...], asyncio.TimerHandle] = {}
+        self.running = 0                # batches of this model on a worker now
+        self.batches = 0
+        self.batched_requests = 0
+        self.max_seen = 0
+        self.sizes: dict[int, int] = {}  # requests per batch -> how many batches
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- entry --------------------------------------------------------------------------------------
+    def submit(self, descs: list[dict[str, Any]], payload: memoryview, done: Done, retried: bool = False) -> bool:
+        """Serve one validated request; False when no worker is serving now (the caller waits for one)."""
+        h = self.active()
+        if h is None:
+            return False
+        key = None
+        if self.cache.enabled:
+            key = digest(descs, payload)
+            e = self.cache.get(h.variant or "?", h.device or "?", key)
+            if e is not None:
+                done(InferResult(e.outputs, e.data, self.model, e.variant, e.device, e.run_ms, 0.0,
+                                 retried=retried, cached=True), None)
+                return True
+        p = Pending(descs, payload, done, key, retried)
+        if self.cfg.batching and p.rows < self.cfg.max_batch:
+            self._enqueue(p)
+        else:
+            self._send(h, [p])
+        return True
+
+    def on_swap(self) -> None:
+        """The active variant changed: nothing computed by the old one may be served from the cache."""
+        self.cache.invalidate()
+
+    # -- batching -----------------------------------------------------------------------------------
+    def _enqueue(self, p: Pending) -> None:
+        g = _group(p.descs)
+        q = self.queues.setdefault(g, [])
+        q.append(p)
+        if self.running == 0 or sum(x.rows for x in q) >= self.cfg.max_batch:
+            self._flush(g)
+        elif g not in self.timers:
+            loop = asyncio.get_running_loop()
+            self.timers[g] = loop.call_later(self.cfg.max_queue_delay_ms / 1e3, self._flush, g)
+
+    def _flush(self, g: tuple[Any, ...]) -> None:
+        t = self.timers.pop(g, None)
+        if t is not None:
+            t.cancel()
+        q = self.queues.get(g)
+        if not q:
+            return
+        take, rows = 0, 0
+        while take < len(q) and (take == 0 or rows + q[take].rows <= self.cfg.max_batch):
+            rows += q[take].rows
+            take += 1
+        batch, rest = q[:take], q[take:]
+        if rest:
+            self.queues[g] = rest
+            self.timers[g] = asyncio.get_running_loop().call_later(self.cfg.max_queue_delay_ms / 1e3, self._flush, g)
+        else:
+            del self.queues[g]
+        h = self.active()
+        if h is None:
+            self._retry_later(batch, None)
+            return
+        self._send(h, batch)
+
+    def _flush_ready(self) -> None:
+        """A batch finished: what queued meanwhile goes now, as the next batch."""
+        for g in list(self.queues):
+            if self.running:
+                return
+            self._flush(g)
+
+    # -- running ------------------------------------------------------------------------------------
+    def _send(self, h: WorkerHandle, batch: list[Pending]) -> None:
+        if len(batch) == 1:
+            descs, payload = batch[0].descs, batch[0].payload
+        else:
+            descs, payload = _stack(batch)
+        h.inflight += 1
+        self.running += 1
+
+        def done(result: dict[str, Any] | None, data: memoryview | None, err: AgentError | None) -> None:
+            h.inflight -= 1
+            self.running -= 1
+            try:
+                if err is None:
+                    assert result is not None and data is not None
+                    self._deliver(h, batch, result, data)
+                elif isinstance(err, WorkerDied) and not all(p.retried for p in batch):
+                    log.warning("retrying %d %s request(s) after worker %s died", len(batch), self.model, h.pid)
+                    self._retry_later(batch, err)
+                else:
+                    self._fail(batch, err)
+            finally:
+                if self.queues and self.running == 0:
+                    self._flush_ready()
+        try:
+            h.submit(descs, payload, done)
+        except WorkerDied as e:   # it died between active() and now
+            h.inflight -= 1
+            self.running -= 1
+            self._retry_later(batch, e)
+
+    def _deliver(self, h: WorkerHandle, batch: list[Pending], result: dict[str, Any], data: memoryview) -> None:
+        variant, device = h.variant or "?", h.device or "?"
+        run_ms, cpu_s = float(result.get("run_ms", 0.0)), float(result.get("cpu_s", 0.0))
+        n = len(batch)
+        if n > 1:
+            self.batches += 1
+            self.batched_requests += n
+            self.sizes[n] = self.sizes.get(n, 0) + 1
+            self.max_seen = max(self.max_seen, n)
+        if n == 1:
+            parts: list[tuple[list[dict[str, Any]], list[Any]]] = [(result["outputs"], [data])]
+        else:
+            try:
+                parts = _split(result["outputs"], data, batch)
+            except AgentError as e:
+                self._fail(batch, e)
+                return
+        for p, (descs, bufs) in zip(batch, parts):
+            if p.key is not None:
+                self.cache.put(p.key, Entry(descs, b"".join(bufs), variant, device, run_ms))
+            r = InferResult(descs, bufs if n > 1 else bufs[0], self.model, variant, device, run_ms, cpu_s / n,
+                            retried=p.retried, batch=n)
+            _call(p.done, r, None)
+
+    def _fail(self, batch: list[Pending], err: AgentError) -> None:
+        for p in batch:
+            self.on_error()
+            _call(p.done, None, err)
+
+    def _retry_later(self, batch: list[Pending], err: AgentError | None) -> None:
+        async def again(p: Pending) -> None:
+            try:
+                await self.wait_active()
+            except AgentError as e:
+                self.on_error()
+                _call(p.done, None, e)
+                return
+            if not self.submit(p.descs, p.payload, p.done, retried=True):
+                self.on_error()
+                _call(p.done, None, err or WorkerDied(f"no worker of {self.model!r} to retry on"))
+        for p in batch:
+            if p.retried and err is not None:
+                self.on_error()
+                _call(p.done, None, err)
+                continue
+            t = asyncio.ensure_future(again(p))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"cache": self.cache.stats() if self.cache.enabled else None}
+        if self.cfg.batching:
+            out["batching"] = {"max_batch": self.cfg.max_batch, "max_queue_delay_ms": self.cfg.max_queue_delay_ms,
+                               "batches": self.batches, "batched_requests": self.batched_requests,
+                               "max_batch_seen": self.max_seen,
+                               "mean_batch": round(self.batched_requests / self.batches, 2) if self.batches else None,
+                               "queued": sum(len(q) for q in self.queues.values())}
+        return out
+
+
+def _call(done: Done, r: InferResult | None, err: AgentError | None) -> None:
+    try:
+        done(r, err)
+    except Exception:
+        log.exception("a request's completion callback failed")
+
+
+def _stack(batch: list[Pending]) -> tuple[list[dict[str, Any]], memoryview]:
+    """One payload with every input stacked along dim 0, written in place (one copy of the inputs)."""
+    feeds = [P.tensors_from(p.descs, p.payload) for p in batch]
+    rows = sum(p.rows for p in batch)
+    descs: list[dict[str, Any]] = []
+    sizes = []
+    for d in batch[0].descs:
+        shape = [rows, *d["shape"][1:]]
+        descs.append({"name": d["name"], "dtype": d["dtype"], "shape": shape})
+        sizes.append(P.check_desc(descs[-1])[3])
+    buf = bytearray(sum(sizes))
+    off = 0
+    for d, size in zip(descs, sizes):
+        dt = np.dtype(d["dtype"])
+        out = np.frombuffer(buf, dtype=dt, count=size // dt.itemsize, offset=off).reshape(d["shape"])
+        np.concatenate([f[d["name"]] for f in feeds], axis=0, out=out)
+        off += size
+    return descs, memoryview(buf)
+
+
+def _split(outputs: list[dict[str, Any]], data: memoryview, batch: list[Pending]
+           ) -> list[tuple[list[dict[str, Any]], list[Any]]]:
+    """Each request's rows of every output, as views (no copy)."""
+    outs = P.tensors_from(outputs, data)
+    rows = sum(p.rows for p in batch)
+    for name, a in outs.items():
+        if a.ndim == 0 or a.shape[0] != rows:
+            raise WorkerError(f"output {name!r} has shape {list(a.shape)} for a batch of {rows} rows: its first "
+                              f"dimension is not the batch dimension; set max_batch = 1 for this model")
+    parts = []
+    off = 0
+    for p in batch:
+        descs, bufs = P.tensor_descs({name: a[off: off + p.rows] for name, a in outs.items()})
+        parts.append((descs, list(bufs)))
+        off += p.rows
+    return parts
