@@ -75,3 +75,14 @@ def make_tensor_zoo(zoo: Path, name: str = "mlp", in_features: int = 256, hidden
 def copy_zoo(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, dirs_exist_ok=True)
     return dst
+
+
+def set_serving(model_folder: Path, **serving: Any) -> Any:
+    """Rewrite a model's manifest with a ``[serving]`` table (batching, response cache)."""
+    from dataclasses import replace
+
+    from agent.zoo.manifest import ServingConfig, load_manifest, save_manifest
+
+    m = replace(load_manifest(model_folder), serving=ServingConfig(**serving))
+    save_manifest(m)
+    return load_manifest(model_folder)

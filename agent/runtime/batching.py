@@ -9,6 +9,10 @@ A :class:`TensorFront` per model takes requests from the runtime's callback path
     queue by (input names, dtypes, trailing dims) ─► stacked along dim 0 up to ``max_batch`` rows,
     run once on one worker, split back per request
 
+Only a variant whose outputs per row were measured at load not to depend on the other rows of a batch
+is batched (``batch_invariant`` in the worker's load info): dynamic int8 quantization, for one, takes
+one activation scale over the whole batch, so its variants serve requests one by one.
+
 A queued request waits at most ``max_queue_delay_ms``; it goes at once when the batch is full, or when
 no batch of this model is running (a lone request on an idle worker is never held back, so batching
 costs nothing at low load and forms batches by itself under load). A batch is served by the one
@@ -85,7 +89,7 @@ class TensorFront:
                                  retried=retried, cached=True), None)
                 return True
         p = Pending(descs, payload, done, key, retried)
-        if self.cfg.batching and p.rows < self.cfg.max_batch:
+        if self.cfg.batching and p.rows < self.cfg.max_batch and h.info.get("batch_invariant"):
             self._enqueue(p)
         else:
             self._send(h, [p])
@@ -126,8 +130,11 @@ class TensorFront:
         h = self.active()
         if h is None:
             self._retry_later(batch, None)
-            return
-        self._send(h, batch)
+        elif len(batch) > 1 and not h.info.get("batch_invariant"):   # a swap meanwhile: this variant serves alone
+            for p in batch:
+                self._send(h, [p])
+        else:
+            self._send(h, batch)
 
     def _flush_ready(self) -> None:
         """A batch finished: what queued meanwhile goes now, as the next batch."""
@@ -219,7 +226,9 @@ class TensorFront:
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"cache": self.cache.stats() if self.cache.enabled else None}
         if self.cfg.batching:
-            out["batching"] = {"max_batch": self.cfg.max_batch, "max_queue_delay_ms": self.cfg.max_queue_delay_ms,
+            h = self.active()
+            out["batching"] = {"active_variant_batches": bool(h is not None and h.info.get("batch_invariant")),
+                               "max_batch": self.cfg.max_batch, "max_queue_delay_ms": self.cfg.max_queue_delay_ms,
                                "batches": self.batches, "batched_requests": self.batched_requests,
                                "max_batch_seen": self.max_seen,
                                "mean_batch": round(self.batched_requests / self.batches, 2) if self.batches else None,

@@ -155,6 +155,7 @@ class Runtime:
     def _load_params(self, m: Manifest, v: Variant, device: str) -> dict[str, Any]:
         return {"path": str(m.path_of(v)), "sha256": v.sha256, "device": device, "threads": self.threads,
                 "warmup_runs": self.warmup_runs, "kind": m.kind, "llm": m.llm,
+                "batch_check": m.serving.batching,
                 "signature": {"inputs": [s.to_toml() for s in m.inputs],
                               "outputs": [s.to_toml() for s in m.outputs]}}
 

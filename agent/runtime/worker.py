@@ -129,6 +129,8 @@ class Worker:
             for _ in range(n):
                 sess.run(None, feed)
         info["warmup_ms"] = (time.perf_counter() - t0) * 1e3
+        if params.get("batch_check"):
+            info["batch_invariant"] = batch_invariant(sess)
         self.sess, self.info = sess, info
         self.out_names = [o.name for o in sess.get_outputs()]
         return {**info, "rss_bytes": _rss(), "peak_rss_bytes": _peak_rss()}, []
@@ -167,6 +169,27 @@ class Worker:
             result["shm_size"] = self.shm_out.size
             return result, []
         return result, bufs
+
+
+def batch_invariant(sess: Any) -> bool:
+    """Whether a row's outputs do not depend on the other rows of its batch (so dynamic batching may stack
+    requests). Measured, not assumed: dynamic int8 quantization, for one, picks one activation scale for
+    the whole batch, so a request's outputs would change with its neighbours."""
+    import numpy as np
+
+    from agent.runtime.session import sample_inputs
+
+    one = sample_inputs(sess)
+    rng = np.random.default_rng(1)
+    other = {k: (rng.standard_normal(v.shape) * 50).astype(v.dtype) if v.dtype.kind == "f" else v
+             for k, v in one.items()}
+    try:
+        alone = sess.run(None, one)
+        both = sess.run(None, {k: np.concatenate([one[k], other[k]]) for k in one})
+    except Exception:
+        return False
+    return all(b.shape[:1] == (2,) and a.shape[:1] == (1,) and np.allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
+               for a, b in zip(alone, both))
 
 
 def error_payload(e: BaseException) -> dict[str, Any]:
