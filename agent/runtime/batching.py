@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
+import orjson
 
 from agent.errors import AgentError, WorkerDied, WorkerError
 from agent.ipc import protocol as P
@@ -75,14 +76,16 @@ class TensorFront:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- entry --------------------------------------------------------------------------------------
-    def submit(self, descs: list[dict[str, Any]], payload: memoryview, done: Done, retried: bool = False) -> bool:
-        """Serve one validated request; False when no worker is serving now (the caller waits for one)."""
+    def submit(self, descs: list[dict[str, Any]], payload: memoryview, done: Done, retried: bool = False,
+               dkey: bytes | None = None) -> bool:
+        """Serve one validated request (``dkey``: its descriptions as JSON, when the caller has them);
+        False when no worker is serving now (the caller waits for one)."""
         h = self.active()
         if h is None:
             return False
         key = None
         if self.cache.enabled:
-            key = digest(descs, payload)
+            key = digest(dkey if dkey is not None else orjson.dumps(descs), payload)
             e = self.cache.get(h.variant or "?", h.device or "?", key)
             if e is not None:
                 done(InferResult(e.outputs, e.data, self.model, e.variant, e.device, e.run_ms, 0.0,

@@ -32,8 +32,9 @@ class Entry:
         return len(self.data) + ENTRY_OVERHEAD
 
 
-def digest(descs: list[dict[str, Any]], payload: memoryview | bytes) -> bytes:
-    h = hashlib.blake2b(orjson.dumps(descs), digest_size=16)
+def digest(descs: list[dict[str, Any]] | bytes, payload: memoryview | bytes) -> bytes:
+    """The key of a request: its input descriptions (or their JSON) and bytes."""
+    h = hashlib.blake2b(descs if isinstance(descs, bytes) else orjson.dumps(descs), digest_size=16)
     h.update(payload)
     return h.digest()
 

@@ -1,0 +1,273 @@
+"""Serving throughput, measured in one run with each baseline alongside (docs/SERVING.md).
+
+    flock /work/bench.lock .venv/bin/python benchmarks/bench_serving.py [--rounds 5] [--json OUT]
+
+Sections (``--sections ipc,cache,batching``), each interleaving its contenders in rounds (A B A B …)
+so drift hits all alike; figures are medians over rounds of per-round medians / percentiles:
+
+* **ipc** — a 1 KB (1x256) and a 1 MB (1024x256) float32 input of the test MLP (256->512->64), in
+  process (``InferenceSession.run``, default options) against a blocking client through agentd.
+* **cache** — the same 1 KB request answered from the response cache, against ``ping`` (the bare IPC
+  round trip: frames, dispatch, access check, no handler work).
+* **batching** — a wider MLP (768->3072->768, a BERT-base FFN block: weight-read bound like LLM decode) under 32 concurrent
+  blocking clients (threads), unbatched against ``max_batch = 32, max_queue_delay_ms = 2``.
+
+LLM continuous batching (issue 12 item 3) is not built: ``llm_batching_speedup`` is null.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CLIENTS = 32
+MAX_BATCH = 32
+DELAY_MS = 2.0
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
+
+
+def med(xs: list[float]) -> float:
+    return float(np.median(np.asarray(xs)))
+
+
+def build_zoo(zoo: Path) -> None:
+    from agent.testing import make_tensor_zoo, set_serving
+
+    for name in ("mlp", "mlp_cached"):
+        make_tensor_zoo(zoo, name)
+    set_serving(zoo / "mlp_cached", cache_bytes=16 << 20)
+    for name in ("wide", "wide_batched"):
+        make_tensor_zoo(zoo, name, in_features=768, hidden=3072, out_features=768)
+    set_serving(zoo / "wide_batched", max_batch=MAX_BATCH, max_queue_delay_ms=DELAY_MS)
+
+
+def timed(fn: Any, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e6)
+    return out
+
+
+def bench_ipc(c: Any, zoo: Path, rounds: int, n: int) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(zoo / "mlp/fp32.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    out: dict[str, Any] = {}
+    for label, shape, k in (("1KB", (1, 256), n), ("1MB", (1024, 256), max(20, n // 20))):
+        x = rng.standard_normal(shape).astype(np.float32)
+        for _ in range(30):
+            sess.run(None, {"x": x})
+            c.infer("mlp", {"x": x})
+        inproc, daemon, inproc99, daemon99 = [], [], [], []
+        for _ in range(rounds):
+            a = timed(lambda: sess.run(None, {"x": x}), k)
+            b = timed(lambda: c.infer("mlp", {"x": x}), k)
+            inproc.append(med(a))
+            daemon.append(med(b))
+            inproc99.append(pct(a, 99))
+            daemon99.append(pct(b, 99))
+        r = {"input_bytes": x.nbytes, "n_per_round": k, "inproc_p50_us": med(inproc), "daemon_p50_us": med(daemon),
+             "inproc_p99_us": med(inproc99), "daemon_p99_us": med(daemon99),
+             "round_ratios": [round(b / a, 3) for a, b in zip(inproc, daemon)]}
+        r["added_p50_us"] = r["daemon_p50_us"] - r["inproc_p50_us"]
+        r["ratio_p50"] = r["daemon_p50_us"] / r["inproc_p50_us"]
+        out[label] = r
+    return out
+
+
+def bench_cache(c: Any, rounds: int, n: int) -> dict[str, Any]:
+    x = np.random.default_rng(1).standard_normal((1, 256)).astype(np.float32)
+    c.infer("mlp_cached", {"x": x})
+    assert c.infer("mlp_cached", {"x": x}).extra.get("cached") is True, "the cache did not answer"
+    for _ in range(30):
+        c.ping()
+    ping, hit, miss = [], [], []
+    for _ in range(rounds):
+        ping.append(med(timed(c.ping, n)))
+        hit.append(med(timed(lambda: c.infer("mlp_cached", {"x": x}), n)))
+        miss.append(med(timed(lambda: c.infer("mlp", {"x": x}), n)))
+    return {"ping_p50_us": med(ping), "hit_p50_us": med(hit), "uncached_p50_us": med(miss),
+            "hit_vs_ping": med(hit) / med(ping), "round_ratios": [round(h / p, 3) for p, h in zip(ping, hit)]}
+
+
+def load_phase(sock: Path, model: str, seconds: float) -> dict[str, Any]:
+    from agent.client import Client
+
+    rng = np.random.default_rng(2)
+    xs = [rng.standard_normal((1, 768)).astype(np.float32) for _ in range(CLIENTS)]
+    lat: list[list[float]] = [[] for _ in range(CLIENTS)]
+    batch: list[list[int]] = [[] for _ in range(CLIENTS)]
+    runs: list[list[float]] = [[] for _ in range(CLIENTS)]
+    errors: list[str] = []
+    go = threading.Event()
+    stop = threading.Event()
+
+    def client(i: int) -> None:
+        with Client(sock) as c:
+            go.wait()
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    r = c.infer(model, {"x": xs[i]})
+                except Exception as e:
+                    errors.append(repr(e))
+                    continue
+                lat[i].append((time.perf_counter() - t0) * 1e6)
+                batch[i].append(int(r.extra.get("batch", 1)))
+                runs[i].append(r.run_ms)
+
+    ts = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    for t in ts:
+        t.start()
+    time.sleep(0.3)
+    go.set()
+    time.sleep(0.5)           # warm: reach the steady state first
+    for x in lat:
+        x.clear()
+    for x in batch:
+        x.clear()
+    for x in runs:
+        x.clear()
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    wall = time.perf_counter() - t0
+    for t in ts:
+        t.join(30)
+    all_lat = [v for x in lat for v in x]
+    all_b = [v for x in batch for v in x]
+    all_runs = [r for rs, bs in zip(runs, batch) for r, b in zip(rs, bs) if b >= 2]
+    return {"rps": len(all_lat) / wall, "p50_us": pct(all_lat, 50), "p99_us": pct(all_lat, 99),
+            "mean_batch": float(np.mean(all_b)) if all_b else 0.0, "max_batch": max(all_b, default=0),
+            "batch_run_ms_p50": pct(all_runs, 50) if all_runs else None, "errors": len(errors)}
+
+
+def bench_batching(sock: Path, rounds: int, seconds: float) -> dict[str, Any]:
+    un, ba = [], []
+    for _ in range(rounds):
+        un.append(load_phase(sock, "wide", seconds))
+        ba.append(load_phase(sock, "wide_batched", seconds))
+    speed = [b["rps"] / u["rps"] for u, b in zip(un, ba)]
+    out: dict[str, Any] = {"clients": CLIENTS, "max_batch": MAX_BATCH, "max_queue_delay_ms": DELAY_MS,
+                           "model": "mlp 768->3072->768 fp32 (one transformer FFN block, 19 MB)", "seconds_per_phase": seconds}
+    for name, rs in (("unbatched", un), ("batched", ba)):
+        out[name] = {k: med([r[k] for r in rs if r[k] is not None]) if any(r[k] is not None for r in rs) else None
+                     for k in rs[0]}
+    out["speedup"] = med(speed)
+    out["round_speedups"] = [round(s, 3) for s in speed]
+    bound = out["unbatched"]["p99_us"] + DELAY_MS * 1e3 + (out["batched"]["batch_run_ms_p50"] or 0.0) * 1e3
+    out["p99_bound_us"] = bound
+    out["p99_within_bound"] = out["batched"]["p99_us"] <= bound
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--n", type=int, default=400, help="sequential requests per contender per round (1 KB)")
+    ap.add_argument("--seconds", type=float, default=2.0, help="length of one concurrent load phase")
+    ap.add_argument("--sections", default="ipc,cache,batching")
+    ap.add_argument("--json", nargs="?", const="-", default=None,
+                    help="write the results as JSON to this file (or stdout when given no file)")
+    a = ap.parse_args()
+    sections = set(a.sections.split(","))
+
+    import onnxruntime as ort
+
+    from agent.client import Client, wait_for_socket
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    build_zoo(tmp / "zoo")
+    sock = tmp / "a.sock"
+    access = tmp / "access.toml"   # 32 clients of one uid: above the default per-uid limits (8 / 16)
+    access.write_text("[access]\nmax_concurrent = 256\nmax_connections = 64\n")
+    up0 = os.getloadavg()
+    proc = subprocess.Popen([sys.executable, "-m", "agent.daemon", "--zoo", str(tmp / "zoo"), "--socket", str(sock),
+                             "--state-dir", str(tmp / "state"), "--log-level", "warning", "--spare-workers", "0",
+                             "--access-config", str(access)])
+    res: dict[str, Any] = {}
+    try:
+        wait_for_socket(sock, 120)
+        with Client(sock) as c:
+            if "ipc" in sections:
+                res["ipc"] = bench_ipc(c, tmp / "zoo", a.rounds, a.n)
+            if "cache" in sections:
+                res["cache"] = bench_cache(c, a.rounds, a.n)
+        if "batching" in sections:
+            res["tensor_batching"] = bench_batching(sock, a.rounds, a.seconds)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        shutil.rmtree(tmp, ignore_errors=True)
+    ipc, cache, tb = res.get("ipc", {}), res.get("cache", {}), res.get("tensor_batching", {})
+    res["summary"] = {
+        "ipc_1kb_added_p50_us": ipc.get("1KB", {}).get("added_p50_us"),
+        "ipc_1mb_ratio": ipc.get("1MB", {}).get("ratio_p50"),
+        "tensor_batching_speedup": tb.get("speedup"),
+        "llm_batching_speedup": None,   # item 3 (continuous batching of LLM streams) is not built
+        "cache_hit_vs_ipc_ratio": cache.get("hit_vs_ping"),
+    }
+    s = res["summary"]
+    res["targets"] = {
+        "ipc_1kb_added_p50_us<=100": s["ipc_1kb_added_p50_us"] is not None and s["ipc_1kb_added_p50_us"] <= 100,
+        "ipc_1mb_ratio<=1.10": s["ipc_1mb_ratio"] is not None and s["ipc_1mb_ratio"] <= 1.10,
+        "tensor_batching_speedup>=3": s["tensor_batching_speedup"] is not None and s["tensor_batching_speedup"] >= 3,
+        "tensor_batching_p99_within_bound": bool(tb.get("p99_within_bound")),
+        "cache_hit_vs_ipc_ratio<=1.2": s["cache_hit_vs_ipc_ratio"] is not None and s["cache_hit_vs_ipc_ratio"] <= 1.2,
+        "llm_batching_speedup>=3": None,
+    }
+    res["meta"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0], "ort": ort.__version__,
+                   "loadavg_before": up0, "loadavg_after": os.getloadavg(), "rounds": a.rounds}
+    _print(res)
+    if a.json == "-":
+        print(json.dumps(res, indent=2))
+    elif a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+def _print(res: dict[str, Any]) -> None:
+    out = sys.stderr
+    if "ipc" in res:
+        for label, r in res["ipc"].items():
+            print(f"ipc {label}: in-process p50 {r['inproc_p50_us']:.1f} µs, agentd p50 {r['daemon_p50_us']:.1f} µs, "
+                  f"added {r['added_p50_us']:.1f} µs, ratio {r['ratio_p50']:.2f}", file=out)
+    if "cache" in res:
+        r = res["cache"]
+        print(f"cache: hit p50 {r['hit_p50_us']:.1f} µs, ping p50 {r['ping_p50_us']:.1f} µs "
+              f"(x{r['hit_vs_ping']:.2f}), uncached infer p50 {r['uncached_p50_us']:.1f} µs", file=out)
+    if "tensor_batching" in res:
+        r = res["tensor_batching"]
+        for k in ("unbatched", "batched"):
+            x = r[k]
+            print(f"{k:>9}: {x['rps']:.0f} req/s, p50 {x['p50_us'] / 1e3:.2f} ms, p99 {x['p99_us'] / 1e3:.2f} ms, "
+                  f"mean batch {x['mean_batch']:.1f}, errors {x['errors']}", file=out)
+        print(f"batching speedup x{r['speedup']:.2f}; p99 bound {r['p99_bound_us'] / 1e3:.2f} ms "
+              f"({'met' if r['p99_within_bound'] else 'missed'})", file=out)
+    print("summary:", json.dumps(res["summary"]), file=out)
+    print("targets:", json.dumps(res["targets"]), file=out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
