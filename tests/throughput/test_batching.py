@@ -201,3 +201,30 @@ def test_a_variant_whose_rows_depend_on_their_batch_is_served_unbatched(batch_zo
     for x, r in zip(xs, results):
         (got,) = P.tensors_from(r.outputs, memoryview(r.data)).values()
         np.testing.assert_allclose(got, ref.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_requests_of_a_batch_whose_worker_died_are_retried_once_and_all_answered(batch_zoo):
+    models, _ = load_zoo(batch_zoo)
+    rng = np.random.default_rng(6)
+    xs = [rng.standard_normal((1, 256)).astype(np.float32) for _ in range(10)]
+    ref = _session(batch_zoo, "fp32")
+
+    async def go():
+        rt = Runtime(models, spare_workers=0, backoff=(0.01, 0.1))
+        try:
+            await rt.swap("mlp", "fp32")
+            h = rt.slots["mlp"].active
+            tasks = [asyncio.ensure_future(rt.infer("mlp", *_req(x))) for x in xs]
+            await asyncio.sleep(0)   # all submitted: one runs, the rest queue for the next batch
+            h._transport.writelines(P.encode(P.request(None, "crash", {})))
+            results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+            return results, rt.slots["mlp"].active is not h
+        finally:
+            await rt.close()
+
+    results, restarted = asyncio.run(go())
+    assert restarted
+    assert any(r.retried for r in results)
+    for x, r in zip(xs, results):
+        (got,) = P.tensors_from(r.outputs, memoryview(r.data)).values()
+        np.testing.assert_allclose(got, ref.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
