@@ -82,6 +82,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=_positive(int), default=64, help="tokens per reply (default: 64)")
     p.add_argument("--plain", action="store_true", help="plain lines instead of the live table")
     p.add_argument("--socket", type=Path, help="agentd's socket (default: a private one in a temporary folder)")
+    p.add_argument("--keep-serving", action="store_true",
+                   help="after the demo, leave an agentd running in the background on live sensors, the "
+                        "demo's zoo and the default socket, so `agentctl status` works at once")
     p.add_argument("--sysfs-root", default="/sys", help=argparse.SUPPRESS)
 
 
@@ -339,4 +342,24 @@ def _serve_and_chat(plan: Plan, a: argparse.Namespace) -> int:
     if not gens:
         print("agentctl demo: no reply was generated; see the agentd log above", file=sys.stderr)
         return 1
+    _next_steps(plan, a)
     return 0
+
+
+def _next_steps(plan: Plan, a: argparse.Namespace) -> None:
+    """Where things are, and how to talk to an agentd of one's own."""
+    from agent.paths import default_socket, default_state_dir
+
+    policy = " ".join(f"--policy {p}" for p in plan.policy)
+    print(f"\nzoo: {plan.zoo}\ndemo outputs: {plan.out}")
+    if a.keep_serving:
+        from agent.demo_agentd import serve_in_background
+
+        state = a.state_dir or default_state_dir()
+        pid, log_path = serve_in_background(plan.zoo, plan.policy, default_socket(), state)
+        print(f"agentd keeps serving in the background: pid {pid}, socket {default_socket()}, log {log_path}\n"
+              f"  try: agentctl status · agentctl generate {plan.model} \"What is the capital of France?\"\n"
+              f"  stop it with: kill {pid}")
+    else:
+        print(f"run your own agentd:  agentd --zoo {plan.zoo} {policy} &\n"
+              f"then:                 agentctl status   (socket {default_socket()})")

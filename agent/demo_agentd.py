@@ -34,6 +34,31 @@ class DemoError(AgentError):
     """The demo could not run (exit status 1); the message says what to do."""
 
 
+def serve_in_background(zoo: Path, policy: list[Path], socket: Path, state: Path) -> tuple[int, Path]:
+    """Start a detached agentd on live sensors (it outlives the demo): (pid, log path). Waits until it
+    answers, so the next ``agentctl status`` finds it."""
+    from agent.client import Client, wait_for_socket
+
+    log_path = state / "agentd.log"
+    state.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "agent.daemon", "--zoo", str(zoo), "--socket", str(socket),
+           "--state-dir", str(state)]
+    for p in policy:
+        cmd += ["--policy", str(p)]
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID")}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        wait_for_socket(socket, timeout=300)
+        with Client(socket, timeout=30) as c:
+            c.status()
+    except AgentError as e:
+        rc = proc.poll()
+        raise DemoError(f"background agentd did not start ({e}; exit {rc}); see {log_path}") from None
+    return proc.pid, log_path
+
+
 class Agentd:
     """agentd as a child process on a private socket; its log goes to OUT/agentd.log."""
 
