@@ -39,6 +39,8 @@ from agent.errors import AgentError, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = REPO / "model_zoo" / "smollm2" / "recipe.toml"
+# a small tensor model beside the LLM, so `agentctl infer` and the README's snippet have a model
+TENSOR_RECIPE = REPO / "model_zoo" / "silero_vad" / "recipe.toml"
 # the default policy, plus the shipped workday add-on (best quality on AC, int4-class quality allowed
 # on low battery) so a workday shows the agent adapting; --policy replaces both
 DEFAULT_POLICIES = [REPO / "policies" / "balanced.toml", REPO / "policies" / "workday-demo.toml"]
@@ -71,6 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                             "(default: STATE_DIR/demo/<time>)")
     p.add_argument("--state-dir", type=Path, help="state directory (default: $AGENT_STATE_DIR or the user's)")
     p.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help="model recipe (default: SmolLM2)")
+    p.add_argument("--no-tensor-model", action="store_true",
+                   help="do not build and serve the small tensor model (Silero VAD, ~15 s to build)")
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="VARIANT",
                    help="variants to build and serve (default: %(default)s, no torch needed)")
     p.add_argument("--policy", type=Path, action="append", help="policy file, repeatable (default: policies/balanced.toml + policies/workday-demo.toml)")
@@ -245,6 +249,10 @@ def _run(a: argparse.Namespace) -> int:
     print(f"ondevice-agent demo: {a.duration:.0f} s of chat on {len(cores) or 'all'} CPU cores "
           f"({', '.join(map(str, cores))})", flush=True)
     model = ensure_zoo(a.recipe, zoo, list(a.variants), build=not a.no_build)
+    if not a.no_tensor_model:
+        from agent.zoo.recipe import load_recipe
+
+        ensure_zoo(TENSOR_RECIPE, zoo, [v.id for v in load_recipe(TENSOR_RECIPE).variants], build=not a.no_build)
     plan = Plan(model, a.recipe, zoo, out, list(a.policy or DEFAULT_POLICIES), sensors, note, is_trace, cores,
                 a.sysfs_root)
     print(note, flush=True)

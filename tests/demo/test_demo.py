@@ -42,7 +42,9 @@ def write_trace(path: Path, *, hours: float = 1.0, plug: tuple[float, float] = (
 
 
 def agentctl(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", "demo", *args], capture_output=True, text=True,
+    # the tensor model (Silero VAD) is built and served by the slow fresh-clone test; here only the LLM
+    return subprocess.run([sys.executable, "-m", "agent.cli", "demo", "--no-tensor-model", *args],
+                          capture_output=True, text=True,
                           timeout=timeout, check=False, stdin=subprocess.DEVNULL)
 
 

@@ -35,7 +35,7 @@ def test_fresh_clone_demo_then_agentctl_by_name_in_a_fresh_shell(tmp_path: Path)
         st = subprocess.run(["bash", "-c", "agentctl status"], cwd=home, env=env, capture_output=True,
                             text=True, timeout=120)
         assert st.returncode == 0, st.stderr
-        assert "smollm2 [causal-lm]  active:" in st.stdout
+        assert "smollm2 [causal-lm]  active:" in st.stdout and "silero_vad [tensor]  active:" in st.stdout
         assert shutil.which("agentctl", path=path) == str(home / ".local" / "bin" / "agentctl")
     finally:
         if pid is not None:
