@@ -11,7 +11,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.slow   # a new .venv (pip installs the demo extra) and the SmolLM2 build: minutes
+# a new .venv (pip installs the demo extra) and the SmolLM2 + Silero VAD builds: 10-20 minutes
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def test_fresh_clone_demo_then_agentctl_by_name_in_a_fresh_shell(tmp_path: Path) -> None:

@@ -119,6 +119,7 @@ def demo_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)   # the fixture builds the demo's zoo unless AGENT_TEST_ZOO names one
 @pytest.mark.parametrize("ex", _ids("slow"))
 def test_slow_example(ex, demo_env):
     run(ex, demo_env, cwd=Path(demo_env["EXAMPLES_WORKDIR"]))
