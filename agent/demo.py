@@ -30,11 +30,10 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.demo_agentd import Agentd, DemoError, follow_events, run_workload
+from agent.demo_agentd import Agentd, DemoError, Plan, follow_events, run_workload
 from agent.errors import AgentError, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,20 +105,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # ------------------------------------------------------------------------------------------ setup
-
-@dataclass
-class Plan:
-    model: str
-    recipe: Path
-    zoo: Path
-    out: Path
-    policy: list[Path]
-    sensors: str
-    sensors_note: str
-    trace: bool
-    cores: list[int]
-    sysfs_root: str = "/sys"
-
 
 def bound_cores(n: int) -> list[int]:
     """Pin this process (and so every child) to ``n`` of the cores it may use."""

@@ -10,13 +10,11 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent.errors import AgentError
-
-if TYPE_CHECKING:
-    from agent.demo import Plan
 
 PROMPTS = (
     "What is the capital of France?",
@@ -28,6 +26,20 @@ PROMPTS = (
     "Summarise what a thermostat does in one sentence.",
     "Suggest a name for a friendly robot.",
 )
+
+
+@dataclass
+class Plan:
+    model: str
+    recipe: Path
+    zoo: Path
+    out: Path
+    policy: list[Path]
+    sensors: str
+    sensors_note: str
+    trace: bool
+    cores: list[int]
+    sysfs_root: str = "/sys"
 
 
 class DemoError(AgentError):
