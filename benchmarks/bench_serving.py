@@ -81,8 +81,8 @@ def bench_ipc(c: Any, zoo: Path, rounds: int, n: int) -> dict[str, Any]:
             c.infer("mlp", {"x": x})
         inproc, daemon, inproc99, daemon99 = [], [], [], []
         for _ in range(rounds):
-            a = timed(lambda: sess.run(None, {"x": x}), k)
-            b = timed(lambda: c.infer("mlp", {"x": x}), k)
+            a = timed(lambda x=x: sess.run(None, {"x": x}), k)
+            b = timed(lambda x=x: c.infer("mlp", {"x": x}), k)
             inproc.append(med(a))
             daemon.append(med(b))
             inproc99.append(pct(a, 99))

@@ -57,7 +57,7 @@ class Reply:
     from the event loop's thread. Buffers passed to :meth:`ok` may be views of shared memory: they are
     written out (or copied) before it returns."""
 
-    __slots__ = ("conn", "rid", "done")
+    __slots__ = ("conn", "done", "rid")
 
     def __init__(self, conn: _Conn, rid: Any) -> None:
         self.conn, self.rid, self.done = conn, rid, False

@@ -45,7 +45,7 @@ Done = Callable[[InferResult | None, AgentError | None], None]
 class Pending:
     """One request on its way: its inputs (views of the client's frame), its callback, its cache key."""
 
-    __slots__ = ("descs", "payload", "done", "key", "rows", "retried")
+    __slots__ = ("descs", "done", "key", "payload", "retried", "rows")
 
     def __init__(self, descs: list[dict[str, Any]], payload: memoryview, done: Done, key: bytes | None,
                  retried: bool) -> None:

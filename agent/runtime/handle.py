@@ -76,7 +76,7 @@ Done = Callable[[dict[str, Any] | None, memoryview | None, AgentError | None], N
 
 
 class _Req:
-    __slots__ = ("descs", "payload", "done", "token")
+    __slots__ = ("descs", "done", "payload", "token")
 
     def __init__(self, descs: list[dict[str, Any]], payload: memoryview, done: Done) -> None:
         self.descs, self.payload, self.done, self.token = descs, payload, done, False
