@@ -24,6 +24,18 @@ def _req(x):
     return descs, memoryview(bytes(bufs[0]))
 
 
+def _serve_all(models, xs, variant="fp32", model="mlp"):
+    """Submit every request at once to an in-process runtime: (results, the model's status after)."""
+    async def go():
+        rt = Runtime(models, spare_workers=0)
+        try:
+            await rt.swap(model, variant)
+            return await asyncio.gather(*(rt.infer(model, *_req(x)) for x in xs)), rt.status()[model]
+        finally:
+            await rt.close()
+    return asyncio.run(go())
+
+
 def test_batched_outputs_equal_unbatched_outputs_per_request(batch_zoo):
     models, _ = load_zoo(batch_zoo)
     rng = np.random.default_rng(3)
@@ -31,17 +43,7 @@ def test_batched_outputs_equal_unbatched_outputs_per_request(batch_zoo):
     ref = _session(batch_zoo, "fp32")
     expect = [ref.run(None, {"x": x})[0] for x in xs]
 
-    async def go():
-        rt = Runtime(models, spare_workers=0)
-        try:
-            await rt.swap("mlp", "fp32")
-            # the first request finds the worker idle and goes alone; the rest queue behind it and
-            # leave as batches of at most 8 rows
-            return await asyncio.gather(*(rt.infer("mlp", *_req(x)) for x in xs)), rt.status()["mlp"]
-        finally:
-            await rt.close()
-
-    results, status = asyncio.run(go())
+    results, status = _serve_all(models, xs)
     assert max(r.batch for r in results) > 1, [r.batch for r in results]
     for x, r, want in zip(xs, results, expect):
         (got,) = P.tensors_from(r.outputs, memoryview(r.data)).values()
@@ -57,15 +59,7 @@ def test_a_batch_never_holds_more_rows_than_max_batch(batch_zoo):
     models, _ = load_zoo(batch_zoo)
     xs = [np.full((3, 256), i, np.float32) for i in range(10)]
 
-    async def go():
-        rt = Runtime(models, spare_workers=0)
-        try:
-            await rt.swap("mlp", "fp32")
-            return await asyncio.gather(*(rt.infer("mlp", *_req(x)) for x in xs))
-        finally:
-            await rt.close()
-
-    results = asyncio.run(go())
+    results, _ = _serve_all(models, xs)
     assert all(r.batch * 3 <= 8 for r in results)   # 3 rows each: at most 2 per batch of 8 rows
     assert any(r.batch == 2 for r in results)
 
@@ -95,15 +89,8 @@ def test_requests_with_different_trailing_shapes_are_batched_apart(tensor_zoo_sr
     assert not errs
     xs = [np.arange(n * 2, dtype=np.float32).reshape(2, n) + i for i in range(6) for n in (3, 5)]
 
-    async def go():
-        rt = Runtime(models, spare_workers=0)
-        try:
-            await rt.swap("scale", "fp32")
-            return await asyncio.gather(*(rt.infer("scale", *_req(x)) for x in xs))
-        finally:
-            await rt.close()
-
-    for x, r in zip(xs, asyncio.run(go())):
+    results, _ = _serve_all(models, xs, model="scale")
+    for x, r in zip(xs, results):
         (got,) = P.tensors_from(r.outputs, memoryview(r.data)).values()
         np.testing.assert_array_equal(got, x * 2)
     # (no assert on batch sizes here: which requests meet in a queue depends on timing)
@@ -116,15 +103,8 @@ def test_large_and_small_requests_share_one_worker_correctly(tensor_zoo):
     xs = [rng.standard_normal(((1024 if i % 3 == 0 else 1 + i % 4), 256)).astype(np.float32) for i in range(15)]
     ref = _session(tensor_zoo, "fp32")
 
-    async def go():
-        rt = Runtime(models, spare_workers=0)
-        try:
-            await rt.swap("mlp", "fp32")
-            return await asyncio.gather(*(rt.infer("mlp", *_req(x)) for x in xs))
-        finally:
-            await rt.close()
-
-    for x, r in zip(xs, asyncio.run(go())):
+    results, _ = _serve_all(models, xs)
+    for x, r in zip(xs, results):
         (got,) = P.tensors_from(r.outputs, memoryview(r.data)).values()
         np.testing.assert_allclose(got, ref.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
 
@@ -187,15 +167,7 @@ def test_a_variant_whose_rows_depend_on_their_batch_is_served_unbatched(batch_zo
     xs = [rng.standard_normal((1, 256)).astype(np.float32) * (1 + 10 * (i % 2)) for i in range(8)]
     ref = _session(batch_zoo, "int8")
 
-    async def go():
-        rt = Runtime(models, spare_workers=0)
-        try:
-            await rt.swap("mlp", "int8")
-            return await asyncio.gather(*(rt.infer("mlp", *_req(x)) for x in xs)), rt.status()["mlp"]
-        finally:
-            await rt.close()
-
-    results, status = asyncio.run(go())
+    results, status = _serve_all(models, xs, "int8")
     assert status["batching"]["active_variant_batches"] is False
     assert all(r.batch == 1 for r in results)
     for x, r in zip(xs, results):
