@@ -68,6 +68,10 @@ def cmd_status(a: argparse.Namespace) -> int:
             from agent.llm.cli import llm_status_line
 
             print(llm_status_line(m["llm"]))
+        from agent.runtime.batching import status_lines
+
+        for line in status_lines(m):
+            print(line)
         print(f"  {'variant':<18}{'precision':<10}{'state':<10}{'load':>10}  reason")
         for vid, v in m["variants"].items():
             print(f"  {vid:<18}{v['precision']:<10}{v['status']:<10}{F.ms(v.get('load_ms')):>10}  "

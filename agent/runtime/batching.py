@@ -282,3 +282,19 @@ def _split(outputs: list[dict[str, Any]], data: memoryview, batch: list[Pending]
         parts.append((descs, list(bufs)))
         off += p.rows
     return parts
+
+
+def status_lines(model_status: dict[str, Any]) -> list[str]:
+    """``agentctl status`` lines for a tensor model's cache and batching (empty when both are off)."""
+    out = []
+    c = model_status.get("cache")
+    if c:
+        out.append(f"  response cache: {c['hits']} hits, {c['misses']} misses, {c['entries']} entries, "
+                   f"{c['bytes']} of {c['max_bytes']} bytes, {c['evictions']} evictions, "
+                   f"{c['invalidations']} invalidations")
+    b = model_status.get("batching")
+    if b:
+        state = "on" if b["active_variant_batches"] else "off for this variant (its rows depend on the batch)"
+        out.append(f"  batching {state}: max_batch {b['max_batch']}, delay {b['max_queue_delay_ms']} ms, "
+                   f"{b['batches']} batches, mean {b['mean_batch'] or '-'} requests, largest {b['max_batch_seen']}")
+    return out

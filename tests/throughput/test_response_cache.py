@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -88,6 +90,9 @@ def test_the_daemon_shows_cache_hits_in_status_and_marks_cached_replies(cache_zo
             a = c.infer("mlp", {"x": x})
             b = c.infer("mlp", {"x": x})
             st = c.status()["models"]["mlp"]["cache"]
+        shown = subprocess.run([sys.executable, "-m", "agent.cli", "--socket", str(d.socket), "status"],
+                               capture_output=True, text=True, timeout=60)
+        assert "response cache: 1 hits, 1 misses, 1 entries" in shown.stdout, shown.stdout + shown.stderr
         assert a.extra["cached"] is False and b.extra["cached"] is True
         np.testing.assert_array_equal(a.outputs["y"], b.outputs["y"])
         assert st["hits"] == 1 and st["misses"] == 1 and st["max_bytes"] == 4096
