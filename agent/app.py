@@ -256,7 +256,7 @@ class App:
                         "inputs": [s.to_toml() for s in m.inputs], "outputs": [s.to_toml() for s in m.outputs],
                         "variants": [{"id": v.id, "precision": v.precision, "derived_from": v.derived_from,
                                       "size_bytes": v.size_bytes,
-                                      "quality": vars(v.quality) if v.quality else None}
+                                      "quality": vars(v.quality) if v.quality else None, "unfit": v.unfit}
                                      for v in m.variants]})
         return out, []
 

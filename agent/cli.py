@@ -64,7 +64,8 @@ def cmd_status(a: argparse.Namespace) -> int:
         print(f"  {'variant':<16}{'precision':<10}{'state':<10}{'load ms':>9}  reason")
         for vid, v in m["variants"].items():
             lm = f"{v['load_ms']:.1f}" if v.get("load_ms") else "-"
-            print(f"  {vid:<16}{v['precision']:<10}{v['status']:<10}{lm:>9}  {v.get('reason') or ''}")
+            why = "; ".join(x for x in (v.get("reason"), f"UNFIT: {v['unfit']}" if v.get("unfit") else None) if x)
+            print(f"  {vid:<16}{v['precision']:<10}{v['status']:<10}{lm:>9}  {why}")
     for name, err in st.get("zoo_errors", {}).items():
         print(f"\nzoo error in {name}: {err}")
     for h in st.get("holds", []):
@@ -84,7 +85,7 @@ def cmd_models(a: argparse.Namespace) -> int:
         for v in m["variants"]:
             q = v.get("quality") or {}
             print(f"  {v['id']:<16}{v['precision']:<8}{(v.get('size_bytes') or 0) / 1e6:8.2f} MB"
-                  f"  quality {q.get('relative', '-')}")
+                  f"  quality {q.get('relative', '-')}" + (f"  UNFIT: {v['unfit']}" if v.get("unfit") else ""))
     return 0
 
 

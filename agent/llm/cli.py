@@ -1,10 +1,12 @@
 """``agentctl generate`` and ``agentctl chat``: talk to a causal-lm model through agentd.
 
     agentctl generate MODEL "prompt" [--max-tokens N] [--temperature T] [--top-p P] [--top-k K]
-                                     [--seed S] [--stop TEXT]... [--chat [--system TEXT]] [--json]
+                                     [--seed S] [--stop TEXT]... [--system TEXT | --raw] [--json]
     agentctl chat MODEL [--system TEXT] [--max-tokens N] [--temperature T] [--seed S]
 
-``generate`` streams the text to stdout as it is produced and ends with one summary line on stderr
+``generate`` sends the prompt as one user message, so the daemon renders it with the model's chat
+template (a model without one gets the plain text); ``--raw`` sends it as a plain completion prompt
+instead (the text is continued as is). ``generate`` streams the text to stdout as it is produced and ends with one summary line on stderr
 (variant@device, tokens, time to first token, tokens/s, finish reason); ``--json`` prints the final
 result object instead. A prompt of ``-`` is read from stdin. ``chat`` is a REPL: each stdin line is a
 user turn, the conversation is kept as messages (so the prefix cache reuses it), ``/reset`` starts over,
@@ -82,13 +84,13 @@ def cmd_generate(a: argparse.Namespace) -> int:
         raise InvalidParams("prompt: expected some text, got an empty prompt")
     params = _params(a)
     kw: dict[str, Any] = {}
-    if a.chat:
+    if a.raw:
+        if a.system:
+            raise InvalidParams("--system is a chat turn; it cannot go with --raw")
+        kw["prompt"] = prompt
+    else:
         msgs = ([{"role": "system", "content": a.system}] if a.system else []) + [{"role": "user", "content": prompt}]
         kw["messages"] = msgs
-    else:
-        if a.system:
-            raise InvalidParams("--system needs --chat")
-        kw["prompt"] = prompt
     with Client(a.socket, timeout=a.timeout) as c:
         if a.json:
             final = c.complete(a.model, stream=False, **kw, **params)
@@ -176,7 +178,10 @@ def add_parsers(subparsers: Any) -> None:
     g = subparsers.add_parser("generate", help="stream a completion from a causal-lm model")
     _add_sampling(g)
     g.add_argument("prompt", help="the prompt ('-' reads stdin)")
-    g.add_argument("--chat", action="store_true", help="send the prompt as a user message (chat template)")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--raw", action="store_true", help="plain completion: continue the prompt text as is")
+    mode.add_argument("--chat", action="store_true",
+                      help="send the prompt as a user message with the chat template (the default)")
     g.add_argument("--json", action="store_true", help="print the final result as JSON instead of streaming")
     g.set_defaults(func=cmd_generate)
     c = subparsers.add_parser("chat", help="interactive chat with a causal-lm model (stdin lines, /exit)")

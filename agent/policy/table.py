@@ -2,7 +2,8 @@
 
 Rows are what :func:`agent.policy.decide.decide` ranks. A variant contributes one row per
 ``[[variants.measurements]]`` entry (i.e. per device it was measured on); a variant that was never
-measured has no row (nothing says it runs anywhere). Figures the zoo did not measure stay ``None``:
+measured has no row (nothing says it runs anywhere), and neither has a variant the zoo marked
+``unfit`` (it failed its recipe's quality floors: the policy never picks it; an admin may still pin it). Figures the zoo did not measure stay ``None``:
 a constraint or objective that needs a missing figure treats the row as violating it ("no measured
 energy_j"), so such rows are usable only by a profile that needs nothing they lack (e.g. ``max_quality``
 with no latency SLO). The reference variant's ``quality_rel`` is 1.0 when its manifest gives none.
@@ -45,6 +46,8 @@ def table_from_manifests(manifests: Mapping[str, Manifest]) -> list[VariantRow]:
     for name in sorted(manifests):
         m = manifests[name]
         for v in m.variants:
+            if v.unfit:
+                continue
             q: float | None = v.quality.relative if v.quality is not None else None
             if q is None and v.id == m.reference:
                 q = 1.0
