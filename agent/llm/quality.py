@@ -12,7 +12,8 @@ Two shipped data sets (``agent/llm/data/``, package data; a recipe may name its 
   asked as a chat user turn and answered greedily for ``answer_tokens`` (24) tokens. **Exact match**
   (normalised containment): the answer is right when some accepted answer, normalised, occurs in the
   normalised reply as a whole run of words. Normalising = Unicode NFKD without accents, lower case,
-  every run of non-alphanumerics -> one space, the words "a", "an", "the" removed.
+  split into words of a-z/0-9 (a number keeps its decimal point or digit grouping: "18.0", "5,000"),
+  the words "a", "an", "the" dropped, joined by single spaces.
 
 ``quality_rel`` (what the policy ranks) = ``(agreement + min(1, exact_match / exact_match_ref)) / 2``.
 Pure functions here; the generation runs in :mod:`agent.llm.evaluate` (a measurement subprocess).
@@ -32,6 +33,7 @@ from typing import Any
 
 from agent.errors import ConfigError
 
+SCORING_VERSION = 2           # bump when normalisation, matching or the formula change (re-measures)
 PROMPTS = "chat_prompts.jsonl"
 QUESTIONS = "questions.jsonl"
 AGREEMENT_TOKENS = 32
@@ -39,7 +41,7 @@ ANSWER_TOKENS = 24
 END = -1                      # padding after a generation that stopped (end of turn) before the limit
 _ROLES = ("system", "user", "assistant")
 _ARTICLES = frozenset({"a", "an", "the"})
-_NON_ALNUM = re.compile(r"[^0-9a-z]+")
+_WORD = re.compile(r"[0-9a-z]+(?:[.,][0-9]+)*")   # a decimal or grouped number stays one word: 18.0, 5,000
 
 
 @dataclass(frozen=True)
@@ -152,9 +154,10 @@ def data_fingerprint(prompts: Path, questions: Path, agreement_tokens: int, answ
 
 # -- answers ------------------------------------------------------------------------------------------
 def normalise(text: str) -> str:
-    """Lower case, accents stripped, punctuation -> spaces, articles dropped, single spaces."""
+    """Lower case, accents stripped, words of a-z/0-9 (numbers keep "." and "," between digits), articles
+    dropped, single spaces."""
     t = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).lower()
-    return " ".join(w for w in _NON_ALNUM.sub(" ", t).split() if w not in _ARTICLES)
+    return " ".join(w for w in _WORD.findall(t) if w not in _ARTICLES)
 
 
 def answer_correct(reply: str, answers: Sequence[str]) -> bool:

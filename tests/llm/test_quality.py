@@ -27,6 +27,7 @@ def test_the_shipped_sets_are_big_enough_and_well_formed():
     ("L'Étoile, la Cité", "l etoile la cite"),
     ("  An   apple, a DAY!  ", "apple day"),
     ("H2O (water)", "h2o water"),
+    ("It is -18.0°C, or 5,000 m. Done.", "it is 18.0 c or 5,000 m done"),
 ])
 def test_normalise_lowercases_strips_accents_punctuation_and_articles(text, norm):
     assert Q.normalise(text) == norm
@@ -39,6 +40,8 @@ def test_normalise_lowercases_strips_accents_punctuation_and_articles(text, norm
     ("Seven times eight is 56.", ["56", "fifty-six"], True),
     ("fifty six", ["fifty-six"], True),
     ("In 1956 it happened", ["56"], False),           # whole words only
+    ("The freezing point is -18.0 degrees", ["0"], False),   # a decimal is one word
+    ("It is 100.", ["100"], True),
     ("Parisian food is great", ["Paris"], False),
     ("L'Étoile, la Marseillaise", ["Paris"], False),
     ("Da Vinci painted it", ["Leonardo da Vinci", "da Vinci"], True),
@@ -176,17 +179,21 @@ def test_evaluate_measures_agreement_and_exact_match_and_caches_the_reference_ou
     (tmp_path / "t.txt").write_text("the quick brown fox jumps over the lazy dog " * 20)
     ref_cache = outputs_path(tiny_build["fp32"])
     ref_cache.unlink(missing_ok=True)
+    outputs_path(tiny_build["int4"]).unlink(missing_ok=True)
     same = run(_request(tiny_build, tmp_path, "fp32", "fp32"))      # the reference against itself
     assert same["agreement"] == 1.0 and same["mean_prefix"] == 6 and same["exact_match"] == same["exact_match_ref"]
     assert same["prompts"] == 3 and same["questions"] == 2 and ref_cache.is_file()
     r4 = run(_request(tiny_build, tmp_path, "int4", "fp32"))
-    assert r4["reference_outputs_cached"] is True
+    assert r4["reference_outputs_cached"] is True and r4["own_outputs_cached"] is False
     assert 0 <= r4["agreement"] <= 1 and 0 <= r4["mean_prefix"] <= 6
     # the figures are what the pure functions give on the stored outputs
     mine = json.loads(outputs_path(tiny_build["int4"]).read_text())
     ref = json.loads(ref_cache.read_text())
     assert (r4["agreement"], r4["mean_prefix"]) == Q.agreement(ref["sequences"], mine["sequences"], 6)
-    # changing the data makes the cache stale: the reference is generated again
+    again = run(_request(tiny_build, tmp_path, "int4", "fp32"))   # re-measuring re-scores the same outputs
+    assert again["own_outputs_cached"] is True and again["agreement"] == r4["agreement"]
+    # changing the data makes both caches stale: the outputs are generated again
     req = _request(tiny_build, tmp_path, "int4", "fp32")
     req["agreement_tokens"] = 5
-    assert run(req)["reference_outputs_cached"] is False
+    r5 = run(req)
+    assert r5["reference_outputs_cached"] is False and r5["own_outputs_cached"] is False

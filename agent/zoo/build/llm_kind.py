@@ -100,7 +100,10 @@ def fingerprint(ev: LLMEval) -> str:
     from agent.llm.evaldata import load_text
 
     base = Path(ev.base) if ev.base else None
+    from agent.llm.quality import SCORING_VERSION
+
     d = {k: v for k, v in asdict(ev).items() if k != "base"}
+    d["scoring"] = SCORING_VERSION
     data = [ev.data_path(k).read_text(encoding="utf-8") for k in ("prompts", "questions")]
     return fp(json.dumps(d, sort_keys=True), load_text(ev.text, base), load_text(ev.calibration, base), *data)
 
@@ -162,6 +165,7 @@ def measure(ctx: MeasureContext) -> MeasureResult:
     if ctx.reference is not None:
         info["top1_agreement"] = round(float(res["top1_agreement"]), 4)
         info["reference_outputs_cached"] = bool(res.get("reference_outputs_cached"))
+    info["own_outputs_cached"] = bool(res.get("own_outputs_cached"))
     info["answers_s"] = round(float(res.get("answers_s", 0.0)), 1)          # the variant's own greedy runs
     info["answers_cpu_s"] = round(float(res.get("answers_cpu_s", 0.0)), 1)
     quality = answer_quality(res, ppl, _reference_perplexity(ctx.reference, ppl))
