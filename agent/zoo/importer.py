@@ -75,29 +75,15 @@ def _external_files(path: Path) -> list[str]:
 
 
 def guess_precision(path: Path) -> str:
-    """A best guess from the graph's ops and weights (fp32 when onnx is not installed)."""
+    """The precision the graph stores its weights in (``agent.zoo.precision``); fp32 without onnx."""
     try:
-        import onnx
+        from agent.zoo.precision import detect
     except ImportError:
         return "fp32"
-    m = onnx.load(str(path), load_external_data=False)
-    ops = {n.op_type for n in m.graph.node}
-    if "MatMulNBits" in ops:
-        bits = {a.i for n in m.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
-        return "int8" if bits == {8} else "int4" if bits == {4} else "mixed"
-    if ops & {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearMatMul"}:
-        return "int8"
-    sizes: dict[int, int] = {}
-    for t in m.graph.initializer:
-        n = 1
-        for d in t.dims:
-            n *= d
-        sizes[t.data_type] = sizes.get(t.data_type, 0) + n
-    if sizes and max(sizes, key=lambda k: sizes[k]) == onnx.TensorProto.FLOAT16:
-        return "fp16"
-    if sizes and max(sizes, key=lambda k: sizes[k]) == onnx.TensorProto.BFLOAT16:
-        return "bf16"
-    return "fp32"
+    try:
+        return detect(path).label
+    except ImportError:
+        return "fp32"
 
 
 def import_variant(zoo: Path, model: str, variant: str, path: Path, *, precision: str | None = None,
