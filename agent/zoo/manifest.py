@@ -223,10 +223,17 @@ def _measurement(c: Checker) -> Measurement:
 
 
 def _signature_mismatch(model: tuple[TensorSpec, ...], got: tuple[TensorSpec, ...]) -> str | None:
-    if [s.name for s in model] != [s.name for s in got]:
-        return f"tensors {[s.name for s in got]} != model's {[s.name for s in model]}"
-    for a, b in zip(model, got):
-        why = a.matches(b)
+    """Why ``got`` does not fit the model's tensors, matched by name (order does not matter: onnxruntime
+    feeds and fetches by name); None when it fits."""
+    want = {s.name: s for s in model}
+    have = {s.name: s for s in got}
+    missing = [n for n in want if n not in have]
+    extra = [n for n in have if n not in want]
+    if missing or extra:
+        parts = ([f"missing {missing}"] if missing else []) + ([f"extra {extra}"] if extra else [])
+        return f"tensors {', '.join(parts)} (model's: {list(want)})"
+    for name, spec in want.items():
+        why = spec.matches(have[name])
         if why:
             return why
     return None
