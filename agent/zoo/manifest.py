@@ -153,6 +153,7 @@ class Manifest:
     folder: Path
     description: str = ""
     llm: dict[str, Any] | None = None
+    warmup: str | None = None     # warm-up inputs: an .npz in the model's folder (one array per input)
 
     def variant(self, vid: str) -> Variant:
         for v in self.variants:
@@ -243,7 +244,8 @@ def load_manifest(folder: Path, *, check_files: bool = True) -> Manifest:
     """Read and strictly validate ``folder/manifest.toml``."""
     doc = TomlDoc.load(folder / MANIFEST, ManifestError)
     c = Checker(doc, doc.data)
-    c.only({"schema", "name", "kind", "reference", "description", "inputs", "outputs", "variants", "llm"})
+    c.only({"schema", "name", "kind", "reference", "description", "inputs", "outputs", "variants", "llm",
+            "warmup"})
     schema = c.num("schema", integer=True)
     if schema != 1:
         raise c.error("schema", f"expected 1, got {schema}")
@@ -310,9 +312,17 @@ def load_manifest(folder: Path, *, check_files: bool = True) -> Manifest:
         if v.derived_from != "source" and v.derived_from not in seen:
             raise doc.error(["variants", i, "derived_from"],
                             f"expected 'source' or a variant id, got {v.derived_from!r}")
+    warmup = c.str("warmup", required=False)
+    if warmup is not None:
+        try:
+            wpath = safe_join(folder, warmup)
+        except ManifestError as e:
+            raise c.error("warmup", e.message) from None
+        if check_files and not wpath.is_file():
+            raise c.error("warmup", f"expected an .npz file in the model's folder, got missing {warmup!r}")
     return Manifest(name=name, kind=kind, reference=reference, inputs=inputs, outputs=outputs,
                     variants=tuple(variants), folder=folder, description=c.str("description", required=False) or "",
-                    llm=dict(llm_c.table) if llm_c else None)
+                    llm=dict(llm_c.table) if llm_c else None, warmup=warmup)
 
 
 def load_zoo(zoo: Path) -> tuple[dict[str, Manifest], dict[str, str]]:
@@ -354,6 +364,8 @@ def manifest_to_toml(m: Manifest) -> dict[str, Any]:
     out["outputs"] = [s.to_toml() for s in m.outputs]
     if m.llm:
         out["llm"] = m.llm
+    if m.warmup:
+        out["warmup"] = m.warmup
     vs = []
     for v in m.variants:
         d: dict[str, Any] = _drop_none({
