@@ -63,6 +63,7 @@ class Controller:
         self._applying = False
         self._pending: Snapshot | None = None
         self._last_key: tuple[Any, ...] | None = None
+        self._unknown_logged: set[str] = set()   # rules over missing readings, logged once each
         self._table: list[VariantRow] = []
         self.hints: dict[str, dict[str, float]] = {}
         self._readings: tuple[EnergyReading | None, EnergyReading | None] = (None, None)
@@ -140,18 +141,25 @@ class Controller:
             log.exception("policy decision failed")
             return
         self.last_decision = d
+        for u in d.unknown:
+            if u not in self._unknown_logged:
+                self._unknown_logged.add(u)
+                log.warning("a rule reads an unknown value; it counts as false",
+                            extra={"fields": {"rule": u, "sensors": snap.source}})
         self._record(d)
         changes = [c for c in d.changes()
                    if c.model in self.runtime.slots and self.runtime.slots[c.model].pinned is None]
         if changes:
             self._applying = True
-            asyncio.ensure_future(self._apply(d, changes))
+            asyncio.ensure_future(self._apply(d, changes, snap.mono_s))
 
-    async def _apply(self, d: Decision, changes: list[Any]) -> None:
+    async def _apply(self, d: Decision, changes: list[Any], decided_t: float) -> None:
         try:
             for c in changes:
+                # decided_t: the snapshot clock of the decision (trace time under replay), so a swap
+                # that completes seconds later can still be drawn where the readings caused it
                 reason = {"why": "policy", "profile": d.profile, "source": d.source, "rule": d.rule,
-                          "hold": d.hold, "explanation": c.why, "readings": d.readings}
+                          "hold": d.hold, "explanation": c.why, "readings": d.readings, "decided_t": decided_t}
                 try:
                     await self.runtime.swap(c.model, c.variant, c.device, reason)
                 except AgentError as e:
@@ -175,7 +183,7 @@ class Controller:
         log.info("decision", extra={"fields": fields})
         self.telemetry.record("decisions", fields)
         self.emit({"event": "decision", "profile": d.profile, "rule": d.rule, "source": d.source,
-                   "changes": fields.get("changes"), "readings": d.readings})
+                   "changes": fields.get("changes"), "readings": d.readings, "t": self.now()})
 
     def hint(self, model: str, hints: dict[str, float]) -> None:
         """Per-request QoS hints (deadline_ms, min_quality): kept per model and shown with decisions."""
