@@ -3,7 +3,8 @@ on the real SmolLM2 ladder: both answers contain "Paris" (issue 10, item 5).
 
     AGENT_TEST_ZOO=/path/to/writable/zoo .venv/bin/python -m pytest tests/serving/test_readme_generate_slow.py -m slow
 
-The ladder (fp32, fp16, int8, int4) is built or brought up to date in ``AGENT_TEST_ZOO`` (a temporary
+The ladder (fp32, fp16, int8, int4; ``AGENT_README_LADDER=fp32,int8,int4`` picks others, the first is
+the reference) is built or brought up to date in ``AGENT_TEST_ZOO`` (a temporary
 zoo when unset: then it builds and measures all four, ~15 min on two busy cores); the daemon serves
 hard links of it in a private zoo, with no ``--policy`` (the built-in profiles: balanced, min energy at
 >= 0.99 relative quality) and the live sensors.
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-LADDER = ["fp32", "fp16", "int8", "int4"]
+LADDER = [v for v in os.environ.get("AGENT_README_LADDER", "fp32,fp16,int8,int4").split(",") if v]
 
 
 def readme_generate_examples() -> list[list[str]]:

@@ -108,7 +108,7 @@ def fingerprint(ev: LLMEval) -> str:
     return fp(json.dumps(d, sort_keys=True), load_text(ev.text, base), load_text(ev.calibration, base), *data)
 
 
-def run_evaluate(req: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
+def run_evaluate(req: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
     """``python -m agent.llm.evaluate`` in a fresh interpreter; its JSON answer (BuildError on error)."""
     from agent.zoo.build.tensor_kind import run_worker
 
