@@ -201,17 +201,17 @@ def read_quota_cores(root: Path | str = "/sys/fs/cgroup", proc_cgroup: Path | st
                     f = d / "cpu.max"
                     if not f.exists():
                         continue
-                    q, p = f.read_text().split()[:2]
-                    if q != "max":
-                        consider(int(q) / int(p), f)
+                    qs, ps = f.read_text().split()[:2]
+                    if qs != "max":
+                        consider(int(qs) / int(ps), f)
                 else:
                     f = d / "cpu.cfs_quota_us"
                     if not f.exists():
                         continue
-                    q = int(f.read_text().strip())
-                    p = int((d / "cpu.cfs_period_us").read_text().strip())
-                    if q > 0 and p > 0:
-                        consider(q / p, f)
+                    qi = int(f.read_text().strip())
+                    pi = int((d / "cpu.cfs_period_us").read_text().strip())
+                    if qi > 0 and pi > 0:
+                        consider(qi / pi, f)
             except (OSError, ValueError):
                 continue
     return best

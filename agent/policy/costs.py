@@ -133,8 +133,9 @@ def _interp(base: list[CostPoint], c: float) -> CostPoint:
     def lin(x: float | None, y: float | None) -> float | None:
         return None if x is None or y is None else x + w * (y - x)
 
-    return CostPoint(c, 0.0, float(lin(a.latency_ms_p50, b.latency_ms_p50)), float(lin(a.latency_ms_p95, b.latency_ms_p95)),
-                     float(lin(a.energy_j, b.energy_j)), lin(a.cpu_ms, b.cpu_ms), lin(a.ttft_ms, b.ttft_ms))
+    return CostPoint(c, 0.0, a.latency_ms_p50 + w * (b.latency_ms_p50 - a.latency_ms_p50),
+                     a.latency_ms_p95 + w * (b.latency_ms_p95 - a.latency_ms_p95),
+                     a.energy_j + w * (b.energy_j - a.energy_j), lin(a.cpu_ms, b.cpu_ms), lin(a.ttft_ms, b.ttft_ms))
 
 
 def scaled(latency_p50: float | None, latency_p95: float | None, s: ComputeState) -> tuple[float | None, float | None]:
