@@ -174,6 +174,7 @@ class Controller:
         # (model, variant) -> [requests, J, wall s, tokens, cpu s]; meter per (model, variant)
         self.energy: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0, 0.0])
         self.meters: dict[tuple[str, str], str] = {}
+        self._own_cpu: tuple[float, float] | None = None
         self.refresh_table()
 
     def refresh_table(self) -> None:
@@ -221,7 +222,36 @@ class Controller:
         return time.monotonic() - self.last_tick_mono < max(5.0, 5 * self.interval_s)
 
     # -- sampling thread ----------------------------------------------------------------------------
+    def _own_util(self, snap: Snapshot) -> Snapshot:
+        """The snapshot with ``cpu.agent_util_percent``: this daemon's process tree's CPU share since the last
+        sample (so decide() does not count the agent's own inference as competing load)."""
+        import dataclasses
+        import os
+
+        import psutil
+
+        try:
+            me = psutil.Process()
+            procs = [me, *me.children(recursive=True)]
+            total = 0.0
+            for p in procs:
+                try:
+                    t = p.cpu_times()
+                    total += t.user + t.system
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            return snap
+        now = time.monotonic()
+        prev, self._own_cpu = self._own_cpu, (now, total)
+        if prev is None or now <= prev[0] or snap.cpu.util_percent is None:
+            return snap
+        pct = max(0.0, total - prev[1]) / (now - prev[0]) / (snap.cpu.online or os.cpu_count() or 1) * 100
+        return dataclasses.replace(snap, cpu=dataclasses.replace(snap.cpu, agent_util_percent=round(min(100.0, pct), 1)))
+
     def _on_sample(self, snap: Snapshot) -> None:
+        if snap.source == "live":
+            snap = self._own_util(snap)
         self.prev, self.last = self.last, snap
         # converted once per sample, not per request (the request path only does arithmetic)
         self._readings = (self._readings[1], EnergyReading.from_snapshot(snap))

@@ -7,8 +7,10 @@ are read at. Pure: no I/O except :func:`load_costs` / :func:`save_costs` (the zo
   - the CPU quota of the agent's cgroup, ``cpu.quota_cores / cpu.online`` (1.0 when unknown), and
   - the thermal throttle factor of ``thermal.level`` from :data:`THERMAL_COMPUTE` (the one place that maps
     heat to compute);
-* ``load`` in [0, 1]: the share of the machine busy with *other* work, ``cpu.util_percent / 100``. The live
-  figure includes the agent's own inference, so it overstates the competition while the agent is busy.
+* ``load`` in [0, 1]: the share of the machine busy with *other* work,
+  ``(cpu.util_percent - cpu.agent_util_percent) / 100``; the controller fills ``agent_util_percent`` live
+  from the daemon's process tree (its workers included), so the agent's own inference is not counted as
+  competition. Traces give the environment's load only.
 
 There is no battery-saver reading in the Snapshot, so battery state does not change the compute figure
 (the policy's low-battery rule selects a profile instead).
@@ -69,7 +71,8 @@ def compute_state(snapshot: Snapshot) -> ComputeState:
     if q is not None and cpu.online:
         quota = max(MIN_COMPUTE, min(1.0, q / cpu.online))
     thermal = THERMAL_COMPUTE.get(snapshot.thermal.level or "none", 1.0)
-    load = 0.0 if cpu.util_percent is None else max(0.0, min(1.0, cpu.util_percent / 100.0))
+    own = getattr(cpu, "agent_util_percent", None) or 0.0
+    load = 0.0 if cpu.util_percent is None else max(0.0, min(1.0, (cpu.util_percent - own) / 100.0))
     return ComputeState(max(MIN_COMPUTE, quota * thermal), load, quota, thermal)
 
 
