@@ -328,12 +328,13 @@ class Controller:
             g = self.gates[model] = EdfGate(slots)
         return g
 
-    def predicted_ms(self, model: str, variant: str, device: str, tokens: int | None) -> float | None:
-        """p95 latency of one request on that row at the last snapshot's compute state."""
+    def predicted_ms(self, model: str, variant: str, device: str, tokens: int | None, pct: int = 50) -> float | None:
+        """Latency of one request on that row at the last snapshot's compute state (p50 by default: admission
+        refuses what would typically be late; decide() plans with p95, so it moves off a row first)."""
         cs = compute_state(self.last) if self.last is not None else None
         for r in self._table:
             if r.model == model and r.variant == variant and r.device == device:
-                return (r.at(cs) if cs is not None else r).request_ms(tokens)
+                return (r.at(cs) if cs is not None else r).request_ms(tokens, pct)
         return None
 
     def admit(self, model: str, qos: QoS, variant: str | None, device: str | None, tokens: int | None,
@@ -351,7 +352,7 @@ class Controller:
         for r in self._table:
             if r.model != model or (qos.min_quality is not None and (r.quality_rel or 0.0) < qos.min_quality):
                 continue
-            ms = (r.at(cs) if cs is not None else r).request_ms(tokens)
+            ms = (r.at(cs) if cs is not None else r).request_ms(tokens, 50)
             if ms is not None:
                 cands.append((ms, r.label))
         fastest = min(cands, default=None)

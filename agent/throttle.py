@@ -6,8 +6,9 @@
 One agentd is started **inside a child cgroup** (made by :func:`agent.cpulimit.make_limiter`: cgroup v2
 ``cpu.max`` or v1 ``cpu.cfs_quota_us``; the threads fallback cannot throttle a running process, so it is
 refused), with ``policies/quality-first.toml`` (best quality that meets the requests' deadlines). Then two
-arms run the same schedule - full CPU, ``--quota-cores`` for ``--phase-s``, full CPU again - with one client
-sending generations back to back, each with ``deadline_ms``:
+arms run the same schedule - full CPU, the quota stepping down (60 %, 40 % of the machine) as a thermal
+governor would, ``--quota-cores`` for ``--phase-s``, full CPU again - with one client sending generations
+back to back, each with ``deadline_ms``:
 
 * ``static-fp32``: the model pinned to fp32 (a static choice);
 * ``policy``: unpinned; the live sensors read the cgroup's quota (``cpu.quota_cores``), decide() reads the
@@ -59,9 +60,17 @@ class Arm:
             p[r["outcome"]] += 1
         out["phases"] = phases
         out["variants"] = sorted({r["variant"] for r in self.requests if r.get("variant")})
-        out["swaps"] = [{"to": s.get("to_variant") or s.get("to"), "from": s.get("from_variant") or s.get("from"),
-                         "why": s.get("why") or s.get("reason")} for s in self.swaps]
+        out["swaps"] = [{"to": s.get("to"), "from": s.get("from"), "ts": s.get("ts"), "why": _why(s.get("reason"))}
+                        for s in sorted(self.swaps, key=lambda s: float(s.get("ts") or 0))]
         return out
+
+
+def _why(reason: Any) -> Any:
+    try:
+        r = json.loads(reason) if isinstance(reason, str) else reason
+    except ValueError:
+        return reason
+    return r.get("explanation", r) if isinstance(r, dict) else r
 
 
 def start_agentd(lim: CpuLimiter, zoo: Path, workdir: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
@@ -134,9 +143,12 @@ def run(zoo: Path, model: str = "smollm2", deadline_ms: float = 2500.0, tokens: 
     proc = None
     try:
         proc, sock = start_agentd(lim, zoo, workdir, ["--spare-workers", "0"])
-        schedule: list[tuple[str, float, float | None]] = [("full", phase_s * 0.75, None),
-                                                            ("throttled", phase_s, quota_cores),
-                                                            ("restored", phase_s, None)]
+        # the quota falls in steps, as a thermal governor clocks down, holds, then comes back at once
+        ncpu = float(os.cpu_count() or 1)
+        steps = [round(ncpu * f, 2) for f in (0.6, 0.4) if ncpu * f > quota_cores]
+        schedule: list[tuple[str, float, float | None]] = [("full", phase_s * 0.5, None)]
+        schedule += [(f"ramp-{c:g}", phase_s * 0.25, c) for c in steps]
+        schedule += [("throttled", phase_s, quota_cores), ("restored", phase_s * 0.75, None)]
         from agent.client import Client
 
         with Client(str(sock), timeout=600) as c:

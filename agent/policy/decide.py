@@ -207,8 +207,9 @@ def _choose(model: str, rows: list[VariantRow], cons: Constraints, objective: st
             demand: Demand | None = None) -> ModelChoice:
     """Feasible = the profile's constraints plus the demand's deadline. When no row meets both the profile's
     quality floor and the deadline, the floor relaxes to the requests' own (``demand.min_quality``) and the
-    best-quality row that meets the deadline wins; when no row meets the deadline at all, the deadline is
-    dropped (requests that cannot make it are refused at once by the daemon) and the choice is as without it."""
+    best-quality row that meets the deadline wins; when no row meets the deadline at all, the fastest row that
+    meets the rest (at the requests' floor) wins - the closest to the deadline; requests that cannot make it
+    are refused at once by the daemon."""
     cur_key = state.current.get(model)
     by_key = {r.key: r for r in rows}
     cur = by_key.get(cur_key) if cur_key else None
@@ -228,10 +229,17 @@ def _choose(model: str, rows: list[VariantRow], cons: Constraints, objective: st
             fastest = min((r for r in rows if r.request_ms(cons.request_tokens) is not None),
                           key=lambda r: r.request_ms(cons.request_tokens) or 0.0, default=None)
             note = (f"deadline {cons.deadline_ms:g} ms infeasible on every variant"
-                    + (f" (fastest {fastest.label} {fastest.request_ms(cons.request_tokens):.0f} ms)" if fastest else ""))
-            cons = replace(cons, deadline_ms=None)
+                    + (f" (fastest {fastest.label} {fastest.request_ms(cons.request_tokens):.0f} ms)" if fastest else "")
+                    + "; the fastest that meets the rest")
+            cons = replace(cons, deadline_ms=None, min_quality=relaxed.min_quality)
             viol = {r.key: violations(r, cons, objective, snapshot, cur) for r in rows}
-            feasible = sorted((r for r in rows if not viol[r.key]), key=lambda r: rank_key(r, objective))
+            tok = cons.request_tokens
+
+            def fastest_first(r: VariantRow) -> tuple[Any, ...]:
+                return (r.request_ms(tok) if r.request_ms(tok) is not None else float("inf"), *rank_key(r, objective))
+
+            feasible = sorted((r for r in rows if not viol[r.key]), key=fastest_first)
+            objective = "min_latency"
     verdicts: dict[tuple[str, str], Alternative] = {}
     pin = state.pins.get(model)
     if pin is not None and pin in by_key:

@@ -66,13 +66,14 @@ class VariantRow:
         p50, p95 = scaled(self.latency_ms_p50, self.latency_ms_p95, s)
         return replace(self, latency_ms_p50=p50, latency_ms_p95=p95, ttft_ms=scaled(self.ttft_ms, None, s)[0], state=s)
 
-    def request_ms(self, tokens: int | None) -> float | None:
-        """p95 latency of one request (``tokens`` generated tokens for a per-token row)."""
-        if self.latency_ms_p95 is None:
+    def request_ms(self, tokens: int | None, pct: int = 95) -> float | None:
+        """p95 (or ``pct=50``: p50) latency of one request (``tokens`` generated tokens for a per-token row)."""
+        lat = self.latency_ms_p95 if pct == 95 else self.latency_ms_p50
+        if lat is None:
             return None
         if self.unit != "token":
-            return self.latency_ms_p95
-        return (self.ttft_ms or 0.0) + max(1, tokens or 1) * self.latency_ms_p95
+            return lat
+        return (self.ttft_ms or 0.0) + max(1, tokens or 1) * lat
 
     def request_j(self, tokens: int | None) -> float | None:
         if self.energy_j is None:
