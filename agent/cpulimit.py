@@ -88,6 +88,9 @@ class _Cgroup:
 class CgroupV2(_Cgroup):
     kind = "cgroup2"
 
+    def set_weight(self, tasks: int) -> None:
+        _write(self.path / "cpu.weight", f"{max(1, min(10000, 100 * tasks))}\n")
+
     def set_cores(self, cores: float | None) -> None:
         val = "max" if cores is None else str(max(1000, int(cores * PERIOD_US)))
         _write(self.path / "cpu.max", f"{val} {PERIOD_US}\n")
@@ -96,6 +99,9 @@ class CgroupV2(_Cgroup):
 
 class CgroupV1(_Cgroup):
     kind = "cgroup1"
+
+    def set_weight(self, tasks: int) -> None:
+        _write(self.path / "cpu.shares", f"{max(2, 1024 * tasks)}\n")
 
     def set_cores(self, cores: float | None) -> None:
         _write(self.path / "cpu.cfs_period_us", f"{PERIOD_US}\n")
@@ -132,8 +138,15 @@ class ThreadLimiter:
         return f"threads/affinity ({'no limit' if self.cores is None else f'{self.cores:g} cores, rounded up'})"
 
 
-def make_limiter(name: str, root: Path | str = "/sys/fs/cgroup", prefer: str | None = None) -> CpuLimiter:
-    """A limiter for a new group ``name``: cgroup v2, else cgroup v1, else threads (see the module doc)."""
+def make_limiter(name: str, root: Path | str = "/sys/fs/cgroup", prefer: str | None = None,
+                 tasks: int | None = None) -> CpuLimiter:
+    """A limiter for a new group ``name``: cgroup v2, else cgroup v1, else threads (see the module doc).
+
+    A child cgroup competes with its siblings *as one entity*: with the default weight (v1 ``cpu.shares``
+    1024, v2 ``cpu.weight`` 100) a group running two busy threads gets the share of one process of its
+    parent. So the group's weight is set to ``tasks`` (default: the CPU count) times the default, as if its
+    threads sat in the parent; the quota is then the only limit."""
+    tasks = tasks or os.cpu_count() or 1
     root = Path(root)
     order = [prefer] if prefer else ["cgroup2", "cgroup1", "threads"]
     errors: list[str] = []
@@ -145,16 +158,20 @@ def make_limiter(name: str, root: Path | str = "/sys/fs/cgroup", prefer: str | N
                     sub = (root / "cgroup.subtree_control")
                     if "cpu" not in sub.read_text().split():
                         _write(sub, "+cpu\n")
-                    lim: CpuLimiter = CgroupV2(root / name)
-                    lim.set_cores(None)
-                    return lim
+                    v2 = CgroupV2(root / name)
+                    v2.set_cores(None)
+                    if (v2.path / "cpu.weight").exists():
+                        v2.set_weight(tasks)
+                    return v2
                 errors.append(f"cgroup2: no cpu controller in {ctl}")
             elif kind == "cgroup1":
                 base = root / "cpu"
                 if (base / "cpu.cfs_quota_us").exists():
-                    lim = CgroupV1(base / name)
-                    lim.set_cores(None)
-                    return lim
+                    v1 = CgroupV1(base / name)
+                    v1.set_cores(None)
+                    if (v1.path / "cpu.shares").exists():
+                        v1.set_weight(tasks)
+                    return v1
                 errors.append(f"cgroup1: no {base / 'cpu.cfs_quota_us'}")
             elif kind == "threads":
                 return ThreadLimiter()

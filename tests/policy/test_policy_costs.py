@@ -199,8 +199,11 @@ def test_limiter_falls_back_to_cgroup1_then_threads(tmp_path: Path) -> None:
     v1 = tmp_path / "v1" / "cpu"
     v1.mkdir(parents=True)
     (v1 / "cpu.cfs_quota_us").write_text("-1\n")
-    lim = make_limiter("g", tmp_path / "v1")
+    (v1 / "g").mkdir()
+    (v1 / "g" / "cpu.shares").write_text("1024\n")
+    lim = make_limiter("g", tmp_path / "v1", tasks=2)
     assert isinstance(lim, CgroupV1)
+    assert (v1 / "g" / "cpu.shares").read_text() == "2048\n"   # weighs as two tasks of the parent
     lim.set_cores(0.25)
     assert (v1 / "g" / "cpu.cfs_quota_us").read_text() == "25000\n"
     t = make_limiter("g", tmp_path / "nothing")
