@@ -1,6 +1,6 @@
 """Live proof: throttle agentd's own cgroup CPU quota while a client sends requests with a deadline.
 
-    python -m agent.throttle --zoo ZOO [--model smollm2] [--deadline-ms 2500] [--tokens 16]
+    python -m agent.throttle --zoo ZOO [--model smollm2] [--deadline-ms MS] [--tokens 16]
         [--phase-s 40] [--quota-cores 0.5] [--out result.json]
 
 One agentd is started **inside a child cgroup** (made by :func:`agent.cpulimit.make_limiter`: cgroup v2
@@ -135,10 +135,33 @@ def run_arm(name: str, sock: Path, lim: CpuLimiter, model: str, schedule: list[t
     return arm
 
 
-def run(zoo: Path, model: str = "smollm2", deadline_ms: float = 2500.0, tokens: int = 16, phase_s: float = 40.0,
+def pick_deadline(zoo: Path, model: str, tokens: int, quota_cores: float, slack: float = 1.25) -> float:
+    """A deadline the reference (fp32) meets at full CPU with ``slack``, from the zoo's measured figures at
+    that state: the p95 request latency of fp32 at compute 1.0 x slack. Raises if the fastest variant could
+    not meet it at the throttled quota either (then no deadline separates static fp32 from the policy)."""
+    from agent.policy.cli import zoo_table
+    from agent.policy.costs import NOMINAL, ComputeState
+
+    rows = [r for r in zoo_table(zoo)[0] if r.model == model]
+    ref = next((r for r in rows if r.variant == "fp32"), None)
+    if ref is None:
+        raise CpuLimitError(f"{zoo}: model {model!r} has no measured fp32 row")
+    d = float(ref.at(NOMINAL).request_ms(tokens) or 0.0) * slack
+    c = quota_cores / float(os.cpu_count() or 1)
+    fastest = min(float(r.at(ComputeState(c, 0.0, c, 1.0)).request_ms(tokens) or 1e18) for r in rows)
+    if fastest > d:
+        raise CpuLimitError(f"no deadline separates the arms: fp32 needs {d / slack:.0f} ms at full CPU, the "
+                            f"fastest variant {fastest:.0f} ms at {quota_cores:g} cores")
+    return round(d, -1)
+
+
+def run(zoo: Path, model: str = "smollm2", deadline_ms: float | None = None, tokens: int = 16, phase_s: float = 40.0,
         quota_cores: float = 0.5, prompt: str = "What is the capital of France?", workdir: Path | None = None,
         mechanism: str | None = None, log: Any = print) -> dict[str, Any]:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="throttle-"))
+    if deadline_ms is None:
+        deadline_ms = pick_deadline(zoo, model, tokens, quota_cores)
+        log(f"deadline {deadline_ms:g} ms (fp32's measured p95 request latency at full CPU x 1.25)")
     lim = make_limiter(f"agentd-throttle-{os.getpid()}", prefer=mechanism)
     proc = None
     try:
@@ -180,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m agent.throttle", description=__doc__.split("\n")[0])
     ap.add_argument("--zoo", type=Path, required=True)
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--deadline-ms", type=float, default=2500.0)
+    ap.add_argument("--deadline-ms", type=float, help="default: fp32's measured p95 request latency at full CPU x 1.25")
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--phase-s", type=float, default=40.0)
     ap.add_argument("--quota-cores", type=float, default=0.5)

@@ -18,7 +18,7 @@ There is no battery-saver reading in the Snapshot, so battery state does not cha
 **Curves** (measured by ``agent/zoo/build/costs.py`` under a CPU quota of 100/50/25 % and with a competing
 load, written to ``<zoo>/<model>/costs.toml``): ``CostCurve.at(state)`` interpolates
 
-* between quota points linearly in ``1/compute`` (latency of CPU-bound work grows as 1/compute);
+* between quota points (latency made non-increasing in compute) linearly in ``1/compute`` (latency of CPU-bound work grows as 1/compute);
   below the lowest measured point latency is extrapolated as ``× lowest/compute`` and energy held;
 * the competing-load effect as the ratio of the measured load point to the no-load point at full quota,
   applied in proportion ``min(1, load / load_measured)``.
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +94,20 @@ class CostCurve:
     meter: str = "model"
 
     def _base(self) -> list[CostPoint]:
-        return sorted((p for p in self.points if p.load == 0), key=lambda p: p.compute)
+        """The no-load points by compute, latency made non-increasing in compute (less CPU is never
+        faster: on a contended machine a point measured at less quota can come out faster by chance; the
+        file keeps the raw figures)."""
+        pts = sorted((p for p in self.points if p.load == 0), key=lambda p: -p.compute)
+        out: list[CostPoint] = []
+        for p in pts:
+            if out:
+                hi = out[-1]
+                p = replace(p, latency_ms_p50=max(p.latency_ms_p50, hi.latency_ms_p50),
+                            latency_ms_p95=max(p.latency_ms_p95, hi.latency_ms_p95),
+                            ttft_ms=max(p.ttft_ms, hi.ttft_ms) if p.ttft_ms is not None and hi.ttft_ms is not None
+                            else p.ttft_ms)
+            out.append(p)
+        return out[::-1]
 
     def at(self, s: ComputeState) -> CostPoint:
         base = self._base()

@@ -70,6 +70,13 @@ def test_curve_hits_measured_points_and_interpolates_in_inverse_compute() -> Non
     assert loaded.latency_ms_p95 == pytest.approx(12.0 * (1 + 0.5 * (24 / 12 - 1)))
 
 
+def test_a_point_measured_faster_at_less_quota_is_read_as_no_faster() -> None:
+    noisy = CostCurve((CostPoint(1.0, 0.0, 30.0, 40.0, 0.5), CostPoint(0.5, 0.0, 20.0, 35.0, 0.5),
+                       CostPoint(0.25, 0.0, 50.0, 90.0, 0.5)))
+    assert noisy.at(ComputeState(0.5, 0.0)).latency_ms_p95 == 40.0
+    assert noisy.at(ComputeState(0.25, 0.0)).latency_ms_p95 == 90.0
+
+
 def test_rows_without_a_curve_scale_latency_as_inverse_compute_and_keep_energy() -> None:
     r = row("a", 1.0, 10.0, 0.3)
     s = r.at(ComputeState(0.25, 0.0, 0.25, 1.0))
