@@ -60,6 +60,11 @@ class Arm:
             p[r["outcome"]] += 1
         out["phases"] = phases
         out["variants"] = sorted({r["variant"] for r in self.requests if r.get("variant")})
+        toks = [r["tokens"] for r in self.requests if r.get("tokens") is not None]
+        out["mean_tokens"] = sum(toks) / len(toks) if toks else None
+        for ph in phases:
+            lat = sorted(r["latency_ms"] for r in self.requests if r["phase"] == ph and r.get("variant"))
+            phases[ph]["p50_ms"] = lat[len(lat) // 2] if lat else None  # type: ignore[assignment]
         out["swaps"] = [{"to": s.get("to"), "from": s.get("from"), "ts": s.get("ts"), "why": _why(s.get("reason"))}
                         for s in sorted(self.swaps, key=lambda s: float(s.get("ts") or 0))]
         return out
@@ -105,9 +110,11 @@ def run_arm(name: str, sock: Path, lim: CpuLimiter, model: str, schedule: list[t
                 t0 = time.perf_counter()
                 rec: dict[str, Any] = {"phase": ph, "t": time.time()}
                 try:
-                    final = c.complete(model, prompt, max_tokens=tokens, deadline_ms=deadline_ms)
+                    final = c.complete(model, messages=[{"role": "user", "content": prompt}], max_tokens=tokens,
+                                       deadline_ms=deadline_ms)
                     ms = (time.perf_counter() - t0) * 1000
                     rec.update(variant=final.variant, latency_ms=round(ms, 1),
+                               tokens=(final.usage or {}).get("completion_tokens"),
                                outcome="met" if ms <= deadline_ms else "late")
                 except DeadlineInfeasible as e:
                     rec.update(outcome="refused", error=str(e), latency_ms=round((time.perf_counter() - t0) * 1000, 1))
@@ -156,7 +163,7 @@ def pick_deadline(zoo: Path, model: str, tokens: int, quota_cores: float, slack:
 
 
 def run(zoo: Path, model: str = "smollm2", deadline_ms: float | None = None, tokens: int = 16, phase_s: float = 40.0,
-        quota_cores: float = 0.5, prompt: str = "What is the capital of France?", workdir: Path | None = None,
+        quota_cores: float = 0.5, prompt: str = "Tell me a long story about a robot who learns to paint.", workdir: Path | None = None,
         mechanism: str | None = None, log: Any = print) -> dict[str, Any]:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="throttle-"))
     if deadline_ms is None:
