@@ -10,6 +10,7 @@
    oracle and one static baseline per (variant, device), each model separately, with the Pareto verdicts.
 4. The fixture tables (FACTS.md figures) on the shipped traces and the synthetic scenarios.
 
+``--skip-timing`` leaves out parts 1-2 (the tables are deterministic: no lock or quiet machine needed).
 ``--write-docs`` replaces the generated part of docs/SIMULATION.md (between the ``bench_policy`` markers).
 """
 
@@ -94,7 +95,7 @@ MEASURED_WORKLOAD = "rate=0.2/s,smollm2.tokens=32,smollm2.deadline_ms=2000,siler
 BEGIN, END = "<!-- bench_policy:begin -->", "<!-- bench_policy:end -->"
 
 
-def measured_tables(zoo: Path, verbose: bool) -> None:
+def measured_tables(zoo: Path, verbose: bool, curves: bool = True) -> None:
     from agent.policy.cli import zoo_table
     from agent.policy.table import by_model
     from agent.policy.trace import load_trace
@@ -103,10 +104,15 @@ def measured_tables(zoo: Path, verbose: bool) -> None:
     table, errs = zoo_table(zoo)
     for k, v in errs.items():
         print(f"warning: {k}: {v}", file=sys.stderr)
+    if not curves:
+        import dataclasses
+
+        table = [dataclasses.replace(r, curve=None) for r in table]
     pol = load_policy([REPO / "policies" / "balanced.toml"])
     wl = parse_workload(MEASURED_WORKLOAD)
     models = by_model(table)
-    print(f"\n### Measured zoo, default policy `balanced.toml`, workload `{MEASURED_WORKLOAD}`\n")
+    how = "with the measured cost curves" if curves else "nominal figures only (curves ignored: latency x 1/compute)"
+    print(f"\n### Measured zoo, {how}; default policy `balanced.toml`, workload `{MEASURED_WORKLOAD}`\n")
     print("Rows (nominal figures; `basis`: measured cost curve under quota/load, or latency scaled by 1/compute):\n")
     print("| model | row | quality | p95 ms (per unit) | J (per unit) | unit | basis | curve mechanism |")
     print("|---|---|---|---|---|---|---|---|")
@@ -182,18 +188,21 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--skip-sim", action="store_true")
+    ap.add_argument("--skip-timing", action="store_true", help="no CEL/decide() timings (the tables only)")
     ap.add_argument("--zoo", type=Path, help="a measured zoo (SmolLM2 + Silero VAD) for the measured tables")
     ap.add_argument("--write-docs", action="store_true", help="rewrite the generated part of docs/SIMULATION.md")
     ap.add_argument("--verbose", action="store_true", help="also print every full report")
     args = ap.parse_args()
-    bench_cel(args.repeat)
-    bench_decide(args.repeat)
+    if not args.skip_timing:
+        bench_cel(args.repeat)
+        bench_decide(args.repeat)
     if args.skip_sim:
         return
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         if args.zoo:
             measured_tables(args.zoo, args.verbose)
+            measured_tables(args.zoo, args.verbose, curves=False)
         print("\n### Fixture tables (FACTS.md SmolLM2 figures; issue 3's targets)")
         sim_tables(args.verbose)
     text = buf.getvalue()

@@ -208,8 +208,8 @@ def _choose(model: str, rows: list[VariantRow], cons: Constraints, objective: st
     """Feasible = the profile's constraints plus the demand's deadline. When no row meets both the profile's
     quality floor and the deadline, the floor relaxes to the requests' own (``demand.min_quality``) and the
     best-quality row that meets the deadline wins; when no row meets the deadline at all, the fastest row that
-    meets the rest (at the requests' floor) wins - the closest to the deadline; requests that cannot make it
-    are refused at once by the daemon."""
+    meets the profile's constraints wins - the closest to the deadline, without giving up quality that would
+    not buy it; requests that cannot make it are refused at once by the daemon."""
     cur_key = state.current.get(model)
     by_key = {r.key: r for r in rows}
     cur = by_key.get(cur_key) if cur_key else None
@@ -230,8 +230,8 @@ def _choose(model: str, rows: list[VariantRow], cons: Constraints, objective: st
                           key=lambda r: r.request_ms(cons.request_tokens) or 0.0, default=None)
             note = (f"deadline {cons.deadline_ms:g} ms infeasible on every variant"
                     + (f" (fastest {fastest.label} {fastest.request_ms(cons.request_tokens):.0f} ms)" if fastest else "")
-                    + "; the fastest that meets the rest")
-            cons = replace(cons, deadline_ms=None, min_quality=relaxed.min_quality)
+                    + "; the fastest at the profile's floor (a lower floor would not buy the deadline)")
+            cons = replace(cons, deadline_ms=None)
             viol = {r.key: violations(r, cons, objective, snapshot, cur) for r in rows}
             tok = cons.request_tokens
 

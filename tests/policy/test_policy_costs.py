@@ -125,7 +125,7 @@ def test_a_deadline_no_variant_can_meet_is_dropped_and_named_with_the_fastest() 
     d = decide(snap(quota=0.1), PolicyState(), quality_first(), TABLE, 0.0, {"llm": Demand(deadline_ms=10.0, tokens=16)})
     c = d.choices["llm"]
     assert "infeasible on every variant" in c.why and "fastest int4@cpu" in c.why
-    assert c.variant == "int4"          # the closest to the deadline, not the best quality
+    assert c.variant == "int8"          # the fastest at the profile's floor (int4 is below it and misses too)
     assert c.constraints is not None and c.constraints.deadline_ms is None
 
 
