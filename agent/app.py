@@ -82,6 +82,10 @@ class App:
                              on_disconnect=self.on_disconnect)
         self.ready = asyncio.Event()
         self.http: Any = None
+        from agent.http.metrics import Metrics   # Prometheus: fed by the telemetry rows (GET /metrics, IPC metrics)
+
+        self.metrics = Metrics(self)
+        self.telemetry.listeners.append(self.metrics.on_record)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -164,7 +168,11 @@ class App:
         return {"infer": self.h_infer, "models": self.h_models, "status": self.h_status, "pin": self.h_pin,
                 "unpin": self.h_unpin, "hold": self.h_hold, "release": self.h_release,
                 "reload": self.h_reload, "subscribe": self.h_subscribe, "history": self.h_history,
-                "generate": self.h_generate, "cancel": self.h_cancel}
+                "generate": self.h_generate, "cancel": self.h_cancel, "metrics": self.h_metrics}
+
+    async def h_metrics(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        """The Prometheus text exposition (the same as ``GET /metrics``)."""
+        return {"text": (await self.metrics.render()).decode()}, []
 
     async def h_generate(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         """Stream tokens as ``token`` notifications ({id, text, index}); the response is the whole text,

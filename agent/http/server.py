@@ -83,7 +83,7 @@ class HttpServer:
         try:
             import uvicorn
 
-            from agent.http.openai_api import build_app
+            from agent.http.asgi import build_app
         except ImportError as e:
             raise AgentError(f"--http needs starlette and uvicorn ({e}); install the 'llm' extra") from None
 
