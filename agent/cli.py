@@ -21,7 +21,7 @@ from agent.paths import default_socket
 
 # modules that add sub-commands (missing ones are skipped, so a partial install still works)
 PLUGIN_MODULES = ("agent.zoo.cli", "agent.sensors.cli", "agent.policy.cli", "agent.service_cli", "agent.llm.cli",
-                  "agent.demo")
+                  "agent.demo", "agent.top")
 
 
 def _client(a: argparse.Namespace) -> Any:

@@ -5,16 +5,19 @@ port, and the shipped laptop-workday sensor trace (so battery and thermal readin
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from doors_helpers import LLM, MLP  # noqa: E402
+
 HAVE_HTTP = all(importlib.util.find_spec(m) is not None for m in ("starlette", "uvicorn"))
 TRACE = Path(__file__).resolve().parents[2] / "agent" / "sensors" / "traces" / "laptop_workday.jsonl"
-LLM = "tiny"
-MLP = "mlp"
 
 
 @pytest.fixture(scope="session")
@@ -46,14 +49,3 @@ def url(doors_daemon: Any) -> str:
         u = c.status()["daemon"]["http"]
     assert u and u.startswith("http://127.0.0.1:")
     return str(u)
-
-
-def alive(daemon: Any, url: str) -> None:
-    """agentd still answers on both doors (socket and HTTP)."""
-    import urllib.request
-
-    assert daemon.proc.poll() is None, daemon.log_text()[-3000:]
-    with daemon.client() as c:
-        assert c.status()["daemon"]["pid"] == daemon.proc.pid
-    with urllib.request.urlopen(url + "/v2/health/live", timeout=30) as r:
-        assert r.status == 200
