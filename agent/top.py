@@ -166,7 +166,10 @@ def _terminal(out: Any) -> Iterator[bool]:
 
 
 def _draw(out: Any, lines: list[str]) -> None:
-    cols, rows = shutil.get_terminal_size((100, 30))
+    try:   # the terminal's own size first: $COLUMNS may be stale (it is not updated on resize)
+        cols, rows = os.get_terminal_size(out.fileno())
+    except (OSError, ValueError, AttributeError):
+        cols, rows = shutil.get_terminal_size((100, 30))
     body = "".join(f"{ln[:cols]}\x1b[K\r\n" for ln in lines[: rows - 1])
     out.write("\x1b[H" + body + "\x1b[J")
     out.flush()
