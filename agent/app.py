@@ -21,6 +21,7 @@ from typing import Any
 from agent import __version__
 from agent.control import Controller
 from agent.errors import AgentError, InvalidParams, NotFound
+from agent.http.metrics import Metrics
 from agent.ipc import protocol as P
 from agent.ipc.server import REQUEST_ID, Peer, Server
 from agent.policy.engine import PolicyEngine
@@ -82,9 +83,7 @@ class App:
                              on_disconnect=self.on_disconnect)
         self.ready = asyncio.Event()
         self.http: Any = None
-        from agent.http.metrics import Metrics   # Prometheus: fed by the telemetry rows (GET /metrics, IPC metrics)
-
-        self.metrics = Metrics(self)
+        self.metrics = Metrics(self)   # Prometheus, fed by telemetry rows (GET /metrics, IPC metrics)
         self.telemetry.listeners.append(self.metrics.on_record)
 
     # -- lifecycle ----------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def _p95(values: list[float]) -> float | None:
     if not values:
         return None
     v = sorted(values)
-    return v[min(len(v) - 1, int(round(0.95 * (len(v) - 1))))]
+    return v[min(len(v) - 1, round(0.95 * (len(v) - 1)))]
 
 
 def _median(values: list[float]) -> float | None:
@@ -81,8 +81,9 @@ def frame(status: dict[str, Any], requests: list[dict[str, Any]], swaps: list[di
           now: float) -> list[str]:
     """The screen as lines (no escapes)."""
     d = status.get("daemon") or {}
-    lines = [f"agentd {d.get('version', '?')}  pid {d.get('pid', '?')}  up {d.get('uptime_s', 0):.0f}s   "
-             f"{time.strftime('%H:%M:%S', time.localtime(now))}   (q quits)", ""]
+    head = (f"agentd {d.get('version', '?')}  pid {d.get('pid', '?')}  up {d.get('uptime_s', 0):.0f}s   "
+            f"{time.strftime('%H:%M:%S', time.localtime(now))}   (q quits)")
+    lines = [head, ""]
     figs = model_figures(requests, now)
     lines.append(f"{'MODEL':<16}{'KIND':<11}{'ACTIVE':<18}{'REQ/S':>7}{'P95 MS':>9}{'TOK/S':>8}"
                  f"{'J/TOK|REQ':>11}{'ERR/1M':>8}{'TOTAL':>8}")

@@ -33,7 +33,15 @@ from starlette.routing import Route
 
 from agent import __version__
 from agent.errors import AgentError
-from agent.http.common import BadEncoding, BodyTooLarge, DoorError, decode_content, http_peer, read_body, status_of
+from agent.http.common import (
+    BadEncoding,
+    BodyTooLarge,
+    DoorError,
+    decode_content,
+    http_peer,
+    read_body,
+    status_of,
+)
 from agent.ipc import protocol as P
 
 # KServe datatype <-> the dtypes our wire protocol carries

@@ -79,7 +79,7 @@ class Metrics:
                 why = (reason.get("rule") or reason.get("why")) if isinstance(reason, dict) else reason
                 self.swaps.labels(_s(row.get("model")), _s(row.get("from")), _s(row.get("to")),
                                   _s(row.get("device")), _s(why) or "unknown").inc()
-        except Exception:   # noqa: BLE001
+        except Exception:
             log.exception("metrics: cannot observe a %s row", table)
 
     def _request(self, row: dict[str, Any]) -> None:

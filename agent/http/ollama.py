@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -65,7 +65,7 @@ def _bad(message: str) -> OllamaError:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def split_name(name: Any) -> tuple[str, str | None]:
@@ -208,7 +208,7 @@ def routes(agent_app: Any) -> list[Route]:
         tag = f"{m.name}:{variant_id}" if variant_id else m.name
         mtime = m.folder.stat().st_mtime if m.folder.exists() else 0.0
         return {"name": tag, "model": tag,
-                "modified_at": datetime.fromtimestamp(mtime, timezone.utc).isoformat().replace("+00:00", "Z"),
+                "modified_at": datetime.fromtimestamp(mtime, UTC).isoformat().replace("+00:00", "Z"),
                 "size": int(shown.size_bytes or 0), "digest": shown.sha256 or "", "details": details(m, shown.id)}
 
     def llms() -> list[Any]:

@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from doors_helpers import LLM, MLP  # noqa: E402
+from doors_helpers import LLM, MLP
 
 HAVE_HTTP = all(importlib.util.find_spec(m) is not None for m in ("starlette", "uvicorn"))
 TRACE = Path(__file__).resolve().parents[2] / "agent" / "sensors" / "traces" / "laptop_workday.jsonl"

@@ -9,7 +9,7 @@ import pytest
 from doors_helpers import MLP, alive, declared_huge, error_of, leave_mid_body, raw
 
 th = pytest.importorskip("tritonclient.http")
-from tritonclient.utils import InferenceServerException  # noqa: E402
+from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.integration
 

@@ -105,7 +105,7 @@ def test_a_variant_tag_is_honoured_only_as_the_policy_allows(url, doors_daemon, 
     c = _client(url)
     r = c.chat(model=f"{LLM}:int8", messages=CHAT, options={"num_predict": 4})
     assert r.model == f"{LLM}:fp32"   # fp32 is pinned: the tag does not override it, the reply says so
-    st, hdr, body = raw(url, "POST", "/api/chat", json.dumps({"model": f"{LLM}:int8", "messages": CHAT,
+    _, hdr, body = raw(url, "POST", "/api/chat", json.dumps({"model": f"{LLM}:int8", "messages": CHAT,
                                                               "stream": False, "options": {"num_predict": 2}}).encode())
     d = json.loads(body)
     assert d["agent"]["requested_variant"] == "int8" and d["agent"]["variant"] == "fp32" == hdr["x-agent-variant"]
@@ -186,7 +186,9 @@ def test_a_client_leaving_mid_generation_cancels_it_and_frees_its_kv(url, doors_
     conn.sock.close()   # leave without reading the rest
     conn.close()
     assert wait_for(lambda: _llm(doors_daemon)["cancelled"] > before, timeout=30), _llm(doors_daemon)
-    st = wait_for(lambda: (lambda s: s if s["active_generations"] == 0 and s["live_kv_bytes"] == 0 else None)(
-        _llm(doors_daemon)), timeout=30)
-    assert st, _llm(doors_daemon)
+    def freed() -> bool:
+        s = _llm(doors_daemon)
+        return bool(s["active_generations"] == 0 and s["live_kv_bytes"] == 0)
+
+    assert wait_for(freed, timeout=30), _llm(doors_daemon)
     alive(doors_daemon, url)

@@ -36,7 +36,7 @@ class Tmux:
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         assert TMUX is not None
         return subprocess.run([TMUX, "-S", str(self.sock), "-f", "/dev/null", *args], capture_output=True,
-                              text=True, timeout=30)
+                              text=True, timeout=30, check=False)
 
     def screen(self) -> str:
         return self.run("capture-pane", "-p", "-t", "top").stdout
@@ -73,7 +73,7 @@ def test_top_shows_live_figures_that_change_under_traffic_and_q_quits(top, doors
     screen = top.screen()
     assert "MODEL" in screen and "REQ/S" in screen and "P95 MS" in screen and "recent swaps" in screen
     assert re.search(r"sensors \(trace:laptop_workday\.jsonl\): battery \d+%", screen), screen
-    assert re.search(rf"^{LLM} +causal-lm +(fp32|int8)@cpu", screen, re.M), screen
+    assert re.search(rf"^{LLM} +causal-lm +(fp32|int8)@cpu", screen, re.MULTILINE), screen
     total0 = int(_row(screen, MLP)[-1])   # type: ignore[index]
     x = np.ones((1, 16), np.float32)
     with doors_daemon.client() as c:
@@ -99,14 +99,14 @@ def test_top_quits_on_ctrl_c_with_exit_0(top):
 
 def test_top_once_prints_one_frame_without_a_terminal(doors_daemon):
     out = subprocess.run([sys.executable, "-m", "agent.cli", "--socket", str(doors_daemon.socket), "top", "--once"],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     assert "\x1b" not in out.stdout and _row(out.stdout, MLP) and _row(out.stdout, LLM)
     bad = subprocess.run([sys.executable, "-m", "agent.cli", "--socket", str(doors_daemon.socket), "top",
-                          "--interval", "0"], capture_output=True, text=True, timeout=60)
+                          "--interval", "0"], capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2 and "--interval" in bad.stderr
     gone = subprocess.run([sys.executable, "-m", "agent.cli", "--socket", "/tmp/no-such-agentd.sock", "top", "--once"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert gone.returncode == 1
 
 
