@@ -18,7 +18,7 @@ Tensor data comes as JSON (``data``: flat or nested lists) or with the binary-da
 when the request asks (``parameters.binary_data_output``, or ``binary_data`` per output). Requests run
 through the App's own ``infer`` handler (validation, telemetry, energy). Errors are
 ``{"error": "message"}`` with 400 (bad request), 404 (unknown model or version), 413 (body over the
-IPC frame limit), 503 (nothing ready).
+IPC frame limit, or a JSON part over 16 MiB), 503 (nothing ready).
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ TO_NUMPY = {"BOOL": "bool", "UINT8": "uint8", "INT8": "int8", "INT16": "int16", 
             "INT64": "int64", "FP16": "float16", "FP32": "float32", "FP64": "float64"}
 FROM_NUMPY = {v: k for k, v in TO_NUMPY.items()}
 REQUEST_KEYS = {"id", "inputs", "outputs", "parameters"}
+# the JSON part of a request: tensors as JSON lists cost ~40 bytes of Python objects per value, so they are
+# bounded well below the binary limit (the IPC frame limit)
+MAX_JSON = 16 << 20
 INPUT_KEYS = {"name", "shape", "datatype", "data", "parameters"}
 
 
@@ -78,6 +81,9 @@ def parse_request(body: bytes, header_len: str | None, inputs_wanted: dict[str, 
         n = int(header_len)
     else:
         n = len(body)
+    if n > MAX_JSON:
+        raise KServeError(413, f"the JSON part of the request is larger than {MAX_JSON} bytes; "
+                               "send large tensors with the binary data extension")
     try:
         req = json.loads(body[:n])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -156,3 +156,10 @@ def test_a_1gb_declared_body_and_a_client_leaving_mid_body_are_refused_without_r
     inp = th.InferInput("x", [1, 16], "FP32")
     inp.set_data_from_numpy(x)
     assert _client(url).infer(MLP, [inp]).as_numpy("y").shape == (1, 4)
+
+
+def test_a_json_part_over_16_mib_is_refused_even_below_the_binary_limit(url, doors_daemon):
+    body = b'{"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [' + b"0," * (9 << 20) + b"0]}]}"
+    st, _, out = raw(url, "POST", f"/v2/models/{MLP}/infer", body)
+    assert st == 413 and "binary data extension" in error_of(out)
+    alive(doors_daemon, url)
