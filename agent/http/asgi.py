@@ -17,20 +17,18 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from agent.http import kserve, ollama, openai_api
-from agent.http.common import DoorError
+from agent.http.common import DoorError, MessageError
 
 log = logging.getLogger("agent.http")
 
 
 def _error(path: str, status: int, message: str, code: str | None = None) -> Response:
-    if path.startswith("/v2"):
-        return JSONResponse({"error": message}, status_code=status)
-    if path.startswith("/api"):
-        return JSONResponse({"error": message}, status_code=status)
+    if path.startswith(("/v2", "/api")):   # KServe v2 and Ollama share {"error": "message"}
+        return MessageError(status, message).response()
     if path.startswith("/metrics"):
         return PlainTextResponse(message + "\n", status_code=status)
     kind = "server_error" if status >= 500 else "invalid_request_error"

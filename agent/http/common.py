@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from agent.errors import AgentError, Busy, InvalidParams, LoadError, NotFound, Unavailable
 from agent.ipc.server import Peer
@@ -21,6 +21,17 @@ class DoorError(Exception):
 
     def response(self) -> Response:
         raise NotImplementedError
+
+
+class MessageError(DoorError):
+    """``{"error": "message"}`` with an HTTP status: the error shape KServe v2 and Ollama share."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+    def response(self) -> Response:
+        return JSONResponse({"error": self.message}, status_code=self.status)
 
 
 def status_of(e: AgentError) -> int:

@@ -36,7 +36,7 @@ from agent.errors import AgentError
 from agent.http.common import (
     BadEncoding,
     BodyTooLarge,
-    DoorError,
+    MessageError,
     decode_content,
     http_peer,
     read_body,
@@ -55,13 +55,8 @@ MAX_JSON = 16 << 20
 INPUT_KEYS = {"name", "shape", "datatype", "data", "parameters"}
 
 
-class KServeError(DoorError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
-
-    def response(self) -> Response:
-        return JSONResponse({"error": self.message}, status_code=self.status)
+class KServeError(MessageError):
+    """An error in KServe v2's shape."""
 
 
 def _bad(message: str) -> KServeError:

@@ -38,7 +38,7 @@ from starlette.routing import Route
 
 from agent import __version__
 from agent.errors import AgentError
-from agent.http.common import BodyTooLarge, DoorError, Gen, read_body, run_unless_disconnected, status_of
+from agent.http.common import BodyTooLarge, Gen, MessageError, read_body, run_unless_disconnected, status_of
 
 MAX_BODY = 4 << 20
 DEFAULT_MAX_TOKENS = 256
@@ -51,13 +51,8 @@ GENERATE_KEYS = COMMON_KEYS | {"prompt", "system", "raw", "suffix", "images", "c
 NEVER = "2318-08-20T00:00:00Z"   # expires_at of a model nothing unloads on a timer (what Ollama shows for -1)
 
 
-class OllamaError(DoorError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
-
-    def response(self) -> Response:
-        return JSONResponse({"error": self.message}, status_code=self.status)
+class OllamaError(MessageError):
+    """An error in Ollama's shape."""
 
 
 def _bad(message: str) -> OllamaError:
