@@ -35,6 +35,34 @@ def _error(path: str, status: int, message: str, code: str | None = None) -> Res
     return openai_api.ApiError(status, message, kind, None, code).response()
 
 
+def door_of(path: str) -> str:
+    for prefix, door in (("/v1", "openai"), ("/v2", "kserve"), ("/api", "ollama"), ("/metrics", "metrics")):
+        if path == prefix or path.startswith(prefix + "/"):
+            return door
+    return "other"
+
+
+class CountResponses:
+    """ASGI middleware: counts every HTTP response by door and status (``agent_http_responses_total``),
+    so requests refused at a door (bad JSON, 413, 404) show up even though they never reach the App."""
+
+    def __init__(self, app: Any, metrics: Any) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        door = door_of(scope.get("path", ""))
+
+        async def counting_send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.http_response(door, int(message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
 def build_app(agent_app: Any) -> Starlette:
     """``agent_app`` is :class:`agent.app.App`."""
     from agent.http.metrics import metrics_route
@@ -54,5 +82,8 @@ def build_app(agent_app: Any) -> Starlette:
 
     routes: list[Route] = [*openai_api.routes(agent_app), *kserve.routes(agent_app), *ollama.routes(agent_app),
                            metrics_route(agent_app)]
+    from starlette.middleware import Middleware
+
     return Starlette(routes=routes, exception_handlers={DoorError: on_door_error, HTTPException: on_http_error,
-                                                        Exception: on_error})
+                                                        Exception: on_error},
+                     middleware=[Middleware(CountResponses, metrics=agent_app.metrics)])

@@ -5,7 +5,8 @@ Two kinds of figures:
 
 - **observed** as they happen, from the telemetry rows agentd already writes (``Telemetry.listeners``):
   requests and errors by model/variant/device, latency and time-to-first-token histograms, generated
-  tokens, decode tokens/s of the last generation, joules, swaps by reason;
+  tokens, decode tokens/s of the last generation, joules, swaps by reason; and (from the HTTP
+  listener's middleware) every HTTP response by door and status code;
 - **read at scrape time** from the daemon's state (:class:`StateCollector`): the active variant per
   model, worker memory, queue depth, KV and prefix-cache bytes, average J/request, sensor readings.
   A reading that is unknown (no battery, no thermal zone) has no sample, never a made-up value.
@@ -65,6 +66,8 @@ class Metrics:
         self.joules = Counter("agent_energy_joules", "Energy attributed to requests.", [*mvd, "meter"], registry=r)
         self.swaps = Counter("agent_swaps", "Variant swaps by reason.", ["model", "from_variant", "to_variant",
                                                                        "device", "reason"], registry=r)
+        self.http = Counter("agent_http_responses", "HTTP responses by door and status code.", ["door", "code"],
+                            registry=r)
         self.llm: dict[str, dict[str, Any] | None] = {}
         r.register(StateCollector(self))
 
@@ -81,6 +84,9 @@ class Metrics:
                                   _s(row.get("device")), _s(why) or "unknown").inc()
         except Exception:
             log.exception("metrics: cannot observe a %s row", table)
+
+    def http_response(self, door: str, status: int) -> None:
+        self.http.labels(door, str(status)).inc()
 
     def _request(self, row: dict[str, Any]) -> None:
         lab = (_s(row.get("model")), _s(row.get("variant")), _s(row.get("device")))

@@ -15,7 +15,8 @@ from doors_helpers import LLM, MLP, alive, raw, wait_for
 parser = pytest.importorskip("prometheus_client.parser")
 pytestmark = pytest.mark.integration
 
-COUNTERS = ["agent_requests", "agent_request_errors", "agent_generated_tokens", "agent_energy_joules", "agent_swaps"]
+COUNTERS = ["agent_requests", "agent_request_errors", "agent_generated_tokens", "agent_energy_joules", "agent_swaps",
+            "agent_http_responses"]
 HISTOGRAMS = ["agent_request_latency_seconds", "agent_time_to_first_token_seconds"]
 GAUGES = ["agent_decode_tokens_per_second", "agent_build_info", "agent_uptime_seconds", "agent_active_variant",
           "agent_worker_rss_bytes", "agent_queue_depth", "agent_kv_cache_bytes", "agent_prefix_cache_bytes",
@@ -95,6 +96,16 @@ def test_request_counters_and_latency_histograms_follow_the_traffic(traffic):
     assert sum(s.value for s in inf) == sum(s.value for s in count)
     ttft = _samples(traffic, "agent_time_to_first_token_seconds", "agent_time_to_first_token_seconds_count", model=LLM)
     assert sum(s.value for s in ttft) >= 2
+
+
+def test_http_responses_are_counted_by_door_and_status_even_when_refused_at_the_door(traffic):
+    def n(door: str, code: str) -> float:
+        return sum(s.value for s in _samples(traffic, "agent_http_responses", "agent_http_responses_total",
+                                             door=door, code=code))
+
+    assert n("kserve", "200") >= 3 and n("kserve", "400") >= 1
+    assert n("ollama", "200") >= 2 and n("ollama", "400") >= 1
+    assert n("metrics", "200") >= 1
 
 
 def test_tokens_energy_and_speed_are_sane(traffic):
