@@ -244,7 +244,8 @@ def routes(agent_app: Any) -> list[Route]:
             res, bufs = await agent_app.h_infer(http_peer(), {"model": m.name, "inputs": descs}, memoryview(payload))
         except AgentError as e:
             raise KServeError(status_of(e), e.message) from None
-        arrays = P.tensors_from(res["outputs"], memoryview(bufs[0]) if bufs else memoryview(b""))
+        data = bufs[0] if len(bufs) == 1 else b"".join(bytes(memoryview(b)) for b in bufs)
+        arrays = P.tensors_from(res["outputs"], memoryview(data))
         outs: list[dict[str, Any]] = []
         blobs: list[bytes] = []
         for name, binary in chosen:

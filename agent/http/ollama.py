@@ -6,6 +6,9 @@
     GET  /api/ps          what is loaded: the active variant, its device and memory
     POST /api/show        template, parameters, details of one model
     GET  /api/version
+    GET  /                    "Ollama is running" (what Ollama's CLI checks)
+
+Other Ollama routes (pull, push, create, copy, delete, embed) answer 404: models come from the zoo.
 
 Model names: ``smollm2`` (or ``smollm2:latest``) is served by whatever variant the policy chose;
 ``smollm2:int4`` asks for a variant for that call. The policy stays in charge: the tag is honoured when
@@ -33,7 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from agent import __version__
@@ -209,6 +212,9 @@ def routes(agent_app: Any) -> list[Route]:
     def llms() -> list[Any]:
         return [m for _, m in sorted(agent_app.manifests.items()) if m.kind == "causal-lm"]
 
+    async def root(request: Request) -> Response:   # Ollama's CLI checks that the server is up with HEAD /
+        return PlainTextResponse("Ollama is running (ondevice-agent: /api Ollama, /v1 OpenAI, /v2 KServe, /metrics)")
+
     async def version(request: Request) -> Response:
         return JSONResponse({"version": __version__})
 
@@ -344,6 +350,7 @@ def routes(agent_app: Any) -> list[Route]:
         return await converse(request, False)
 
     return [
+        Route("/", root, methods=["GET", "HEAD"]),
         Route("/api/version", version, methods=["GET"]),
         Route("/api/tags", tags, methods=["GET"]),
         Route("/api/ps", ps, methods=["GET"]),

@@ -66,6 +66,8 @@ def test_list_ps_show_and_version_describe_the_models_and_what_is_loaded(url, fp
     assert e.value.status_code == 404
     st, _, body = raw(url, "GET", "/api/version")
     assert st == 200 and json.loads(body)["version"]
+    st, _, body = raw(url, "HEAD", "/")
+    assert st == 200   # what Ollama's CLI checks before anything else
 
 
 def test_chat_streamed_and_not_equals_the_in_process_greedy_output(url, reference, fp32):
