@@ -163,3 +163,41 @@ def test_a_json_part_over_16_mib_is_refused_even_below_the_binary_limit(url, doo
     st, _, out = raw(url, "POST", f"/v2/models/{MLP}/infer", body)
     assert st == 413 and "binary data extension" in error_of(out)
     alive(doors_daemon, url)
+
+
+def test_infers_through_the_door_during_swaps_never_fail_and_match_the_variant_they_name(url, doors_daemon, doors_zoo):
+    import threading
+
+    x = np.random.default_rng(3).standard_normal((4, 16)).astype(np.float32)
+    want = {v: _in_process(doors_zoo, v, x) for v in ("fp32", "int8")}
+    seen: list[tuple[str, np.ndarray]] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def client_loop() -> None:
+        c = _client(url)
+        inp = th.InferInput("x", [4, 16], "FP32")
+        inp.set_data_from_numpy(x)
+        try:
+            while not stop.is_set():
+                r = c.infer(MLP, [inp])
+                seen.append((r.get_response()["model_version"], r.as_numpy("y")))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=client_loop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        with doors_daemon.client() as ipc:
+            for v in ("int8", "fp32", "int8", "fp32"):
+                ipc.pin(MLP, v)
+            ipc.unpin(MLP)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not errors, errors[:3]
+    assert {v for v, _ in seen} == {"fp32", "int8"}
+    for v, y in seen:
+        np.testing.assert_array_equal(y, want[v])
