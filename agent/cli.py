@@ -46,7 +46,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     d = st["daemon"]
     print(f"agentd {d['version']}  pid {d['pid']}  up {d['uptime_s']}s  socket {d['socket']}")
     if d.get("http"):
-        print(f"HTTP: {d['http']}  (/v1 OpenAI, /api Ollama, /v2 KServe, /metrics Prometheus)")
+        print(f"HTTP endpoint: {d['http']}/v1 (OpenAI); also /api (Ollama), /v2 (KServe), /metrics (Prometheus)")
     if d.get("reload_error"):
         print(f"last reload failed: {d['reload_error']}")
     for k in ("policy", "sensors"):
