@@ -8,7 +8,7 @@ active variant@device, requests/s over the last 10 s, p95 latency, decode tokens
 J/request) over the last minute, errors; the sensor readings; the recent swaps with their reasons.
 Plain ANSI escapes (alternate screen, cursor home, clear to end of line), no curses: it works in any
 terminal, over SSH and under tmux. ``q`` or Ctrl-C quits; a daemon that goes away is shown and
-retried. ``--once`` prints one frame without escapes (for scripts and pipes).
+retried. ``--once`` (or a stdout that is not a terminal) prints one frame without escapes.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def cmd_top(a: argparse.Namespace) -> int:
         st, reqs, swaps = gather(c)
         return frame(st, reqs, swaps, time.time())
 
-    if a.once:
+    if a.once or not sys.stdout.isatty():   # a pipe or a file gets one plain frame, not escapes
         with Client(a.socket) as c:
             print("\n".join(snapshot(c)))
         return 0

@@ -105,6 +105,9 @@ def test_top_once_prints_one_frame_without_a_terminal(doors_daemon):
     bad = subprocess.run([sys.executable, "-m", "agent.cli", "--socket", str(doors_daemon.socket), "top",
                           "--interval", "0"], capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2 and "--interval" in bad.stderr
+    piped = subprocess.run([sys.executable, "-m", "agent.cli", "--socket", str(doors_daemon.socket), "top"],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert piped.returncode == 0 and "\x1b" not in piped.stdout and _row(piped.stdout, MLP)
     gone = subprocess.run([sys.executable, "-m", "agent.cli", "--socket", "/tmp/no-such-agentd.sock", "top", "--once"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert gone.returncode == 1
