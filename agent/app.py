@@ -21,6 +21,7 @@ from typing import Any
 from agent import __version__
 from agent.control import QOS_KEYS, Controller, parse_qos
 from agent.errors import AgentError, ConfigError, InvalidParams, NotFound
+from agent.http.metrics import Metrics
 from agent.ipc import protocol as P
 from agent.ipc.server import REQUEST_ID, Peer, Server, claim_socket_path
 from agent.policy.engine import PolicyEngine
@@ -83,6 +84,8 @@ class App:
                              on_disconnect=self.on_disconnect)
         self.ready = asyncio.Event()
         self.http: Any = None
+        self.metrics = Metrics(self)   # Prometheus, fed by telemetry rows (GET /metrics, IPC metrics)
+        self.telemetry.listeners.append(self.metrics.on_record)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -173,7 +176,11 @@ class App:
         return {"infer": self.h_infer, "models": self.h_models, "status": self.h_status, "pin": self.h_pin,
                 "unpin": self.h_unpin, "hold": self.h_hold, "release": self.h_release,
                 "reload": self.h_reload, "subscribe": self.h_subscribe, "history": self.h_history,
-                "generate": self.h_generate, "cancel": self.h_cancel}
+                "generate": self.h_generate, "cancel": self.h_cancel, "metrics": self.h_metrics}
+
+    async def h_metrics(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        """The Prometheus text exposition (the same as ``GET /metrics``)."""
+        return {"text": (await self.metrics.render()).decode()}, []
 
     async def h_generate(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         """Stream tokens as ``token`` notifications ({id, text, index}); the response is the whole text,

@@ -22,7 +22,7 @@ from agent.paths import default_socket
 
 # modules that add sub-commands (missing ones are skipped, so a partial install still works)
 PLUGIN_MODULES = ("agent.zoo.cli", "agent.sensors.cli", "agent.policy.cli", "agent.service_cli", "agent.llm.cli",
-                  "agent.demo")
+                  "agent.demo", "agent.top")
 
 
 def _client(a: argparse.Namespace) -> Any:
@@ -48,7 +48,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     print(f"agentd {d['version']}  pid {d['pid']}  up {F.duration(d['uptime_s'])}  socket {d['socket']}")
     print(f"  zoo {d.get('zoo', '-')}  state {d.get('state_dir', '-')}")
     if d.get("http"):
-        print(f"  OpenAI-compatible HTTP endpoint: {d['http']}/v1")
+        print(f"  HTTP endpoint: {d['http']}/v1 (OpenAI); also /api (Ollama), /v2 (KServe), /metrics (Prometheus)")
     if d.get("reload_error"):
         print(f"  last reload failed: {d['reload_error']}")
     if st.get("policy"):
