@@ -105,7 +105,7 @@ class Worker:
         return {"pid": os.getpid(), "rss_bytes": _rss(), "loaded": self.sess is not None or self.llm is not None}, []
 
     def load(self, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
-        from agent.runtime.session import open_session, sample_inputs
+        from agent.runtime.session import open_session, warm_up
 
         if self.sess is not None or self.llm is not None:
             raise LoadError("worker already holds a variant")
@@ -123,11 +123,7 @@ class Worker:
         if expect:
             _check_signature(expect, info)
         t0 = time.perf_counter()
-        n = int(params.get("warmup_runs", 3))
-        if n:
-            feed = sample_inputs(sess)
-            for _ in range(n):
-                sess.run(None, feed)
+        info["warmup"] = warm_up(sess, int(params.get("warmup_runs", 3)), params.get("warmup_file"))
         info["warmup_ms"] = (time.perf_counter() - t0) * 1e3
         if params.get("batch_check"):
             info["batch_invariant"] = batch_invariant(sess)
