@@ -208,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = p("pin", cmd_pin, "force a variant/device for a model (admin)")
     sp.add_argument("model")
     sp.add_argument("variant")
-    sp.add_argument("--device", default="cpu", help="cpu, gpu, npu or an execution provider name")
+    sp.add_argument("--device", default="", help="cpu, gpu, npu or an execution provider name "
+                    "(default: cpu; remote/split variants run where their manifest says)")
     sp = p("unpin", cmd_unpin, "let the policy choose again (admin)")
     sp.add_argument("model")
     sp = p("hold", cmd_hold, "hold a power profile while this command runs", json_flag=False)

@@ -22,6 +22,7 @@ same class again on the other side::
     ├── WorkerError                 -32030  a worker failed while running a request
     │   └── WorkerDied              -32031  the worker process is gone
     ├── Unavailable                 -32040  no variant is ready to serve (loading / shutting down)
+    │   └── RemoteUnavailable       -32041  a remote inference server did not answer (runtime fails over)
     ├── BuildError                  -32050  a zoo build step failed
     └── ConnectionClosed            -32060  client side: the daemon closed the connection
 """
@@ -130,6 +131,12 @@ class WorkerDied(WorkerError):
 
 class Unavailable(AgentError):
     code = -32040
+
+
+class RemoteUnavailable(Unavailable):
+    """A remote inference server (KServe v2) did not answer; the runtime fails over to a local variant."""
+
+    code = -32041
 
 
 class BuildError(AgentError):

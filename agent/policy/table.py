@@ -29,6 +29,7 @@ class VariantRow:
     energy_j: float | None
     memory_bytes: int | None
     load_ms: float | None = None     # time to load the variant (prices a swap in the simulator)
+    reachable: bool | None = None    # remote rows: the server answered its last probe (None = not remote)
 
     @property
     def key(self) -> tuple[str, str]:
