@@ -3,7 +3,7 @@
 Not part of the agent: this is the stock KServe Python server with a small custom ``kserve.Model`` that
 wraps an onnxruntime session, as a KServe user would write one. Tests start it on loopback::
 
-    python tests/remote/kserve_onnx.py --serve NAME=PATH [--serve NAME=PATH ...] --http_port N
+    python tests/hetero/kserve_onnx.py --serve NAME=PATH [--serve NAME=PATH ...] --http_port N
 
 KServe 0.21's REST server binds 0.0.0.0 unconditionally; this wrapper makes uvicorn bind 127.0.0.1 so
 the test server is reachable from this machine only. kserve parses its own flags (``--http_port``) from
