@@ -25,7 +25,7 @@ def kserve_python() -> str | None:
     cand = [os.environ.get("AGENT_KSERVE_PYTHON", ""), str(ROOT / ".venv-kserve" / "bin" / "python")]
     for p in cand:
         if p and Path(p).is_file():
-            r = subprocess.run([p, "-c", "import kserve, onnxruntime"], capture_output=True, timeout=120)
+            r = subprocess.run([p, "-c", "import kserve, onnxruntime"], capture_output=True, timeout=120, check=False)
             if r.returncode == 0:
                 return p
     return None

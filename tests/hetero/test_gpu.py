@@ -100,7 +100,7 @@ def test_swapping_cpu_and_gpu_under_load_loses_no_request(gpu, tensor_zoo):
                 try:
                     r = await _infer(rt, x)
                     devices.append(r.device)
-                except Exception as e:  # every failure counts
+                except Exception as e:  # noqa: BLE001 - every failure counts
                     failures.append(repr(e))
                 await asyncio.sleep(0)
 
@@ -184,7 +184,7 @@ def test_cpu_and_gpu_workers_serve_side_by_side_threads(gpu, tensor_zoo):
                 await rt.close()
         try:
             _run(go())
-        except Exception as e:  # every failure counts
+        except Exception as e:  # noqa: BLE001 - every failure counts
             errors.append(repr(e))
 
     ts = [threading.Thread(target=one, args=(d,)) for d in ("cpu", "gpu")]

@@ -99,7 +99,7 @@ def test_runtime_fails_over_to_the_local_variant_when_the_server_dies_under_load
             while not stop.is_set():
                 try:
                     r = await rt.infer("mlp", *_descs(x))
-                except Exception as e:  # every failure counts
+                except Exception as e:  # noqa: BLE001 - every failure counts
                     failures.append(repr(e))
                     continue
                 served.append(r.variant)
@@ -185,8 +185,7 @@ def _trace(path: Path, phases: list[tuple[int, float, bool]]) -> None:
     with open(path, "w") as f:
         f.write(json.dumps({"format": "ondevice-agent-sensor-trace", "version": 1, "interval_s": 1.0,
                             "source": "test"}) + "\n")
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+        f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 @pytest.mark.integration
@@ -231,7 +230,7 @@ def test_agentd_offloads_on_low_battery_returns_on_ac_and_fails_over_when_the_se
                 while not stop.is_set():
                     try:
                         r = c.infer("mlp", {"x": x})
-                    except Exception as e:  # every failure counts
+                    except Exception as e:  # noqa: BLE001 - every failure counts
                         failures.append(repr(e))
                         continue
                     seen.append(r.variant)

@@ -148,7 +148,7 @@ def run_measurement(req: dict[str, Any], timeout_s: float = 600.0) -> dict[str, 
     from agent.errors import BuildError
 
     r = subprocess.run([sys.executable, "-m", "agent.zoo.build.compare"], input=json.dumps(req), text=True,
-                       capture_output=True, timeout=timeout_s)
+                       capture_output=True, timeout=timeout_s, check=False)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         tail = " ".join((r.stderr or "").split()[-40:])
