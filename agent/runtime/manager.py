@@ -222,6 +222,16 @@ class Runtime:
                 log.info("remote %s model %s %s: %s", url, model, "reachable" if ok else "unreachable", why)
                 self.emit({"event": "remote_reachable" if ok else "remote_unreachable", "endpoint": url,
                            "model": model, "why": why})
+            if not ok:   # no await between marking it and failing over: the runtime, not the policy, moves first
+                for slot in self.slots.values():
+                    h = slot.active
+                    v = slot.manifest.variant(h.variant) if h is not None and h.variant else None
+                    if h is not None and v is not None and v.remote is not None and \
+                            (v.remote.endpoint, v.remote.model) == (url, model):
+                        try:
+                            await self._failover(slot, h, RemoteUnavailable(f"probe: {why}"))
+                        except AgentError as e:
+                            log.error("failover of %s failed: %s", slot.manifest.name, e)
 
     async def _probe_loop(self) -> None:
         while not self.closing:
