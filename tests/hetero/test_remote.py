@@ -284,3 +284,64 @@ def _runs(xs: list[str]) -> list[str]:
         if not out or out[-1] != x:
             out.append(x)
     return out
+
+
+def test_a_probe_that_finds_the_server_gone_fails_over_before_any_request_meets_it(kserve, tensor_zoo):
+    add_remote(tensor_zoo, "mlp", endpoint=kserve.url, remote_model="mlp", rounds=5, runs=3)
+    models, _ = load_zoo(tensor_zoo)
+    events: list[dict] = []
+
+    async def go() -> None:
+        rt = Runtime(models, spare_workers=0, emit=events.append, probe_interval_s=0.2)
+        try:
+            await rt.start({"mlp": ("int8", "cpu")})
+            await rt.swap("mlp", "remote", "remote")
+            kserve.kill()
+            deadline = time.monotonic() + 10
+            while rt.slots["mlp"].active.variant == "remote" and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert rt.slots["mlp"].active.variant == "int8"      # the last local variant, not the reference
+            r = await rt.infer("mlp", *_descs(np.ones((1, 256), np.float32)))
+            assert r.variant == "int8" and not r.retried
+        finally:
+            await rt.close()
+
+    _run(go())
+    fo = [e for e in events if e["event"] == "swap" and e["reason"].get("why") == "failover"]
+    assert len(fo) == 1 and fo[0]["reason"]["error"].startswith("probe: ")
+    assert any(e["event"] == "remote_unreachable" for e in events)
+
+
+def test_an_unreachable_remote_row_violates_and_the_policy_stays_local(tensor_zoo):
+    from agent.policy.decide import decide
+    from agent.policy.model import Policy, Profile
+    from agent.policy.state import PolicyState
+    from agent.policy.table import VariantRow
+    from agent.sensors.snapshot import Snapshot
+
+    rows = [VariantRow("mlp", "fp32", "cpu", "CPUExecutionProvider", "fp32", 1.0, 1.0, 1.5, 0.010, 1 << 20),
+            VariantRow("mlp", "remote", "remote", "kserve-v2:x", "fp32", 1.0, 3.0, 4.0, 0.001, 1 << 20)]
+    pol = Policy(profiles={"saver": Profile("saver", "min_energy")}, default="saver")
+    snap = Snapshot(mono_s=0.0, wall_s=0.0)
+    up = decide(snap, PolicyState(), pol, [rows[0], replace(rows[1], reachable=True)], 0.0)
+    assert up.choices["mlp"].variant == "remote"
+    down = decide(snap, PolicyState(), pol, [rows[0], replace(rows[1], reachable=False)], 0.0)
+    assert down.choices["mlp"].variant == "fp32"
+    assert any(a.variant == "remote" and "server unreachable" in a.why for a in down.choices["mlp"].alternatives)
+
+
+@pytest.mark.parametrize("remote,file,match", [
+    ('endpoint = "ftp://h:1"\nmodel = "m"', '""', "expected http://host:port"),
+    ('endpoint = "http://h:1"\nmodel = "a/b"', '""', "expected a model name"),
+    ('endpoint = "http://h:1"\nmodel = "m"\ntimeout_s = 0', '""', "timeout_s"),
+    ('endpoint = "http://h:1"\nmodel = "m"\nextra = 1', '""', "extra"),
+    ('endpoint = "http://h:1"\nmodel = "m"', '"fp32.onnx"', "a remote variant has no local file"),
+])
+def test_manifest_rejects_bad_remote_entries_naming_the_key(tensor_zoo, remote, file, match):
+    from agent.errors import ManifestError
+
+    path = tensor_zoo / "mlp" / "manifest.toml"
+    path.write_text(path.read_text() + f'\n[[variants]]\nid = "r"\nfile = {file}\nprecision = "fp32"\n'
+                                       f'[variants.remote]\n{remote}\n')
+    with pytest.raises(ManifestError, match=match):
+        load_manifest(tensor_zoo / "mlp")

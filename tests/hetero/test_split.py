@@ -144,3 +144,14 @@ def test_split_across_cpu_and_openvino_where_openvino_lists_a_device(tensor_zoo)
     m = build_split(tensor_zoo, "mlp", at=[["h1"]], devices=["cpu", "OpenVINOExecutionProvider"], rounds=5, runs=5)
     v = m.variant("fp32-split")
     assert [p["providers"] for p in v.build["placement"]] == [["CPUExecutionProvider"], ["OpenVINOExecutionProvider"]]
+
+
+def test_zoo_split_cli_reports_bad_input_with_exit_codes(tensor_zoo, capsys):
+    from agent.zoo.cli import main
+
+    assert main(["zoo", "split", "mlp", "--zoo", str(tensor_zoo)]) == 2
+    assert "--at and --devices are required" in capsys.readouterr().err
+    assert main(["zoo", "split", "mlp", "--zoo", str(tensor_zoo), "--at", "h1", "--devices", "cpu,foo"]) == 1
+    assert "no device matches 'foo'; available: cpu:CPUExecutionProvider" in capsys.readouterr().err
+    assert main(["zoo", "split", "mlp", "--zoo", str(tensor_zoo), "--list-cuts"]) == 0
+    assert capsys.readouterr().out.split() == ["h0", "h1", "h2", "y0"]
