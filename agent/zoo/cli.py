@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.errors import NotFound
+from agent.errors import InvalidParams, NotFound
 from agent.zoo.manifest import MANIFEST, Manifest, load_manifest, manifest_to_toml
 
 
@@ -159,7 +159,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         print("\n".join(cut_candidates(m.path_of(v))))
         return 0
     if not args.at or not args.devices:
-        raise ConfigError("zoo split: --at and --devices are required (or --list-cuts)")
+        raise InvalidParams("zoo split: --at and --devices are required (or --list-cuts)")
     m = build_split(zoo, args.model, at=[a.split(",") for a in args.at], devices=args.devices.split(","),
                     source=args.source, variant_id=args.id, tolerance=args.tolerance, cpu_watts=args.cpu_watts,
                     rounds=args.rounds, runs=args.runs)

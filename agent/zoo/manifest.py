@@ -261,17 +261,21 @@ def _measurement(c: Checker) -> Measurement:
     )
 
 
+def _check_file(c: Checker, folder: Path, rel: str, check_files: bool) -> None:
+    try:
+        path = safe_join(folder, rel)
+    except ManifestError as e:
+        raise c.error("file", e.message) from None
+    if check_files and not path.is_file():
+        raise c.error("file", f"expected an existing file, got missing {rel!r}")
+
+
 def _parts(vc: Checker, folder: Path, check_files: bool) -> tuple[Part, ...]:
     out = []
     for pc in vc.array_of_tables("parts"):
         pc.only({"file", "device", "sha256"})
         rel = pc.str("file")
-        try:
-            path = safe_join(folder, rel)
-        except ManifestError as e:
-            raise pc.error("file", e.message) from None
-        if check_files and not path.is_file():
-            raise pc.error("file", f"expected an existing file, got missing {rel!r}")
+        _check_file(pc, folder, rel, check_files)
         sha = pc.str("sha256", required=False)
         if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise pc.error("sha256", f"expected 64 lowercase hex digits, got {sha!r}")
@@ -346,12 +350,7 @@ def load_manifest(folder: Path, *, check_files: bool = True) -> Manifest:
         if remote is not None and rel:
             raise vc.error("file", "a remote variant has no local file; expected \"\"")
         if remote is None:
-            try:
-                path = safe_join(folder, rel)
-            except ManifestError as e:
-                raise vc.error("file", e.message) from None
-            if check_files and not path.is_file():
-                raise vc.error("file", f"expected an existing file, got missing {rel!r}")
+            _check_file(vc, folder, rel, check_files)
         parts = _parts(vc, folder, check_files)
         if parts and remote is not None:
             raise vc.error("parts", "a variant is either split (parts) or remote, not both")

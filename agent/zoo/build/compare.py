@@ -141,39 +141,15 @@ def measure(req: dict[str, Any]) -> dict[str, Any]:
 
 def run_measurement(req: dict[str, Any], timeout_s: float = 600.0) -> dict[str, Any]:
     """:func:`measure` in its own process (honest peak RSS; a crashing EP takes only that process)."""
-    import json
-    import subprocess
-    import sys
+    from agent.zoo.build.tensor_kind import run_worker
 
-    from agent.errors import BuildError
-
-    r = subprocess.run([sys.executable, "-m", "agent.zoo.build.compare"], input=json.dumps(req), text=True,
-                       capture_output=True, timeout=timeout_s, check=False)
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        tail = " ".join((r.stderr or "").split()[-40:])
-        raise BuildError(f"measurement process died (exit {r.returncode}): {tail}")
-    res: dict[str, Any] = json.loads(lines[-1])
-    if "error" in res:
-        raise BuildError(str(res["error"]))
-    return res
+    return run_worker(req, timeout_s, module="agent.zoo.build.compare")
 
 
 def main() -> int:
-    import json
-    import sys
+    from agent.zoo.build.measure_worker import serve_json
 
-    from agent.errors import AgentError
-
-    req = json.loads(sys.stdin.read())
-    try:
-        res = measure(req)
-    except AgentError as e:
-        res = {"error": e.message}
-    except Exception as e:  # noqa: BLE001 - one JSON error line for any failure
-        res = {"error": f"{type(e).__name__}: " + " ".join(str(e).split())[:400]}
-    sys.stdout.write(json.dumps(res) + "\n")
-    return 0 if "error" not in res else 2
+    return serve_json(measure)
 
 
 if __name__ == "__main__":
