@@ -162,3 +162,4 @@ def providers_ran(info: dict[str, Any]) -> list[str]:
     """The providers that were assigned nodes (from the recorded graph assignment), else the session's."""
     ran = [p for p, n in (info.get("assignment") or {}).items() if n]
     return sorted(ran) if ran else list(info.get("providers") or [])
+

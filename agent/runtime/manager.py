@@ -22,6 +22,7 @@ marks their policy rows ``reachable`` and drops rows for devices this machine do
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -90,6 +91,8 @@ class Runtime:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closing = False
         self.devices = devices
+        # discovered once, in a thread, so it overlaps the first worker's start instead of delaying it
+        self._devices_future = concurrent.futures.ThreadPoolExecutor(1, "discover").submit(devices)
         self.remote_probe = remote_probe
         self.probe_interval_s = probe_interval_s
         # (endpoint, remote model) -> (reachable, why, time.time()) from the background probe / failures
@@ -182,18 +185,25 @@ class Runtime:
         return out
 
     # -- placement ----------------------------------------------------------------------------------
-    def check_placement(self, m: Manifest, v: Variant, device: str) -> str:
+    async def known_devices(self) -> list[devmod.Device]:
+        devs: list[devmod.Device] = await asyncio.wrap_future(self._devices_future)
+        return list(devs)
+
+    async def check_placement(self, m: Manifest, v: Variant, device: str) -> str:
         """The device string to load ``v`` with; NotFound (listing what exists) when it is not here."""
         if m.kind != "tensor" and v.placement != "cpu":
             raise NotFound(f"{m.name}/{v.id}: {v.placement} variants are for tensor models")
-        return devmod.check_placement(device, v.placement, self.devices())
+        return devmod.check_placement(device, v.placement, await self.known_devices())
 
     def placeable(self, rows: list[Any]) -> list[Any]:
         """The policy's rows this machine can run now: rows for undiscovered devices are dropped, remote
         rows carry ``reachable`` from the last probe or failure."""
         from dataclasses import replace
 
-        have = {d.kind for d in self.devices()} | {devmod.REMOTE, devmod.SPLIT}
+        # until discovery has answered, only the CPU is assumed (the next decision sees the rest)
+        f = self._devices_future
+        devs = f.result() if f.done() and f.exception() is None else []
+        have = {d.kind for d in devs} | {"cpu", devmod.REMOTE, devmod.SPLIT}
         out = []
         for r in rows:
             if r.device not in have:
@@ -259,7 +269,7 @@ class Runtime:
         """Make ``variant`` on ``device`` the active one for ``model`` (make-before-break)."""
         slot = self.slot(model)
         v = slot.manifest.variant(variant)
-        device = self.check_placement(slot.manifest, v, device)   # refused before anything changes
+        device = await self.check_placement(slot.manifest, v, device)   # refused before anything changes
         reason = reason or {"why": "requested"}
         async with self.load_lock:
             cur = slot.active
