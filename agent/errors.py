@@ -22,9 +22,11 @@ same class again on the other side::
     ├── WorkerError                 -32030  a worker failed while running a request
     │   └── WorkerDied              -32031  the worker process is gone
     ├── Unavailable                 -32040  no variant is ready to serve (loading / shutting down)
-    │   └── RemoteUnavailable       -32041  a remote inference server did not answer (runtime fails over)
+    │   ├── DeadlineInfeasible      -32041  no variant can meet the request's deadline now (data names the fastest)
+    │   └── RemoteUnavailable       -32042  a remote inference server did not answer (runtime fails over)
     ├── BuildError                  -32050  a zoo build step failed
-    └── ConnectionClosed            -32060  client side: the daemon closed the connection
+    ├── ConnectionClosed            -32060  client side: the daemon closed the connection
+    └── CpuLimitError               -32070  a CPU quota (cgroup / affinity) could not be set
 """
 
 from __future__ import annotations
@@ -133,10 +135,14 @@ class Unavailable(AgentError):
     code = -32040
 
 
+class DeadlineInfeasible(Unavailable):
+    code = -32041
+
+
 class RemoteUnavailable(Unavailable):
     """A remote inference server (KServe v2) did not answer; the runtime fails over to a local variant."""
 
-    code = -32041
+    code = -32042
 
 
 class BuildError(AgentError):
@@ -145,6 +151,10 @@ class BuildError(AgentError):
 
 class ConnectionClosed(AgentError):
     code = -32060
+
+
+class CpuLimitError(AgentError):
+    code = -32070
 
 
 def _all_subclasses(cls: type[AgentError]) -> list[type[AgentError]]:

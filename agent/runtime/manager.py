@@ -42,7 +42,7 @@ from agent.ipc import protocol as P
 from agent.runtime import devices as devmod
 from agent.runtime.handle import WorkerHandle
 from agent.runtime.slots import InferResult, Slot, VariantState  # noqa: F401  (re-exported)
-from agent.zoo.manifest import Manifest, Variant
+from agent.zoo.manifest import Manifest, Variant, safe_join
 
 log = logging.getLogger("agent.runtime")
 swaplog = logging.getLogger("agent.swap")
@@ -147,7 +147,7 @@ class Runtime:
             return int(meas.peak_rss_bytes)
         if v.remote is not None:
             return 64 << 20                   # a worker holding an HTTP client, no weights
-        files = [m.path_of(v)] if not v.parts else [_part_path(m, p.file) for p in v.parts]
+        files = [m.path_of(v)] if not v.parts else [safe_join(m.folder, p.file) for p in v.parts]
         size = v.size_bytes or sum(f.stat().st_size for f in files if f.exists())
         return int(size * 2.5) + (64 << 20)   # prepacking peaks at ~2x weights (FACTS.md) + runtime
 
@@ -175,9 +175,10 @@ class Runtime:
         out: dict[str, Any] = {
             "path": str(m.path_of(v)) if v.remote is None else "", "sha256": v.sha256, "device": device,
             "threads": self.threads, "warmup_runs": self.warmup_runs, "kind": m.kind, "llm": m.llm,
+            "warmup_file": str(safe_join(m.folder, m.warmup)) if m.warmup else None,
             "signature": {"inputs": [s.to_toml() for s in m.inputs], "outputs": [s.to_toml() for s in m.outputs]}}
         if v.parts:
-            out["parts"] = [{"path": str(_part_path(m, p.file)), "device": p.device, "sha256": p.sha256}
+            out["parts"] = [{"path": str(safe_join(m.folder, p.file)), "device": p.device, "sha256": p.sha256}
                             for p in v.parts]
         if v.remote is not None:
             out["remote"] = {"endpoint": v.remote.endpoint, "model": v.remote.model, "version": v.remote.version,
@@ -314,7 +315,8 @@ class Runtime:
                      "from_device": old.device if old else None, "to": variant, "device": device,
                      "reason": reason, "load_ms": round(load_ms, 2), "warmup_ms": round(warm_ms, 2),
                      "swap_ms": round(total_ms, 2), "assignment": info.get("assignment"),
-                     "providers": devmod.providers_ran(info), "peak_rss_bytes": info.get("peak_rss_bytes")}
+                     "providers": devmod.providers_ran(info), "peak_rss_bytes": info.get("peak_rss_bytes"),
+                     "warmup": info.get("warmup")}
             swaplog.info("swap", extra={"fields": {k: v_ for k, v_ in event.items() if k != "event"}})
             self.emit(event)
             if old is not None:
@@ -523,8 +525,8 @@ class Runtime:
                             "remote": a.info.get("remote")} if a else None),
                 "pinned": {"variant": s.pinned[0], "device": s.pinned[1]} if s.pinned else None,
                 "requests": s.requests, "errors": s.errors,
-                "variants": {v.id: {"precision": v.precision, "placement": v.placement, **vars(s.state(v.id))}
-                             for v in s.manifest.variants},
+                "variants": {v.id: {"precision": v.precision, "placement": v.placement, **vars(s.state(v.id)),
+                                    **({"unfit": v.unfit} if v.unfit else {})} for v in s.manifest.variants},
             }
             remotes = {f"{v.remote.endpoint}/{v.remote.model}": self.reach.get((v.remote.endpoint, v.remote.model))
                        for v in s.manifest.variants if v.remote is not None}
@@ -533,8 +535,3 @@ class Runtime:
                                         for k, r in remotes.items()}
         return out
 
-
-def _part_path(m: Manifest, rel: str) -> Any:
-    from agent.zoo.manifest import safe_join
-
-    return safe_join(m.folder, rel)
