@@ -16,7 +16,7 @@ every response can name the variant and device that serve it: ``system_fingerpri
 generation (its KV memory is freed).
 
 Differences from OpenAI: ``temperature`` defaults to 0 (greedy, reproducible), ``n`` must be 1,
-``top_k``, ``deadline_ms`` and ``min_quality`` are accepted as extensions, unknown parameters are errors.
+``top_k``, ``deadline_ms``, ``min_quality`` and ``priority`` are accepted as extensions, unknown parameters are errors.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ MAX_BODY = 4 << 20
 MAX_STOPS = 4
 # OpenAI parameters we accept; the values we cannot honour are checked below
 COMMON = {"model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options", "n", "user",
-          "frequency_penalty", "presence_penalty", "logprobs", "top_k", "deadline_ms", "min_quality"}
+          "frequency_penalty", "presence_penalty", "logprobs", "top_k", "deadline_ms", "min_quality", "priority"}
 CHAT_KEYS = COMMON | {"messages", "max_completion_tokens", "top_logprobs"}
 COMPLETION_KEYS = COMMON | {"prompt", "echo", "suffix", "best_of"}
 ROLE_MAP = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -134,7 +134,7 @@ def translate(body: Any, chat: bool) -> tuple[dict[str, Any], bool, bool]:
     mt = body.get("max_completion_tokens", body.get("max_tokens")) if chat else body.get("max_tokens")
     if mt is not None:
         out["max_tokens"] = mt
-    for key in ("temperature", "top_p", "seed", "top_k", "deadline_ms", "min_quality"):
+    for key in ("temperature", "top_p", "seed", "top_k", "deadline_ms", "min_quality", "priority"):
         if body.get(key) is not None:
             out[key] = body[key]
     stop = body.get("stop")
