@@ -200,7 +200,7 @@ class Client:
     def status(self) -> Any:
         return self.call("status")[0]
 
-    def pin(self, model: str, variant: str, device: str = "cpu") -> Any:
+    def pin(self, model: str, variant: str, device: str = "") -> Any:
         return self.call("pin", {"model": model, "variant": variant, "device": device})[0]
 
     def unpin(self, model: str) -> Any:
@@ -366,7 +366,7 @@ class AsyncClient:
     async def ping(self) -> Any:
         return (await self.call("ping"))[0]
 
-    async def pin(self, model: str, variant: str, device: str = "cpu") -> Any:
+    async def pin(self, model: str, variant: str, device: str = "") -> Any:
         return (await self.call("pin", {"model": model, "variant": variant, "device": device}))[0]
 
     async def unpin(self, model: str) -> Any:

@@ -33,6 +33,7 @@ import orjson
 from agent.errors import AgentError, WorkerDied, WorkerError
 from agent.ipc import protocol as P
 from agent.runtime.cache import Entry, ResponseCache, digest
+from agent.runtime.devices import providers_ran
 from agent.runtime.handle import WorkerHandle
 from agent.runtime.slots import InferResult
 from agent.zoo.manifest import ServingConfig
@@ -181,6 +182,7 @@ class TensorFront:
         variant, device = h.variant or "?", h.device or "?"
         run_ms, cpu_s = float(result.get("run_ms", 0.0)), float(result.get("cpu_s", 0.0))
         n = len(batch)
+        providers = providers_ran(h.info)
         if n > 1:
             self.batches += 1
             self.batched_requests += n
@@ -198,7 +200,7 @@ class TensorFront:
             if p.key is not None:
                 self.cache.put(p.key, Entry(descs, b"".join(bufs), variant, device, run_ms))
             r = InferResult(descs, bufs if n > 1 else bufs[0], self.model, variant, device, run_ms, cpu_s / n,
-                            retried=p.retried, batch=n)
+                            retried=p.retried, batch=n, providers=providers)
             _call(p.done, r, None)
 
     def _fail(self, batch: list[Pending], err: AgentError) -> None:

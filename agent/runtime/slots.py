@@ -48,6 +48,7 @@ class InferResult:
     run_ms: float
     cpu_s: float
     retried: bool = False
+    providers: list[str] = field(default_factory=list)   # the EPs (or remote server) that ran the nodes
     batch: int = 1             # requests served by the same run (dynamic batching)
     cached: bool = False       # answered from the response cache
 
