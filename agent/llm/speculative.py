@@ -99,3 +99,31 @@ class Speculator:
                     "accepted": self.accepted,
                     "acceptance": self.accepted / self.drafted if self.drafted else None,
                     "tokens_per_round": (self.accepted + r) / r if r else None}
+
+
+def draft_for(llm: dict[str, Any] | None, variant: str, variants: set[str]) -> tuple[str, int] | None:
+    """The draft variant and k for serving ``variant``, from the manifest's ``[llm.speculative]`` table::
+
+        [llm.speculative]
+        k = 4
+        drafts = { fp32 = "int4", int8 = "int4" }     # served variant -> its draft
+    """
+    spec = (llm or {}).get("speculative")
+    if spec is None:
+        return None
+    where = "[llm.speculative]"
+    if not isinstance(spec, dict) or set(spec) - {"k", "drafts"}:
+        raise LoadError(f"{where}: expected a table with 'k' and 'drafts', got {spec!r}")
+    drafts = spec.get("drafts", {})
+    if not isinstance(drafts, dict) or not all(isinstance(v, str) for v in drafts.values()):
+        raise LoadError(f"{where} drafts: expected a table of variant = \"draft variant\", got {drafts!r}")
+    k = spec.get("k", 4)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise LoadError(f"{where} k: expected an integer in 1..{MAX_K}, got {k!r}")
+    d = drafts.get(variant)
+    if d is None:
+        return None
+    if d not in variants or d == variant:
+        raise LoadError(f"{where} drafts.{variant}: expected another variant of this model "
+                        f"({sorted(variants - {variant})}), got {d!r}")
+    return d, k
