@@ -149,3 +149,25 @@ def test_a_draft_of_another_vocabulary_is_a_load_error(table, tiny_build):
         target.set_draft(draft, k=2)
     with pytest.raises(LoadError, match="k"):
         target.set_draft(open_engine("int4", table), k=0)
+
+
+def test_logits_to_keep_edit_gives_the_same_tokens_and_only_the_last_rows(table, tmp_path):
+    import shutil
+
+    from agent.llm.graph_edit import add_logits_to_keep
+
+    d = tmp_path / "ltk"
+    shutil.copytree(DATA / "tiny_builder_fp32", d)
+    assert add_logits_to_keep(d / "model.onnx") and not add_logits_to_keep(d / "model.onnx")
+    plain = open_engine("fp32", table, prefix_cache_bytes=0)
+    edited = LLMEngine(d / "model.onnx", d / "tokenizer.json", table, threads=1, prefix_cache_bytes=0)
+    assert edited.decoder.has_logits_to_keep and not plain.decoder.has_logits_to_keep
+    for p in PROMPTS[:3]:
+        assert collect(edited.generate(p, {"max_tokens": 10}))[0] == collect(plain.generate(p, {"max_tokens": 10}))[0]
+    ids = plain.encode("hello there")
+    full, _ = plain.forward(ids, 0, plain.empty_kv())
+    np.testing.assert_allclose(edited.forward(ids, 0, edited.empty_kv())[0], full, atol=1e-5)  # all rows
+    st = edited.decoder.new_state(len(ids))
+    rows = edited.decoder.run(st, ids, keep=2)
+    assert rows.shape == (2, full.shape[1])
+    np.testing.assert_allclose(rows, full[-2:], atol=1e-5)
