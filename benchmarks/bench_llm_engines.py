@@ -140,9 +140,7 @@ def genai_contender(folder: Path, ids: list[int], n: int) -> Callable[[], dict[s
             while not g.is_done():
                 g.generate_next_token()
                 yield int(g.get_next_tokens()[0])
-        r = timed(toks(), t0)
-        del g
-        return r
+        return timed(toks(), t0)
     return run
 
 

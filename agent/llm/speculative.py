@@ -14,7 +14,7 @@ checks on a prompt set). Both KV caches roll back by length only (``Decoder.trun
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,7 +42,7 @@ class Speculator:
         self.rounds = self.drafted = self.accepted = self.emitted = 0
 
     def tokens(self, ids: list[int], st: DecodeState, logits: np.ndarray,
-               on_bytes: Callable[[int], None]) -> Iterator[int]:
+               on_bytes: Callable[[int], None]) -> Generator[int, None, None]:
         """The served variant's greedy tokens after ``ids`` (``st`` holds their KV, ``logits`` the next
         token's scores); lazily: the work for later tokens happens when they are asked for."""
         tdec, ddec, k = self.target.decoder, self.draft.decoder, self.k

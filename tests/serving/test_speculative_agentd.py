@@ -47,8 +47,8 @@ def make_builder_zoo(zoo: Path, speculative: dict[str, Any] | None) -> Path:
 
 
 def test_agentd_serves_fp32_with_an_int4_draft_token_identical_to_plain_greedy(tmp_path):
-    from tests.conftest import start_daemon
     from agent.llm.engine import LLMEngine
+    from tests.conftest import start_daemon
     from tests.serving.tinyzoo import greedy_text, llm_config
 
     folder = make_builder_zoo(tmp_path / "zoo", {"k": 3, "drafts": {"fp32": "int4"}})
