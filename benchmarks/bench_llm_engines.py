@@ -239,14 +239,14 @@ def prefix_cache_ttft(client: Any, model: str, reps: int = 3, chars: int = 1200)
 
 # -- speculative ------------------------------------------------------------------------------------
 def speculative(targets: dict[str, Path], draft: Path, tok: Path, table: dict[str, Any], threads: int,
-                prompts: list[str], n: int, k: int, rounds: int) -> dict[str, Any]:
+                prompts: list[str], n: int, k: int, rounds: int, min_p: float = 0.0) -> dict[str, Any]:
     from agent.llm.engine import LLMEngine
 
     out: dict[str, Any] = {}
     for name, path in targets.items():
         plain = LLMEngine(path, tok, table, threads=threads, prefix_cache_bytes=0)
         spec = LLMEngine(path, tok, table, threads=threads, prefix_cache_bytes=0)
-        spec.set_draft(LLMEngine(draft, tok, table, threads=threads, prefix_cache_bytes=0), k)
+        spec.set_draft(LLMEngine(draft, tok, table, threads=threads, prefix_cache_bytes=0), k, min_p)
         rows: dict[str, list[float | None]] = {"plain": [], "spec": [], "ratio": []}
         same = total = 0
         for _ in range(rounds):
@@ -291,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--spec-k", type=int, default=4)
     ap.add_argument("--spec-prompts", type=int, default=5)
+    ap.add_argument("--spec-min-p", type=float, default=0.0)
     ap.add_argument("--skip", default="", help="comma-separated contenders to leave out")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     a = ap.parse_args(argv)
@@ -401,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                 add_logits_to_keep(d / "model.onnx")
                 tdirs[v] = d / "model.onnx"
             res["speculative"] = speculative({"fp32": tdirs["fp32"], "int8": tdirs["int8"]}, tdirs["int4"], tok,
-                                             table, a.threads, ps, a.tokens, a.spec_k, max(1, a.rounds // 2))
+                                             table, a.threads, ps, a.tokens, a.spec_k, max(1, a.rounds // 2),
+                                             a.spec_min_p)
     res["loadavg_after"] = os.getloadavg()
     if a.json:
         print(json.dumps(res, indent=1))

@@ -148,14 +148,14 @@ class LLMEngine:
         self._totals = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cancelled": 0}
         self.speculator: Speculator | None = None
 
-    def set_draft(self, draft: LLMEngine | None, k: int = 4) -> None:
+    def set_draft(self, draft: LLMEngine | None, k: int = 4, min_p: float = 0.0) -> None:
         """Serve greedy requests with speculative decoding: ``draft`` (a smaller variant of the same model,
         same tokenizer) proposes ``k`` tokens, this variant verifies them in one run. The output is this
         variant's own greedy output. None turns it off."""
         if draft is None:
             self.speculator = None
             return
-        self.speculator = Speculator(self, draft, k)
+        self.speculator = Speculator(self, draft, k, min_p)
 
     def _check_signature(self) -> None:
         self.decoder = open_decoder(self.session, self.model_path.name, self.config)
