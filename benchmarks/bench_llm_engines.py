@@ -292,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spec-k", type=int, default=4)
     ap.add_argument("--spec-prompts", type=int, default=5)
     ap.add_argument("--spec-min-p", type=float, default=0.0)
+    ap.add_argument("--spec-tokens", type=int, default=64)
+    ap.add_argument("--spec-rounds", type=int, default=2)
     ap.add_argument("--skip", default="", help="comma-separated contenders to leave out")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     a = ap.parse_args(argv)
@@ -402,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                 add_logits_to_keep(d / "model.onnx")
                 tdirs[v] = d / "model.onnx"
             res["speculative"] = speculative({"fp32": tdirs["fp32"], "int8": tdirs["int8"]}, tdirs["int4"], tok,
-                                             table, a.threads, ps, a.tokens, a.spec_k, max(1, a.rounds // 2),
+                                             table, a.threads, ps, a.spec_tokens, a.spec_k, a.spec_rounds,
                                              a.spec_min_p)
     res["loadavg_after"] = os.getloadavg()
     if a.json:
