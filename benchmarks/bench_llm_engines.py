@@ -156,7 +156,7 @@ def llama_contender(gguf_path: Path, ids: list[int], n: int, threads: int) -> Ca
         t0 = time.perf_counter()
         it = llm.create_completion(ids, max_tokens=n, temperature=0.0, top_k=1, stream=True,
                                    logit_bias={eos: -1e9})
-        return timed(it, t0)
+        return timed((ch for ch in it if ch["choices"][0].get("finish_reason") is None), t0)
     return run
 
 
