@@ -63,6 +63,7 @@ class Controller:
         self._applying = False
         self._pending: Snapshot | None = None
         self._last_key: tuple[Any, ...] | None = None
+        self._unknown_logged: set[str] = set()   # rules over missing readings, logged once each
         self._table: list[VariantRow] = []
         self.hints: dict[str, dict[str, float]] = {}
         self._readings: tuple[EnergyReading | None, EnergyReading | None] = (None, None)
@@ -140,6 +141,11 @@ class Controller:
             log.exception("policy decision failed")
             return
         self.last_decision = d
+        for u in d.unknown:
+            if u not in self._unknown_logged:
+                self._unknown_logged.add(u)
+                log.warning("a rule reads an unknown value; it counts as false",
+                            extra={"fields": {"rule": u, "sensors": snap.source}})
         self._record(d)
         changes = [c for c in d.changes()
                    if c.model in self.runtime.slots and self.runtime.slots[c.model].pinned is None]

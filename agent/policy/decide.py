@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agent.policy.conditions import LEVEL_RANK, Activation
+from agent.policy.conditions import LEVEL_RANK, Activation, UnknownReading
 from agent.policy.model import Constraints, Policy, Profile, Rule
 from agent.policy.state import Hold, PolicyState, RuleMemory
 from agent.policy.table import VariantRow, by_model
@@ -60,6 +60,7 @@ class Decision:
     choices: dict[str, ModelChoice]
     state: PolicyState                # the state to pass to the next decide()
     errors: tuple[str, ...] = ()      # rule conditions that could not be evaluated on this snapshot
+    unknown: tuple[str, ...] = ()     # rules over readings this snapshot lacks (counted false, not errors)
     hold: str | None = None           # cookie of the winning hold
 
     def changes(self) -> list[ModelChoice]:
@@ -75,6 +76,7 @@ class Decision:
             "changes": ";".join(f"{c.model}:{_lbl(c.previous)}->{c.label}" for c in self.changes()),
             "choices": ";".join(f"{m}={c.label}" for m, c in sorted(self.choices.items())),
             "errors": "; ".join(self.errors),
+            "unknown": "; ".join(self.unknown),
         }
         for k, v in self.readings.items():
             out[f"r.{k}"] = v
@@ -88,10 +90,11 @@ def _lbl(key: tuple[str, str] | None) -> str:
 
 
 def _step_rules(policy: Policy, act: Activation, state: PolicyState, now: float
-                ) -> tuple[dict[str, RuleMemory], list[Rule], list[str]]:
+                ) -> tuple[dict[str, RuleMemory], list[Rule], list[str], list[str]]:
     memory: dict[str, RuleMemory] = {}
     active: list[Rule] = []
     errors: list[str] = []
+    unknown: list[str] = []
     for rule in policy.rules:
         mem = state.rules.get(rule.name, RuleMemory())
         if mem.active and rule.exit_when is not None:
@@ -102,7 +105,7 @@ def _step_rules(policy: Policy, act: Activation, state: PolicyState, now: float
             if err is not None and mem.active:
                 target = True       # an unreadable value does not end an active rule
         if err is not None:
-            errors.append(f"rule {rule.name}: {err}")
+            (unknown if isinstance(err, UnknownReading) else errors).append(f"rule {rule.name}: {err}")
         debounce = policy.switching.debounce_s if rule.debounce_s is None else rule.debounce_s
         if mem.active and rule.exit_debounce_s is not None:
             debounce = rule.exit_debounce_s
@@ -115,7 +118,7 @@ def _step_rules(policy: Policy, act: Activation, state: PolicyState, now: float
         memory[rule.name] = mem
         if mem.active:
             active.append(rule)
-    return memory, active, errors
+    return memory, active, errors, unknown
 
 
 def _winning_hold(policy: Policy, holds: tuple[Hold, ...]) -> Hold | None:
@@ -255,7 +258,7 @@ def decide(snapshot: Snapshot, state: PolicyState, policy: Policy, table: list[V
            now: float) -> Decision:
     """Choose (variant, device) for every model in ``table``; pure and deterministic."""
     act = Activation(snapshot)
-    memory, active, errors = _step_rules(policy, act, state, now)
+    memory, active, errors, unknown = _step_rules(policy, act, state, now)
     hold = _winning_hold(policy, state.holds)
     rule_name: str | None = None
     if hold is not None:
@@ -284,7 +287,7 @@ def decide(snapshot: Snapshot, state: PolicyState, policy: Policy, table: list[V
     return Decision(now=now, profile=profile.name, objective=objective, source=source, rule=rule_name,
                     rules_active=tuple(r.name for r in active), constraints=cons,
                     readings=_readings(policy, snapshot, act), choices=choices, state=new_state,
-                    errors=tuple(errors), hold=hold.cookie if hold else None)
+                    errors=tuple(errors), unknown=tuple(unknown), hold=hold.cookie if hold else None)
 
 
 def _objective(profile: Profile, cons: Constraints, snapshot: Snapshot) -> str:

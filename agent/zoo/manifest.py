@@ -153,6 +153,7 @@ class Manifest:
     folder: Path
     description: str = ""
     llm: dict[str, Any] | None = None
+    warmup: str | None = None     # warm-up inputs: an .npz in the model's folder (one array per input)
 
     def variant(self, vid: str) -> Variant:
         for v in self.variants:
@@ -223,10 +224,17 @@ def _measurement(c: Checker) -> Measurement:
 
 
 def _signature_mismatch(model: tuple[TensorSpec, ...], got: tuple[TensorSpec, ...]) -> str | None:
-    if [s.name for s in model] != [s.name for s in got]:
-        return f"tensors {[s.name for s in got]} != model's {[s.name for s in model]}"
-    for a, b in zip(model, got):
-        why = a.matches(b)
+    """Why ``got`` does not fit the model's tensors, matched by name (order does not matter: onnxruntime
+    feeds and fetches by name); None when it fits."""
+    want = {s.name: s for s in model}
+    have = {s.name: s for s in got}
+    missing = [n for n in want if n not in have]
+    extra = [n for n in have if n not in want]
+    if missing or extra:
+        parts = ([f"missing {missing}"] if missing else []) + ([f"extra {extra}"] if extra else [])
+        return f"tensors {', '.join(parts)} (model's: {list(want)})"
+    for name, spec in want.items():
+        why = spec.matches(have[name])
         if why:
             return why
     return None
@@ -236,7 +244,8 @@ def load_manifest(folder: Path, *, check_files: bool = True) -> Manifest:
     """Read and strictly validate ``folder/manifest.toml``."""
     doc = TomlDoc.load(folder / MANIFEST, ManifestError)
     c = Checker(doc, doc.data)
-    c.only({"schema", "name", "kind", "reference", "description", "inputs", "outputs", "variants", "llm"})
+    c.only({"schema", "name", "kind", "reference", "description", "inputs", "outputs", "variants", "llm",
+            "warmup"})
     schema = c.num("schema", integer=True)
     if schema != 1:
         raise c.error("schema", f"expected 1, got {schema}")
@@ -303,9 +312,17 @@ def load_manifest(folder: Path, *, check_files: bool = True) -> Manifest:
         if v.derived_from != "source" and v.derived_from not in seen:
             raise doc.error(["variants", i, "derived_from"],
                             f"expected 'source' or a variant id, got {v.derived_from!r}")
+    warmup = c.str("warmup", required=False)
+    if warmup is not None:
+        try:
+            wpath = safe_join(folder, warmup)
+        except ManifestError as e:
+            raise c.error("warmup", e.message) from None
+        if check_files and not wpath.is_file():
+            raise c.error("warmup", f"expected an .npz file in the model's folder, got missing {warmup!r}")
     return Manifest(name=name, kind=kind, reference=reference, inputs=inputs, outputs=outputs,
                     variants=tuple(variants), folder=folder, description=c.str("description", required=False) or "",
-                    llm=dict(llm_c.table) if llm_c else None)
+                    llm=dict(llm_c.table) if llm_c else None, warmup=warmup)
 
 
 def load_zoo(zoo: Path) -> tuple[dict[str, Manifest], dict[str, str]]:
@@ -347,6 +364,8 @@ def manifest_to_toml(m: Manifest) -> dict[str, Any]:
     out["outputs"] = [s.to_toml() for s in m.outputs]
     if m.llm:
         out["llm"] = m.llm
+    if m.warmup:
+        out["warmup"] = m.warmup
     vs = []
     for v in m.variants:
         d: dict[str, Any] = _drop_none({

@@ -40,6 +40,7 @@ from agent.zoo.manifest import (
     sha256_file,
     with_variant,
 )
+from agent.zoo.precision import verify as verify_precision
 from agent.zoo.recipe import Recipe, VariantSpec
 
 _OURS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*-[0-9a-f]{8}$")
@@ -270,9 +271,8 @@ class Builder:
             result = spec.builder.fn(ctx)
         except AgentError as e:
             raise self.fail(spec.id, f"{spec.method} failed: {e.message}") from e
-        except Exception as e:  # a tool's own exception: map at the boundary, keep it on one line
-            msg = " ".join(str(e).split())[:300] or type(e).__name__
-            raise self.fail(spec.id, f"{spec.method} failed: {type(e).__name__}: {msg}") from e
+        except Exception as e:  # a tool's own exception: map at the boundary, keep its cause
+            raise self.fail(spec.id, f"{spec.method} failed: {self._cause(spec.id, e)}") from e
         finally:
             root.setLevel(level)
         try:
@@ -281,7 +281,31 @@ class Builder:
             raise self.fail(spec.id, f"builder returned a bad file name: {e.message}") from e
         if not main.is_file():
             raise self.fail(spec.id, f"builder wrote no file {result.main!r}")
+        if main.suffix == ".onnx":
+            try:
+                label, _ = verify_precision(result.precision or spec.precision, main)
+            except ImportError:   # no onnx: the declared label stands
+                label = result.precision or spec.precision
+            except AgentError as e:
+                raise self.fail(spec.id, f"{spec.method}: {e.message}") from e
+            result = replace(result, precision=label)
         return result
+
+    def _cause(self, vid: str, e: Exception) -> str:
+        """A tool's error in one line that keeps its cause (ORT puts it at the end of a long message); the
+        whole message and traceback go to ``ZOO/<model>/.build-logs/<variant>.log``."""
+        import traceback
+
+        text = " ".join(str(e).split()) or type(e).__name__
+        line = text if len(text) <= 600 else f"{text[:200]} … {text[-380:]}"
+        logs = self.folder / ".build-logs"
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+            log = logs / f"{vid}.log"
+            log.write_text("".join(traceback.format_exception(e)), encoding="utf-8")
+            return f"{type(e).__name__}: {line} (full cause: {log})"
+        except OSError:
+            return f"{type(e).__name__}: {line}"
 
     def _measure(self, spec: VariantSpec, path: Path, manifest: Manifest | None) -> MeasureResult:
         is_ref = spec.id == self.recipe.reference
