@@ -398,6 +398,7 @@ class Runtime:
                 "active": {"variant": a.variant, "device": a.device, **a.describe()} if a else None,
                 "pinned": {"variant": s.pinned[0], "device": s.pinned[1]} if s.pinned else None,
                 "requests": s.requests, "errors": s.errors,
-                "variants": {v.id: {"precision": v.precision, **vars(s.state(v.id))} for v in s.manifest.variants},
+                "variants": {v.id: {"precision": v.precision, **vars(s.state(v.id)),
+                                    **({"unfit": v.unfit} if v.unfit else {})} for v in s.manifest.variants},
             }
         return out

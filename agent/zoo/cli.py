@@ -85,26 +85,53 @@ def _fmt(v: Any, scale: float = 1.0, digits: int = 2) -> str:
     return "-" if v is None else f"{v / scale:.{digits}f}"
 
 
+def _llm_row(m: Manifest, v: Any) -> list[str]:
+    meas = v.measurement("cpu") or (v.measurements[0] if v.measurements else None)
+    q = v.quality
+    em = (f"{q.exact_match:.3f}" + (f" ({q.exact_match_rel:.2f})" if q.exact_match_rel is not None else "")
+          if q is not None and q.exact_match is not None else "-")
+    ppl = q.perplexity if q is not None and q.perplexity is not None else (
+        q.value if q is not None and q.metric == "perplexity" else None)
+    return [
+        v.id + (" *" if v.id == m.reference else "") + (" !" if v.unfit else ""), v.precision,
+        _fmt(v.size_bytes, 1e6, 1), _fmt(ppl), _fmt(q.agreement if q else None, digits=3),
+        _fmt(q.mean_prefix if q else None, digits=1), em, _fmt(q.relative if q else None, digits=3),
+        _fmt(meas.tokens_per_s if meas else None, digits=1), _fmt(meas.ttft_ms if meas else None, digits=1),
+        _fmt(meas.peak_rss_bytes if meas else None, 1e6, 1),
+    ]
+
+
+def _tensor_row(m: Manifest, v: Any) -> list[str]:
+    meas = v.measurement("cpu") or (v.measurements[0] if v.measurements else None)
+    q = v.quality
+    return [
+        v.id + (" *" if v.id == m.reference else "") + (" !" if v.unfit else ""), v.precision, v.derived_from,
+        v.method or "-", _fmt(v.size_bytes, 1e6), f"{q.metric} {q.value:.4g}" if q else "-",
+        _fmt(q.relative if q else None, digits=3),
+        _fmt(meas.latency_ms_p50 if meas else None, digits=3), _fmt(meas.latency_ms_p95 if meas else None, digits=3),
+        _fmt(meas.load_ms if meas else None, digits=1), _fmt(meas.peak_rss_bytes if meas else None, 1e6, 1),
+        _fmt(meas.energy_j * 1000 if meas and meas.energy_j is not None else None, digits=4),
+    ]
+
+
 def table(m: Manifest) -> str:
-    head = ["variant", "precision", "from", "method", "size MB", "quality", "rel", "p50 ms", "p95 ms",
-            "load ms", "peak MB", "mJ/inf"]
-    rows = [head]
-    for v in m.variants:
-        meas = v.measurement("cpu") or (v.measurements[0] if v.measurements else None)
-        q = v.quality
-        rows.append([
-            v.id + (" *" if v.id == m.reference else ""), v.precision, v.derived_from, v.method or "-",
-            _fmt(v.size_bytes, 1e6), f"{q.metric} {q.value:.4g}" if q else "-", _fmt(q.relative if q else None,
-                                                                                  digits=3),
-            _fmt(meas.latency_ms_p50 if meas else None, digits=3), _fmt(meas.latency_ms_p95 if meas else None,
-                                                                        digits=3),
-            _fmt(meas.load_ms if meas else None, digits=1), _fmt(meas.peak_rss_bytes if meas else None, 1e6, 1),
-            _fmt(meas.energy_j * 1000 if meas and meas.energy_j is not None else None, digits=4),
-        ])
+    """The variant table; a causal-lm shows perplexity, greedy agreement, mean matched prefix and exact
+    match (with its ratio to the reference's) next to the relative quality the policy ranks."""
+    if m.kind == "causal-lm":
+        head = ["variant", "precision", "size MB", "perplexity", "agree", "prefix", "exact match (rel)",
+                "quality_rel", "tok/s", "ttft ms", "peak MB"]
+        row = _llm_row
+    else:
+        head = ["variant", "precision", "from", "method", "size MB", "quality", "rel", "p50 ms", "p95 ms",
+                "load ms", "peak MB", "mJ/inf"]
+        row = _tensor_row
+    rows = [head, *(row(m, v) for v in m.variants)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join([f"{m.name} ({m.kind}; * = reference, quality measured against it)", *lines])
+    notes = [f"! {v.id} is unfit (the policy never picks it): {v.unfit}" for v in m.variants if v.unfit]
+    return "\n".join([f"{m.name} ({m.kind}; * = reference, quality measured against it; ! = unfit)", *lines,
+                      *notes])
 
 
 def cmd_build(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from agent.zoo.build.registry import (
     get_kind,
     tool_versions,
 )
+from agent.zoo.floors import unfit_reason
 from agent.zoo.manifest import (
     MANIFEST,
     Manifest,
@@ -206,14 +207,21 @@ class Builder:
         if old is not None and manifest is not None and old.build.get("key") == bkey and _files_ok(manifest, old):
             self.paths[spec.id] = manifest.path_of(old)
             if old.build.get("measure_key") == mkey:
-                self.rep.done(label, 0.0, "up to date, skipped")
+                unfit = unfit_reason(spec.floors, old.quality)   # the recipe's floors may have changed
+                if unfit != old.unfit:
+                    manifest = replace(manifest, variants=tuple(replace(x, unfit=unfit) if x.id == spec.id else x
+                                                                for x in manifest.variants))
+                    save_manifest(manifest)
+                    self._log_unfit(spec.id, unfit)
+                self.rep.done(label, 0.0, "up to date, skipped" + (f"; unfit: {unfit}" if unfit else ""))
                 return manifest, StepReport(spec.id, "skipped")
             t = time.perf_counter()
             res = self._measure(spec, self.paths[spec.id], manifest)
             new = self._variant(spec, manifest.path_of(old), old.file, src_sha, key, old.precision,
                                 old.build.get("build_s", 0.0), time.perf_counter() - t, old.build.get("info"))
-            m2 = self._manifest(manifest, new, None, res)
+            m2 = self._manifest(manifest, new, None, res, spec.floors)
             save_manifest(m2)
+            self._log_unfit(spec.id, m2.variant(spec.id).unfit)
             self.rep.done(label, time.perf_counter() - t, "re-measured")
             return m2, StepReport(spec.id, "measured", measure_s=time.perf_counter() - t)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -237,7 +245,7 @@ class Builder:
             rel = f"{final.name}/{result.main}"
             new = self._variant(spec, main, rel, src_sha, key, result.precision or spec.precision, build_s,
                                 measure_s, result.info)
-            m2 = self._manifest(manifest, new, result, res)
+            m2 = self._manifest(manifest, new, result, res, spec.floors)
             try:
                 save_manifest(m2)
             except BaseException:
@@ -246,11 +254,16 @@ class Builder:
                     os.replace(aside, final)
                 raise
             _rmtree(aside)
+            self._log_unfit(spec.id, m2.variant(spec.id).unfit)
             self.paths[spec.id] = main
             self.rep.done(label, build_s + measure_s, f"build {build_s:.1f}s, measure {measure_s:.1f}s")
             return m2, StepReport(spec.id, "built", build_s, measure_s)
         finally:
             _rmtree(tmp)
+
+    def _log_unfit(self, vid: str, unfit: str | None) -> None:
+        if unfit:
+            self.rep.log(f"{vid} is UNFIT (kept, never picked by the policy): {unfit}")
 
     def _build(self, spec: VariantSpec, out: Path, src_path: Path) -> BuildResult:
         inp = src_path if spec.derived_from == "source" else self.paths[spec.derived_from]
@@ -344,9 +357,9 @@ class Builder:
                        size_bytes=main.stat().st_size, build=build)
 
     def _manifest(self, manifest: Manifest | None, v: Variant, result: BuildResult | None,
-                  res: MeasureResult) -> Manifest:
+                  res: MeasureResult, floors: dict[str, float]) -> Manifest:
         v = replace(v, inputs=res.inputs, outputs=res.outputs, quality=res.quality,
-                    measurements=(res.measurement,),
+                    measurements=(res.measurement,), unfit=unfit_reason(floors, res.quality),
                     build={**v.build, **({"eval": _jsonable(res.info)} if res.info else {})})
         if manifest is None or v.id == self.recipe.reference:
             base = manifest or Manifest(name=self.recipe.name, kind=self.recipe.kind, reference=v.id,
