@@ -117,6 +117,13 @@ def load_llm(path: Path, params: dict[str, Any], worker: Worker) -> tuple[LLMHos
     t0 = time.perf_counter()
     engine = LLMEngine(path, tok_path, llm, threads=params.get("threads"),
                        prefix_cache_bytes=int(params.get("prefix_cache_bytes", 64 << 20)))
+    draft = params.get("draft")
+    if draft:
+        dpath = Path(draft["path"])
+        if draft.get("sha256") and file_sha256(dpath) != draft["sha256"]:
+            raise LoadError(f"draft file {dpath.name} is corrupt: sha256 does not match the manifest")
+        engine.set_draft(LLMEngine(dpath, tok_path, llm, threads=params.get("threads"), prefix_cache_bytes=0),
+                         int(draft.get("k", 4)))
     n = int(params.get("warmup_runs", 3))
     if n:  # warm up: one short greedy generation
         for _ in engine.generate("Hello", {"max_tokens": 2}):
@@ -124,5 +131,6 @@ def load_llm(path: Path, params: dict[str, Any], worker: Worker) -> tuple[LLMHos
     warm_ms = (time.perf_counter() - t0) * 1e3 - engine.load_ms
     host = LLMHost(engine, worker, max_concurrent=int(params.get("max_concurrent", min(4, os.cpu_count() or 2))))
     info = {"device": {"kind": "cpu", "provider": "CPUExecutionProvider", "label": "cpu:CPUExecutionProvider"},
-            "providers": ["CPUExecutionProvider"], "assignment": {}, "load_ms": engine.load_ms, "warmup_ms": warm_ms}
+            "providers": ["CPUExecutionProvider"], "assignment": {}, "load_ms": engine.load_ms, "warmup_ms": warm_ms,
+            "family": engine.family, "draft": draft.get("variant") if draft else None}
     return host, info

@@ -141,10 +141,18 @@ class Runtime:
                 data={"need_bytes": need, "available_bytes": avail, "headroom_bytes": self.headroom})
 
     def _load_params(self, m: Manifest, v: Variant, device: str) -> dict[str, Any]:
-        return {"path": str(m.path_of(v)), "sha256": v.sha256, "device": device, "threads": self.threads,
-                "warmup_runs": self.warmup_runs, "kind": m.kind, "llm": m.llm,
-                "signature": {"inputs": [s.to_toml() for s in m.inputs],
-                              "outputs": [s.to_toml() for s in m.outputs]}}
+        params = {"path": str(m.path_of(v)), "sha256": v.sha256, "device": device, "threads": self.threads,
+                  "warmup_runs": self.warmup_runs, "kind": m.kind, "llm": m.llm,
+                  "signature": {"inputs": [s.to_toml() for s in m.inputs],
+                                "outputs": [s.to_toml() for s in m.outputs]}}
+        if m.kind == "causal-lm":  # speculative decoding: the manifest may name a draft variant
+            from agent.llm.speculative import draft_for
+
+            d = draft_for(m.llm, v.id, {x.id for x in m.variants})
+            if d is not None:
+                dv = m.variant(d[0])
+                params["draft"] = {"variant": dv.id, "path": str(m.path_of(dv)), "sha256": dv.sha256, "k": d[1]}
+        return params
 
     # -- swap ---------------------------------------------------------------------------------------
     async def swap(self, model: str, variant: str, device: str = "cpu",
