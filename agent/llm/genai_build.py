@@ -168,7 +168,61 @@ def llm_table_for(folder: Path, family: str, tokenizer_file: str = "tokenizer.js
         "family": family,
         "graph": "onnxruntime-genai-builder",
         "genai_type": str(gc.get("type", "")),
+        # GroupQueryAttention with a sliding window refuses a KV buffer shorter than the window: an
+        # engine must allocate at least this many positions (0 = no minimum)
+        "min_kv_capacity": int((dec.get("sliding_window") or {}).get("window_size", 0) or 0),
     }
     if template and chat["chat_template"] == "none":
         table["chat_template_source"] = template  # a template we do not render yet, kept for the record
     return table
+
+
+def pad_dropped_layers(model_path: Path, keep: list[int], total: int) -> None:
+    """Give a layer-pruned builder graph the full model's signature: the kept layers' KV tensors are
+    renamed to their original indices, and every dropped layer gets its ``past_key_values.{i}.*``
+    input passed through to ``present.{i}.*`` (Identity; it stays empty, or is the same buffer when the
+    engine binds past and present in place). Only the protobuf is rewritten; the weights file stays."""
+    import onnx
+    from onnx import helper
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    g = m.graph
+    names: dict[str, str] = {}
+    for j, i in enumerate(keep):
+        for kind in ("key", "value"):
+            names[f"past_key_values.{j}.{kind}"] = f"past_key_values.{i}.{kind}"
+            names[f"present.{j}.{kind}"] = f"present.{i}.{kind}"
+    for n in g.node:
+        for seq in (n.input, n.output):
+            for k, x in enumerate(seq):
+                if x in names:
+                    seq[k] = names[x]
+    for vi in list(g.input) + list(g.output):
+        if vi.name in names:
+            vi.name = names[vi.name]
+    proto_in = next(x for x in g.input if x.name.startswith("past_key_values."))
+    proto_out = next(x for x in g.output if x.name.startswith("present."))
+    for i in sorted(set(range(total)) - set(keep)):
+        for kind in ("key", "value"):
+            a, b = f"past_key_values.{i}.{kind}", f"present.{i}.{kind}"
+            vin, vout = onnx.ValueInfoProto(), onnx.ValueInfoProto()
+            vin.CopyFrom(proto_in)
+            vin.name = a
+            vout.CopyFrom(proto_out)
+            vout.name = b
+            g.input.append(vin)
+            g.output.append(vout)
+            g.node.append(helper.make_node("Identity", [a], [b], name=f"/model/layers.{i}/dropped/{kind}"))
+    key = lambda v: (0 if not v.name.startswith(("past_key_values.", "present.")) else 1,  # noqa: E731
+                     int(v.name.split(".")[1]) if v.name.startswith(("past_key_values.", "present.")) else 0,
+                     v.name.endswith(".value"))
+    for seq in (g.input, g.output):
+        items = sorted(list(seq), key=key)
+        del seq[:]
+        seq.extend(items)
+    onnx.save_model(m, str(model_path))
+    cfg_path = model_path.parent / "genai_config.json"
+    if cfg_path.is_file():
+        gc = json.loads(cfg_path.read_text(encoding="utf-8"))
+        gc["model"]["decoder"]["num_hidden_layers"] = total
+        cfg_path.write_text(json.dumps(gc, indent=4), encoding="utf-8")

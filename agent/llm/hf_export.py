@@ -141,3 +141,38 @@ def gguf_to_hf(gguf: Path, out: Path, log: Callable[[str], None] = lambda s: Non
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"gguf_architecture": arch, "gguf_pre_tokenizer": pre, "digit_split_restored": fixed}
+
+
+def llama_weights_to_hf(w: Any, keep: list[int], base: Path, dest: Path) -> Path:
+    """A llama HF folder at ``dest`` holding only the ``keep`` layers of ``w`` (LlamaWeights, HF layout),
+    renumbered 0..len(keep)-1; config, tokenizer and chat template copied from ``base``."""
+    import numpy as np
+
+    try:
+        from safetensors.numpy import save_file
+    except ImportError:
+        raise _missing("writing a pruned model for the onnxruntime-genai builder") from None
+    cfg = check_hf_folder(base)
+    if cfg.get("model_type") != "llama":
+        raise BuildError(f"{base}: layer pruning rebuilds llama models, got model_type {cfg.get('model_type')!r}")
+    dest.mkdir(parents=True, exist_ok=True)
+    sd: dict[str, np.ndarray] = {"model.embed_tokens.weight": w.embed, "model.norm.weight": w.final_norm}
+    if not cfg.get("tie_word_embeddings", False):
+        sd["lm_head.weight"] = w.lm_head
+    for j, i in enumerate(keep):
+        L, p = w.layers[i], f"model.layers.{j}."
+        sd |= {p + "input_layernorm.weight": L.attn_norm, p + "post_attention_layernorm.weight": L.ffn_norm,
+               p + "self_attn.q_proj.weight": L.wq, p + "self_attn.k_proj.weight": L.wk,
+               p + "self_attn.v_proj.weight": L.wv, p + "self_attn.o_proj.weight": L.wo,
+               p + "mlp.gate_proj.weight": L.w_gate, p + "mlp.up_proj.weight": L.w_up,
+               p + "mlp.down_proj.weight": L.w_down}
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sd.items()}, str(dest / "model.safetensors"))
+    cfg = {**cfg, "num_hidden_layers": len(keep)}
+    if isinstance(cfg.get("layer_types"), list):
+        cfg["layer_types"] = [cfg["layer_types"][i] for i in keep]
+    (dest / "config.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                 "chat_template.jinja"):
+        if (base / name).is_file():
+            shutil.copy2(base / name, dest / name)
+    return dest

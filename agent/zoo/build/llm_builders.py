@@ -96,25 +96,24 @@ def _calibration(ctx: BuildContext, tok: Any, count: int, skip: int = 0) -> list
     return list(ids)
 
 
-@register_builder("gguf-layer-prune", precision="int8", accepts=("gguf",), uses_eval=True,
-                  tools=TOOLS + ("torch",), version=2, params={
-                      "drop": Param(int, 4, "layers to drop", lo=1, hi=64),
-                      "rank_tokens": Param(int, 256, "calibration tokens used to rank layers", lo=32, hi=8192),
-                      "distill": Param(bool, False, "heal the kept layers by distillation (needs torch)"),
-                      "distill_minutes": Param(float, 8.0, "time box for distillation", lo=0.1, hi=600),
-                      "distill_tokens": Param(int, 8192, "calibration tokens for distillation", lo=256,
-                                              hi=1_000_000),
-                      "distill_lr": Param(float, 3e-4, "learning rate", lo=1e-7, hi=1.0),
-                      "distill_epochs": Param(int, 3, "passes over the distillation windows per layer", lo=1,
-                                              hi=1000),
-                      "distill_layers_per_gap": Param(int, 1, "kept layers retrained after each gap", lo=1, hi=64),
-                      "block_size": Param(int, 32, "weight-only quantization block size", lo=16, hi=256),
-                  })
-def gguf_layer_prune(ctx: BuildContext) -> BuildResult:
-    """Drop the layers that matter least (measured), optionally heal by distillation, export."""
+PRUNE_PARAMS = {
+    "drop": Param(int, 4, "layers to drop", lo=1, hi=64),
+    "rank_tokens": Param(int, 256, "calibration tokens used to rank layers", lo=32, hi=8192),
+    "distill": Param(bool, False, "heal the kept layers by distillation (needs torch)"),
+    "distill_minutes": Param(float, 8.0, "time box for distillation", lo=0.1, hi=600),
+    "distill_tokens": Param(int, 8192, "calibration tokens for distillation", lo=256, hi=1_000_000),
+    "distill_lr": Param(float, 3e-4, "learning rate", lo=1e-7, hi=1.0),
+    "distill_epochs": Param(int, 3, "passes over the distillation windows per layer", lo=1, hi=1000),
+    "distill_layers_per_gap": Param(int, 1, "kept layers retrained after each gap", lo=1, hi=64),
+    "block_size": Param(int, 32, "weight-only quantization block size", lo=16, hi=256),
+}
+
+
+def _prune(ctx: BuildContext, g: Any, w: Any, tok: Any) -> tuple[Any, list[int], dict[str, Any]]:
+    """Rank the layers on calibration text, choose the ones to drop, optionally distill: the (healed)
+    weights, the kept layer indices and the build info."""
     from agent.llm.prune import choose_drop, rank_layers
 
-    g, w, tok, table = _prepare(ctx)
     p = ctx.params
     rank_ids = _calibration(ctx, tok, p["rank_tokens"])
     windows = [rank_ids[i:i + 128] for i in range(0, len(rank_ids), 128) if len(rank_ids[i:i + 128]) > 8]
@@ -148,6 +147,15 @@ def gguf_layer_prune(ctx: BuildContext) -> BuildResult:
         w, dinfo = distill(g.config, w, keep, d_ids, minutes=p["distill_minutes"], lr=p["distill_lr"],
                            epochs=p["distill_epochs"], layers_per_gap=p["distill_layers_per_gap"], log=ctx.log)
         info["distill"] = dinfo
+    return w, keep, info
+
+
+@register_builder("gguf-layer-prune", precision="int8", accepts=("gguf",), uses_eval=True,
+                  tools=TOOLS + ("torch",), version=2, params=PRUNE_PARAMS)
+def gguf_layer_prune(ctx: BuildContext) -> BuildResult:
+    """Drop the layers that matter least (measured), optionally heal by distillation, export."""
+    g, w, tok, table = _prepare(ctx)
+    w, keep, info = _prune(ctx, g, w, tok)
     _export(ctx, g, w, keep, info)
     return BuildResult(main=MAIN, precision=ctx.spec.precision, info=info, llm=table)
 
@@ -217,5 +225,40 @@ def genai_builder(ctx: BuildContext) -> BuildResult:
     family = str(info.get("model_type") or "unknown")
     table = llm_table_for(ctx.out_dir, family)
     (ctx.out_dir / "llm.json").write_text(json.dumps(table, indent=1), encoding="utf-8")
+    info["weights_bytes"] = sum(f.stat().st_size for f in ctx.out_dir.glob("model.onnx*"))
+    return BuildResult(main=GMAIN, precision=prec, info=info, llm=table)
+
+
+@register_builder("genai-layer-prune", precision="int8", accepts=("gguf",), uses_eval=True, tools=GENAI_TOOLS,
+                  version=1, params={**PRUNE_PARAMS,
+                                     "accuracy_level": Param(int, 4, "MatMulNBits activation precision", lo=0, hi=4),
+                                     "symmetric": Param(bool, True, "symmetric weight-only quantization"),
+                                     "algo": Param(str, "default", "weight-only method", choices=INT4_ALGOS)})
+def genai_layer_prune(ctx: BuildContext) -> BuildResult:
+    """Layer-pruned (optionally distilled) llama rebuilt as an onnxruntime-genai builder graph; the dropped
+    layers keep their KV inputs/outputs (passed through), so the signature equals the full model's."""
+    import shutil
+    import tempfile
+
+    from agent.llm.genai_build import MAIN as GMAIN
+    from agent.llm.genai_build import builder_options, llm_table_for, pad_dropped_layers, run_builder
+    from agent.llm.hf_export import llama_weights_to_hf
+
+    prec, p = ctx.spec.precision, ctx.params
+    g, w, tok, _ = _prepare(ctx)
+    w, keep, info = _prune(ctx, g, w, tok)
+    base_hf, src_info = hf_source(ctx)
+    tmp = Path(tempfile.mkdtemp(dir=ctx.out_dir.parent, prefix=".tmp-hf-"))
+    try:
+        llama_weights_to_hf(w, keep, base_hf, tmp)
+        opts = builder_options(prec, {**p, "extra_options": []})
+        cache = ctx.out_dir.parent.parent / ".cache" / "genai"
+        info["builder_s"] = round(run_builder(tmp, ctx.out_dir, prec, opts, cache, ctx.log), 2)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    pad_dropped_layers(ctx.out_dir / GMAIN, keep, g.config.num_layers)
+    table = llm_table_for(ctx.out_dir, str(src_info.get("model_type") or "llama"))
+    (ctx.out_dir / "llm.json").write_text(json.dumps(table, indent=1), encoding="utf-8")
+    info["builder_options"] = opts
     info["weights_bytes"] = sum(f.stat().st_size for f in ctx.out_dir.glob("model.onnx*"))
     return BuildResult(main=GMAIN, precision=prec, info=info, llm=table)
