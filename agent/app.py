@@ -20,14 +20,14 @@ from typing import Any
 
 from agent import __version__
 from agent.control import Controller
-from agent.errors import AgentError, InvalidParams, NotFound
+from agent.errors import AgentError, ConfigError, InvalidParams, NotFound
 from agent.ipc import protocol as P
-from agent.ipc.server import REQUEST_ID, Peer, Server
+from agent.ipc.server import REQUEST_ID, Peer, Server, claim_socket_path
 from agent.policy.engine import PolicyEngine
 from agent.runtime.manager import Runtime
 from agent.sensors.source import make_source
 from agent.telemetry import Telemetry, parse_duration
-from agent.zoo.manifest import Manifest, load_zoo
+from agent.zoo.manifest import Manifest, empty_zoo_hint, load_zoo
 
 log = logging.getLogger("agent.app")
 
@@ -51,6 +51,7 @@ class Config:
     retention_s: float = 7 * 86400
     devices: dict[str, str] = field(default_factory=dict)   # model -> initial device
     http: str | None = None        # OpenAI-compatible endpoint: "127.0.0.1:8077" | "unix:PATH" (None: off)
+    require_models: bool = False   # a zoo with no loadable model is an error (else a warning)
 
 
 @dataclass
@@ -85,9 +86,17 @@ class App:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
+        if self.listen_sock is None:   # before any model loads: a second agentd on a taken socket fails now
+            claim_socket_path(self.cfg.socket)
         self.manifests, self.zoo_errors = load_zoo(self.cfg.zoo)
         for name, err in self.zoo_errors.items():
             log.error("zoo model skipped", extra={"fields": {"model": name, "error": err}})
+        if not self.manifests:
+            hint = empty_zoo_hint(self.cfg.zoo)
+            if self.cfg.require_models:
+                raise ConfigError(f"no loadable model: {hint}")
+            log.warning("no loadable model; serving nothing until a reload finds one",
+                        extra={"fields": {"zoo": str(self.cfg.zoo), "hint": hint}})
         # validate the policy and the sensor spec before anything is loaded
         self.engine = PolicyEngine.from_files(self.cfg.policy) if self.cfg.policy else PolicyEngine()
         source = make_source(self.cfg.sensors, self.cfg.sysfs_root, self.cfg.procfs_root)
@@ -306,7 +315,14 @@ class App:
         slot.pinned = None
         if self.engine is not None:
             self.engine.unpin(slot.manifest.name)
-        return {"model": slot.manifest.name, "was_pinned": list(was) if was else None}, []
+        return {"model": slot.manifest.name, "was_pinned": list(was) if was else None,
+                "policy_acts_in_s": self._dwell_remaining([slot.manifest.name])}, []
+
+    def _dwell_remaining(self, models: list[str]) -> float | None:
+        """When the policy may act on ``models`` again (None: no policy engine)."""
+        if self.engine is None or self.controller is None:
+            return None
+        return round(self.engine.dwell_remaining(models, self.controller.now()), 1)
 
     async def h_hold(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         profile = _str(params, "profile")
@@ -332,7 +348,7 @@ class App:
         if self.engine is not None:
             self.engine.release(cookie)
         self.on_event({"event": "hold_released", "cookie": cookie, "profile": h.profile, "why": "released"})
-        return {"released": cookie}, []
+        return {"released": cookie, "policy_acts_in_s": self._dwell_remaining(sorted(self.manifests))}, []
 
     async def h_reload(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         return await self.reload(), []

@@ -145,13 +145,15 @@ class Controller:
                    if c.model in self.runtime.slots and self.runtime.slots[c.model].pinned is None]
         if changes:
             self._applying = True
-            asyncio.ensure_future(self._apply(d, changes))
+            asyncio.ensure_future(self._apply(d, changes, snap.mono_s))
 
-    async def _apply(self, d: Decision, changes: list[Any]) -> None:
+    async def _apply(self, d: Decision, changes: list[Any], decided_t: float) -> None:
         try:
             for c in changes:
+                # decided_t: the snapshot clock of the decision (trace time under replay), so a swap
+                # that completes seconds later can still be drawn where the readings caused it
                 reason = {"why": "policy", "profile": d.profile, "source": d.source, "rule": d.rule,
-                          "hold": d.hold, "explanation": c.why, "readings": d.readings}
+                          "hold": d.hold, "explanation": c.why, "readings": d.readings, "decided_t": decided_t}
                 try:
                     await self.runtime.swap(c.model, c.variant, c.device, reason)
                 except AgentError as e:
@@ -175,7 +177,7 @@ class Controller:
         log.info("decision", extra={"fields": fields})
         self.telemetry.record("decisions", fields)
         self.emit({"event": "decision", "profile": d.profile, "rule": d.rule, "source": d.source,
-                   "changes": fields.get("changes"), "readings": d.readings})
+                   "changes": fields.get("changes"), "readings": d.readings, "t": self.now()})
 
     def hint(self, model: str, hints: dict[str, float]) -> None:
         """Per-request QoS hints (deadline_ms, min_quality): kept per model and shown with decisions."""

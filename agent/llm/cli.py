@@ -182,10 +182,3 @@ def add_parsers(subparsers: Any) -> None:
     c = subparsers.add_parser("chat", help="interactive chat with a causal-lm model (stdin lines, /exit)")
     _add_sampling(c)
     c.set_defaults(func=cmd_chat)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``agentctl`` with these commands only (the full agentctl already includes them)."""
-    from agent import cli
-
-    return cli.main(argv)

@@ -17,7 +17,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from agent.errors import InvalidParams, LoadError
-from agent.llm.decoder import KV, DecodeState, Decoder, open_decoder
+from agent.llm.decoder import KV, Decoder, DecodeState, open_decoder
 from agent.llm.prefix_cache import PrefixCache
 from agent.llm.sampling import GenerationParams, Sampler
 from agent.llm.speculative import Speculator
@@ -148,14 +148,14 @@ class LLMEngine:
         self._totals = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cancelled": 0}
         self.speculator: Speculator | None = None
 
-    def set_draft(self, draft: LLMEngine | None, k: int = 4) -> None:
+    def set_draft(self, draft: LLMEngine | None, k: int = 4, min_p: float = 0.0) -> None:
         """Serve greedy requests with speculative decoding: ``draft`` (a smaller variant of the same model,
         same tokenizer) proposes ``k`` tokens, this variant verifies them in one run. The output is this
         variant's own greedy output. None turns it off."""
         if draft is None:
             self.speculator = None
             return
-        self.speculator = Speculator(self, draft, k)
+        self.speculator = Speculator(self, draft, k, min_p)
 
     def _check_signature(self) -> None:
         self.decoder = open_decoder(self.session, self.model_path.name, self.config)
@@ -215,7 +215,8 @@ class LLMEngine:
         logits = dec.run(st, ids[cached:], keep=1)[-1]
         return cached, st, logits
 
-    def _plain_tokens(self, gid: int, st: DecodeState, logits: np.ndarray, sampler: Sampler) -> Iterator[int]:
+    def _plain_tokens(self, gid: int, st: DecodeState, logits: np.ndarray,
+                      sampler: Sampler) -> Generator[int, None, None]:
         """Sampled tokens, one model step each (a token is fed only when the next one is asked for)."""
         while True:
             tok = sampler(logits)
@@ -238,7 +239,7 @@ class LLMEngine:
         stopped_by_string = False
         st: DecodeState | None = None
         spec = self.speculator if (self.speculator is not None and p.temperature == 0.0) else None
-        source: Iterator[int] | None = None
+        source: Generator[int, None, None] | None = None
         try:
             with self._lock:
                 self._live[gid] = 0

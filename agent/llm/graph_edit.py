@@ -54,6 +54,7 @@ def add_logits_to_keep(model_path: Path) -> bool:
     os.close(fd)
     try:
         onnx.save(m, tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, model_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,7 +1,7 @@
 """Speculative decoding from our own ladder: a small variant drafts, the served variant verifies.
 
-Greedy only. Each round the draft (e.g. the int4 variant of the same model) proposes ``k`` tokens one at
-a time; the served variant runs the current token and the ``k`` drafts in *one* step and keeps the
+Greedy only. Each round the draft (e.g. the int4 variant of the same model) proposes up to ``k`` tokens
+one at a time (stopping early when its top probability falls below ``min_p``, if set); the served variant runs the current token and the ``k`` drafts in *one* step and keeps the
 longest prefix of drafts equal to its own argmax, plus its own next token. Every emitted token is the
 served variant's argmax given the tokens before it, so the output equals its own greedy output (up to
 the floating-point difference between scoring k+1 positions at once and one at a time, which a test
@@ -14,7 +14,7 @@ checks on a prompt set). Both KV caches roll back by length only (``Decoder.trun
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,9 +29,12 @@ MAX_K = 16
 
 
 class Speculator:
-    def __init__(self, target: LLMEngine, draft: LLMEngine, k: int = 4) -> None:
+    def __init__(self, target: LLMEngine, draft: LLMEngine, k: int = 4, min_p: float = 0.0) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise LoadError(f"speculative k: expected an integer in 1..{MAX_K}, got {k!r}")
+        if isinstance(min_p, bool) or not isinstance(min_p, (int, float)) or not 0.0 <= min_p < 1.0:
+            raise LoadError(f"speculative min_p: expected a number in [0, 1), got {min_p!r}")
+        self.min_p = float(min_p)
         tv = target.tokenizer.get_vocab_size()
         dv = draft.tokenizer.get_vocab_size()
         if tv != dv:
@@ -42,7 +45,7 @@ class Speculator:
         self.rounds = self.drafted = self.accepted = self.emitted = 0
 
     def tokens(self, ids: list[int], st: DecodeState, logits: np.ndarray,
-               on_bytes: Callable[[int], None]) -> Iterator[int]:
+               on_bytes: Callable[[int], None]) -> Generator[int, None, None]:
         """The served variant's greedy tokens after ``ids`` (``st`` holds their KV, ``logits`` the next
         token's scores); lazily: the work for later tokens happens when they are asked for."""
         tdec, ddec, k = self.target.decoder, self.draft.decoder, self.k
@@ -63,22 +66,24 @@ class Speculator:
                 for _ in range(k):
                     dl = ddec.run(dst, feed, keep=1)[-1]
                     nxt = int(np.argmax(dl))
+                    if self.min_p > 0.0 and 1.0 / float(np.exp(dl - dl[nxt]).sum()) < self.min_p:
+                        break   # the draft is unsure: verify what we have rather than draft on
                     props.append(nxt)
                     feed = [nxt]
                 on_bytes(st.nbytes + dst.nbytes)
-                rows = tdec.run(st, [tok, *props], keep=k + 1)   # rows[j]: target's scores after props[:j]
+                n = len(props)
+                rows = tdec.run(st, [tok, *props], keep=n + 1)   # rows[j]: target's scores after props[:j]
                 m = 0
-                while m < k and int(np.argmax(rows[m])) == props[m]:
+                while m < n and int(np.argmax(rows[m])) == props[m]:
                     m += 1
                 rounds += 1
-                drafted += k
+                drafted += n
                 accepted += m
                 tdec.truncate(st, base + 1 + m)
-                # the draft consumed tok, props[:k-1]; keep what agrees with the accepted sequence
-                have = base + k
-                keep = min(have, base + 1 + m)
+                # the draft holds tok and the proposals it was fed; keep what the accepted sequence shares
+                keep = min(dst.length, base + 1 + m)
                 ddec.truncate(dst, keep)
-                pending = [*props[: m]][keep - base - 1:] if m > 0 else []
+                pending = props[keep - base - 1: m]
                 for j in range(m):
                     yield props[j]
                     emitted += 1
@@ -95,35 +100,39 @@ class Speculator:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             r = self.rounds
-            return {"draft": str(self.draft.model_path), "k": self.k, "rounds": r, "drafted": self.drafted,
+            return {"draft": str(self.draft.model_path), "k": self.k, "min_p": self.min_p, "rounds": r, "drafted": self.drafted,
                     "accepted": self.accepted,
                     "acceptance": self.accepted / self.drafted if self.drafted else None,
                     "tokens_per_round": (self.accepted + r) / r if r else None}
 
 
-def draft_for(llm: dict[str, Any] | None, variant: str, variants: set[str]) -> tuple[str, int] | None:
+def draft_for(llm: dict[str, Any] | None, variant: str, variants: set[str]) -> tuple[str, int, float] | None:
     """The draft variant and k for serving ``variant``, from the manifest's ``[llm.speculative]`` table::
 
         [llm.speculative]
-        k = 4
+        k = 4                                          # proposals per round, at most
+        min_p = 0.0                                    # stop drafting below this draft probability
         drafts = { fp32 = "int4", int8 = "int4" }     # served variant -> its draft
     """
     spec = (llm or {}).get("speculative")
     if spec is None:
         return None
     where = "[llm.speculative]"
-    if not isinstance(spec, dict) or set(spec) - {"k", "drafts"}:
-        raise LoadError(f"{where}: expected a table with 'k' and 'drafts', got {spec!r}")
+    if not isinstance(spec, dict) or set(spec) - {"k", "drafts", "min_p"}:
+        raise LoadError(f"{where}: expected a table with 'k', 'min_p' and 'drafts', got {spec!r}")
     drafts = spec.get("drafts", {})
     if not isinstance(drafts, dict) or not all(isinstance(v, str) for v in drafts.values()):
         raise LoadError(f"{where} drafts: expected a table of variant = \"draft variant\", got {drafts!r}")
     k = spec.get("k", 4)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise LoadError(f"{where} k: expected an integer in 1..{MAX_K}, got {k!r}")
+    min_p = spec.get("min_p", 0.0)
+    if isinstance(min_p, bool) or not isinstance(min_p, (int, float)) or not 0.0 <= min_p < 1.0:
+        raise LoadError(f"{where} min_p: expected a number in [0, 1), got {min_p!r}")
     d = drafts.get(variant)
     if d is None:
         return None
     if d not in variants or d == variant:
         raise LoadError(f"{where} drafts.{variant}: expected another variant of this model "
                         f"({sorted(variants - {variant})}), got {d!r}")
-    return d, k
+    return d, k, float(min_p)

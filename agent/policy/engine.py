@@ -74,6 +74,14 @@ class PolicyEngine:
             self.state = self.state.without_pin(model)
             return had
 
+    def dwell_remaining(self, models: Sequence[str], now: float) -> float:
+        """Seconds until the policy may swap any of ``models`` again (0: at its next decision); a
+        pin ignores dwell, so this is what an unpin or a released hold waits for."""
+        with self._lock:
+            dwell = self.policy.switching.min_dwell_s
+            last = [self.state.last_swap[m] for m in models if m in self.state.last_swap]
+            return max([0.0] + [dwell - (now - t) for t in last])
+
     def set_current(self, model: str, variant: str, device: str, now: float | None = None) -> None:
         """Tell the engine what is really loaded (at start, or after a swap failed)."""
         with self._lock:

@@ -123,7 +123,7 @@ def load_llm(path: Path, params: dict[str, Any], worker: Worker) -> tuple[LLMHos
         if draft.get("sha256") and file_sha256(dpath) != draft["sha256"]:
             raise LoadError(f"draft file {dpath.name} is corrupt: sha256 does not match the manifest")
         engine.set_draft(LLMEngine(dpath, tok_path, llm, threads=params.get("threads"), prefix_cache_bytes=0),
-                         int(draft.get("k", 4)))
+                         int(draft.get("k", 4)), float(draft.get("min_p", 0.0)))
     n = int(params.get("warmup_runs", 3))
     if n:  # warm up: one short greedy generation
         for _ in engine.generate("Hello", {"max_tokens": 2}):

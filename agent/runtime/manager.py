@@ -151,7 +151,8 @@ class Runtime:
             d = draft_for(m.llm, v.id, {x.id for x in m.variants})
             if d is not None:
                 dv = m.variant(d[0])
-                params["draft"] = {"variant": dv.id, "path": str(m.path_of(dv)), "sha256": dv.sha256, "k": d[1]}
+                params["draft"] = {"variant": dv.id, "path": str(m.path_of(dv)), "sha256": dv.sha256, "k": d[1],
+                                   "min_p": d[2]}
         return params
 
     # -- swap ---------------------------------------------------------------------------------------

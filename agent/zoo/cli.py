@@ -6,11 +6,11 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.errors import AgentError, ConfigError, NotFound
+from agent.errors import NotFound
 from agent.zoo.manifest import MANIFEST, Manifest, load_manifest, manifest_to_toml
 
 
@@ -149,23 +149,6 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Our errors -> one line on stderr and exit status 2 (config/recipe) or 1 (anything else of ours)."""
-
-    def call(args: argparse.Namespace) -> int:
-        try:
-            return int(fn(args))
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        except AgentError as e:
-            print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-            return 1
-
-    call.__name__ = fn.__name__
-    return call
-
-
 def add_parsers(subparsers: Any) -> None:
     """Register ``zoo`` and its sub-commands on an argparse sub-parsers object."""
     zp = subparsers.add_parser("zoo", help="build, import and inspect model variants")
@@ -174,12 +157,12 @@ def add_parsers(subparsers: Any) -> None:
     b.add_argument("recipe", help="recipe.toml or the folder holding it (e.g. model_zoo/silero_vad)")
     b.add_argument("--zoo", help="zoo directory (default: the state directory's zoo)")
     b.add_argument("--only", nargs="+", metavar="VARIANT", help="build only these (and what they derive from)")
-    b.set_defaults(func=_guarded(cmd_build))
+    b.set_defaults(func=cmd_build)
     s = zs.add_parser("show", help="print a model's measured variants")
     s.add_argument("model")
     s.add_argument("--zoo")
     s.add_argument("--json", action="store_true", help="the manifest as JSON")
-    s.set_defaults(func=_guarded(cmd_show))
+    s.set_defaults(func=cmd_show)
     i = zs.add_parser("import", help="add an ONNX file as a variant of a model")
     i.add_argument("model")
     i.add_argument("variant")
@@ -187,7 +170,7 @@ def add_parsers(subparsers: Any) -> None:
     i.add_argument("--precision", help="fp32|fp16|bf16|int8|int4|mixed (default: guessed from the graph)")
     i.add_argument("--replace", action="store_true", help="overwrite an existing variant of that id")
     i.add_argument("--zoo")
-    i.set_defaults(func=_guarded(cmd_import))
+    i.set_defaults(func=cmd_import)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -198,7 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     args.argv_echo = argv[2:] if len(argv) > 2 else []
-    return int(args.func(args))
+    from agent.cli import run
+
+    return run(args.func, args)
 
 
 if __name__ == "__main__":

@@ -324,6 +324,17 @@ def load_zoo(zoo: Path) -> tuple[dict[str, Manifest], dict[str, str]]:
     return models, errors
 
 
+def empty_zoo_hint(zoo: Path) -> str:
+    """Why ``zoo`` gave no loadable model, in words a user can act on."""
+    if not zoo.is_dir():
+        return f"zoo {zoo} does not exist; build one with `agentctl zoo build model_zoo/smollm2 --zoo {zoo}`"
+    if any(zoo.glob("*/recipe.toml")) or (zoo / "recipe.toml").exists():
+        return (f"{zoo} holds build recipes, not built models; build them with "
+                f"`agentctl zoo build {zoo}/NAME --zoo ZOO` and pass --zoo ZOO")
+    return (f"zoo {zoo} has no model folder with a {MANIFEST}; build one with "
+            f"`agentctl zoo build model_zoo/smollm2 --zoo {zoo}`")
+
+
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 

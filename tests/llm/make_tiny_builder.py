@@ -21,9 +21,8 @@ sys.path.insert(0, str(HERE))
 
 def main() -> None:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from tiny import make_tiny_gguf
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

@@ -124,6 +124,16 @@ def test_speculative_output_is_token_identical_to_plain_greedy(table):
     assert target.stats()["live_kv_bytes"] == 0
 
 
+def test_a_confidence_floor_drafts_fewer_tokens_and_keeps_the_output(table):
+    target = open_engine("fp32", table, prefix_cache_bytes=0)
+    plain = {p: collect(target.generate(p, {"max_tokens": 20}))[0] for p in PROMPTS}
+    target.set_draft(open_engine("int4", table, prefix_cache_bytes=0), k=4, min_p=0.5)
+    for p in PROMPTS:
+        assert collect(target.generate(p, {"max_tokens": 20}))[0] == plain[p], p
+    s = target.stats()["speculative"]
+    assert s["drafted"] < 4 * s["rounds"] and s["min_p"] == 0.5
+
+
 def test_speculative_with_the_model_as_its_own_draft_accepts_every_token(table):
     target = open_engine("fp32", table, prefix_cache_bytes=0)
     plain = collect(target.generate("hello there", {"max_tokens": 17}))[0]

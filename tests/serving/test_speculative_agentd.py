@@ -47,8 +47,8 @@ def make_builder_zoo(zoo: Path, speculative: dict[str, Any] | None) -> Path:
 
 
 def test_agentd_serves_fp32_with_an_int4_draft_token_identical_to_plain_greedy(tmp_path):
-    from tests.conftest import start_daemon
     from agent.llm.engine import LLMEngine
+    from tests.conftest import start_daemon
     from tests.serving.tinyzoo import greedy_text, llm_config
 
     folder = make_builder_zoo(tmp_path / "zoo", {"k": 3, "drafts": {"fp32": "int4"}})
@@ -76,6 +76,7 @@ def test_agentd_serves_fp32_with_an_int4_draft_token_identical_to_plain_greedy(t
     ({"drafts": {"fp32": "fp32"}}, "another variant"),
     ({"drafts": ["int4"]}, "drafts"),
     ({"k": 2, "colour": 1}, "expected a table"),
+    ({"min_p": 1.5, "drafts": {"fp32": "int4"}}, "min_p"),
 ])
 def test_bad_speculative_tables_are_load_errors(spec, msg):
     with pytest.raises(LoadError, match=msg):
@@ -85,4 +86,4 @@ def test_bad_speculative_tables_are_load_errors(spec, msg):
 def test_variants_without_a_draft_are_served_plainly():
     assert draft_for({"speculative": {"drafts": {"fp32": "int4"}}}, "int4", {"fp32", "int4"}) is None
     assert draft_for({}, "fp32", {"fp32"}) is None
-    assert draft_for({"speculative": {"k": 2, "drafts": {"fp32": "int4"}}}, "fp32", {"fp32", "int4"}) == ("int4", 2)
+    assert draft_for({"speculative": {"k": 2, "drafts": {"fp32": "int4"}}}, "fp32", {"fp32", "int4"}) == ("int4", 2, 0.0)
