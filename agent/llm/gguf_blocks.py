@@ -162,7 +162,7 @@ def carry_over(model_path: Path, gguf: Path, hf_dir: Path, accuracy_level: int,
     new_inits: list[Any] = []
     new_nodes: dict[int, list[Any]] = {}   # nodes to insert after the node at this index
     blocksum: dict[str, str] = {}
-    worst, counts = 0.0, {}
+    worst, counts = 0.0, dict[str, int]()
     for idx, node in enumerate(g.node):
         if node.op_type != "MatMulNBits":
             continue

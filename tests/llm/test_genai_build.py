@@ -48,7 +48,7 @@ def _ctx(recipe_path: Path, vid: str, out: Path, input_path: Path):  # type: ign
     r = load_recipe(recipe_path)
     out.mkdir(parents=True)
     return BuildContext(recipe=r, spec=r.variant(vid), input_path=input_path, reference_path=None, out_dir=out,
-                        log=lambda s: None, calibration=lambda: [])
+                        log=lambda s: None, calibration=list)
 
 
 def _logits(model_dir: Path, ids: list[int], capacity: int = 64) -> np.ndarray:
@@ -216,9 +216,8 @@ def test_hf_folder_of_another_family_builds_with_its_tokenizer(tmp_path):
     """A tiny random Gemma 3 folder (sliding-window + global layers): int4 and fp32 build, and fp32
     matches transformers' own forward pass."""
     import torch
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
     from tiny import make_tiny_gguf
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     from agent.llm.convert import write_tokenizer
     from agent.llm.gguf_source import GGUFModel
