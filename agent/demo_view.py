@@ -143,7 +143,7 @@ class LiveView:
 def _note(r: VariantSummary) -> str:
     """Why a row has no figures: a variant that was active too briefly for any reply to start on it."""
     if r.requests == 0:
-        return f"no reply started in its {r.active_s:.1f} s (the one in progress finished on the old variant)"
+        return f"no reply finished in its {r.active_s:.1f} s active"
     return ""
 
 

@@ -279,4 +279,4 @@ def test_a_variant_without_replies_says_why_in_the_summary():
         rec.samples.append(Sample(i * 0.5, None, None, None, None, None, None, v, "cpu"))
     table = summary_table(rec.summary(), [])
     row = next(line for line in table.splitlines() if line.startswith("int4@cpu"))
-    assert "no reply started in its 0.5 s" in row
+    assert "no reply finished in its 0.5 s active" in row

@@ -24,7 +24,7 @@ def test_fresh_clone_demo_then_agentctl_by_name_in_a_fresh_shell(tmp_path: Path)
     path = f"{home}/.local/bin:/usr/local/bin:/usr/bin:/bin"
     env = {"HOME": str(home), "PATH": path, "LANG": "C.UTF-8",
            "AGENT_STATE_DIR": str(tmp_path / "state"), "AGENT_SOCKET": str(tmp_path / "run" / "agent.sock")}
-    demo = subprocess.run(["scripts/demo", "--duration", "5", "--plain", "--keep-serving"], cwd=clone, env=env,
+    demo = subprocess.run(["scripts/demo", "--duration", "60", "--plain", "--keep-serving"], cwd=clone, env=env,
                           capture_output=True, text=True, timeout=1800)
     pid = None
     try:
