@@ -141,7 +141,19 @@ class BuilderDecoder(Decoder):
         self._ort = ort
         self._ones = np.ones((1, 0), np.int64)
 
+    min_capacity = 0  # [llm] min_kv_capacity: a sliding-window GQA refuses a shorter buffer (Gemma 3: 512)
+
+    def forward(self, tokens: Sequence[int], start: int, past: KV) -> tuple[np.ndarray, KV]:
+        if not self.min_capacity:
+            return super().forward(tokens, start, past)
+        st = self.new_state(start + len(tokens))  # through a buffer the window fits in (i10build)
+        if start:
+            self.load_prefix(st, past, start)
+        logits = self.run(st, tokens, keep=len(tokens))
+        return logits, self.export(st)
+
     def new_state(self, capacity: int) -> DecodeState:
+        capacity = max(capacity, self.min_capacity)
         ort = self._ort
         kv = [np.zeros((1, self.kv_heads, capacity, self.head_dim), np.float32) for _ in self.past_names]
         values = [ort.OrtValue.ortvalue_from_numpy(a) for a in kv]
@@ -229,4 +241,5 @@ def open_decoder(session: Any, name: str, config: Mapping[str, Any]) -> Decoder:
         if vocab is None:
             raise LoadError(f"{name}: the logits' vocabulary size is symbolic; [llm] vocab_size must give it")
     dec._vocab = int(vocab)
+    dec.min_capacity = int(config.get("min_kv_capacity", 0) or 0)
     return dec

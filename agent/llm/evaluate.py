@@ -37,7 +37,10 @@ def eval_windows(engine: Any, text: str, tokens: int, window: int) -> list[list[
 
 
 def window_logits(engine: Any, windows: list[list[int]]) -> list[np.ndarray]:
-    return [engine.forward(w, 0, engine.empty_kv())[0] for w in windows]
+    """Logits for every window position; a model that expects BOS (``add_bos``, e.g. Gemma) sees it
+    first, as it does when serving (its row is dropped)."""
+    bos = [engine.bos_id] if engine.add_bos and engine.bos_id >= 0 else []
+    return [engine.forward(bos + w, 0, engine.empty_kv())[0][len(bos):] for w in windows]
 
 
 def nll_and_argmax(engine: Any, windows: list[list[int]]) -> tuple[float, int, list[np.ndarray]]:
