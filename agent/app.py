@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.control import Controller
+from agent.control import QOS_KEYS, Controller, parse_qos
 from agent.errors import AgentError, ConfigError, InvalidParams, NotFound
+from agent.http.metrics import Metrics
 from agent.ipc import protocol as P
 from agent.ipc.server import REQUEST_ID, Peer, Server, claim_socket_path
 from agent.policy.engine import PolicyEngine
@@ -83,6 +84,8 @@ class App:
                              on_disconnect=self.on_disconnect)
         self.ready = asyncio.Event()
         self.http: Any = None
+        self.metrics = Metrics(self)   # Prometheus, fed by telemetry rows (GET /metrics, IPC metrics)
+        self.telemetry.listeners.append(self.metrics.on_record)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -173,7 +176,11 @@ class App:
         return {"infer": self.h_infer, "models": self.h_models, "status": self.h_status, "pin": self.h_pin,
                 "unpin": self.h_unpin, "hold": self.h_hold, "release": self.h_release,
                 "reload": self.h_reload, "subscribe": self.h_subscribe, "history": self.h_history,
-                "generate": self.h_generate, "cancel": self.h_cancel}
+                "generate": self.h_generate, "cancel": self.h_cancel, "metrics": self.h_metrics}
+
+    async def h_metrics(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        """The Prometheus text exposition (the same as ``GET /metrics``)."""
+        return {"text": (await self.metrics.render()).decode()}, []
 
     async def h_generate(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         """Stream tokens as ``token`` notifications ({id, text, index}); the response is the whole text,
@@ -193,20 +200,27 @@ class App:
         t0 = time.perf_counter()
         model = _str(params, "model")
         allowed = {"model", "prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
-                   "stream", "deadline_ms", "min_quality"}
+                   "stream", *QOS_KEYS}
         unknown = sorted(set(params) - allowed)
         if unknown:
             raise InvalidParams(f"unknown generate parameter {unknown[0]!r}; expected {', '.join(sorted(allowed))}")
         if not isinstance(params.get("stream", True), bool):
             raise InvalidParams(f"stream: expected true or false, got {params['stream']!r}")
-        hints = {k: params[k] for k in ("deadline_ms", "min_quality") if params.get(k) is not None}
-        for k, v in hints.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise InvalidParams(f"{k}: expected a non-negative number, got {v!r}")
-        if hints and self.controller is not None:
-            self.controller.hint(model, hints)
-        fwd = {k: v for k, v in params.items() if k not in ("model", "stream", "deadline_ms", "min_quality")}
+        qos = parse_qos(params)
+        mt = params.get("max_tokens")
+        tokens = mt if isinstance(mt, int) and not isinstance(mt, bool) and mt > 0 else None
+        fwd = {k: v for k, v in params.items() if k not in ("model", "stream", *QOS_KEYS)}
+        gate = None
+        if self.controller is not None and not qos.empty:
+            self.controller.hint(model, {k: getattr(qos, k) for k in QOS_KEYS if getattr(qos, k) is not None}
+                                 | ({"tokens": tokens} if tokens else {}))
+            gate = self.controller.gate(model)
+            await gate.enter(qos, t0)
         try:
+            if self.controller is not None and qos.deadline_ms is not None:
+                a = self.rt().slot(model).active
+                self.controller.admit(model, qos, a.variant if a else None, a.device if a else None,
+                                      tokens or 16, (time.perf_counter() - t0) * 1e3)
             res = await self.rt().generate(model, fwd, on_token)
         except asyncio.CancelledError:
             self.telemetry.record("requests", {"model": model, "ok": False, "error": "cancelled", "kind": "generate",
@@ -216,17 +230,27 @@ class App:
             self.telemetry.record("requests", {"model": model, "ok": False, "error": type(e).__name__,
                                                "kind": "generate", "latency_ms": (time.perf_counter() - t0) * 1e3})
             raise
+        finally:
+            if gate is not None:
+                gate.leave()
         wall = time.perf_counter() - t0
         usage = res.get("usage") or {}
-        # the worker's CPU time is not reported per generation: the busy cores while it ran stand in
-        cpu_s = wall * min(1.0, float(os.cpu_count() or 1))
-        joules, meter = (self.controller.attribute(model, res["variant"], cpu_s, wall)
+        # the worker reports the CPU time of the generation (process CPU time, shared out among concurrent
+        # generations); older workers do not: then the busy cores while it ran stand in
+        cpu_s = res.get("cpu_s")
+        if not isinstance(cpu_s, (int, float)) or isinstance(cpu_s, bool):
+            cpu_s = wall * min(1.0, float(os.cpu_count() or 1))
+        toks = usage.get("completion_tokens") or 0
+        joules, meter = (self.controller.attribute(model, res["variant"], float(cpu_s), wall, int(toks))
                          if self.controller else (None, None))
+        if qos.deadline_ms is not None:
+            res["deadline_met"] = wall * 1e3 <= qos.deadline_ms
         toks = usage.get("completion_tokens") or 0
         res["joules"], res["meter"] = joules, meter
         res["joules_per_token"] = joules / toks if joules is not None and toks else None
         self.telemetry.record("requests", {"model": model, "variant": res["variant"], "device": res["device"],
                                            "ok": True, "kind": "generate", "latency_ms": wall * 1e3,
+                                           "cpu_s": cpu_s, "deadline_ms": qos.deadline_ms,
                                            "tokens": toks, "ttft_ms": usage.get("ttft_ms"),
                                            "tokens_per_s": usage.get("decode_tokens_per_s"),
                                            "finish": res.get("finish_reason"), "joules": joules, "meter": meter})
@@ -242,7 +266,12 @@ class App:
         t0 = time.perf_counter()
         model = _str(params, "model")
         descs = params.get("inputs")
+        qos = parse_qos(params)
         try:
+            if self.controller is not None and not qos.empty:
+                self.controller.hint(model, {k: getattr(qos, k) for k in QOS_KEYS if getattr(qos, k) is not None})
+                a = self.rt().slot(model).active
+                self.controller.admit(model, qos, a.variant if a else None, a.device if a else None, None)
             r = await self.rt().infer(model, descs, payload)  # type: ignore[arg-type]
         except AgentError as e:
             self.telemetry.record("requests", {"model": model, "ok": False, "error": type(e).__name__,
@@ -251,12 +280,13 @@ class App:
         server_ms = (time.perf_counter() - t0) * 1e3
         joules, meter = (self.controller.attribute(model, r.variant, r.cpu_s, r.run_ms / 1e3)
                          if self.controller else (None, None))
+        late = None if qos.deadline_ms is None else server_ms > qos.deadline_ms
         self.telemetry.record("requests", {"model": model, "variant": r.variant, "device": r.device, "ok": True,
                                            "latency_ms": server_ms, "run_ms": r.run_ms, "cpu_s": r.cpu_s,
                                            "retried": r.retried, "joules": joules, "meter": meter})
         return ({"outputs": r.outputs, "model": model, "variant": r.variant, "device": r.device,
                  "server_ms": server_ms, "run_ms": r.run_ms, "retried": r.retried, "joules": joules,
-                 "meter": meter}, [r.data])
+                 "meter": meter, **({} if late is None else {"deadline_met": not late})}, [r.data])
 
     async def h_models(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         out = []

@@ -22,7 +22,7 @@ from agent.paths import default_socket
 
 # modules that add sub-commands (missing ones are skipped, so a partial install still works)
 PLUGIN_MODULES = ("agent.zoo.cli", "agent.sensors.cli", "agent.policy.cli", "agent.service_cli", "agent.llm.cli",
-                  "agent.demo")
+                  "agent.demo", "agent.top")
 
 
 def _client(a: argparse.Namespace) -> Any:
@@ -48,7 +48,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     print(f"agentd {d['version']}  pid {d['pid']}  up {F.duration(d['uptime_s'])}  socket {d['socket']}")
     print(f"  zoo {d.get('zoo', '-')}  state {d.get('state_dir', '-')}")
     if d.get("http"):
-        print(f"  OpenAI-compatible HTTP endpoint: {d['http']}/v1")
+        print(f"  HTTP endpoint: {d['http']}/v1 (OpenAI); also /api (Ollama), /v2 (KServe), /metrics (Prometheus)")
     if d.get("reload_error"):
         print(f"  last reload failed: {d['reload_error']}")
     if st.get("policy"):
@@ -123,7 +123,8 @@ def _parse_inputs(specs: list[str]) -> dict[str, np.ndarray]:
 def cmd_infer(a: argparse.Namespace) -> int:
     inputs = _parse_inputs(a.input)
     with _client(a) as c:
-        r = c.infer(a.model, inputs)
+        r = c.infer(a.model, inputs, **{k: getattr(a, k) for k in ("deadline_ms", "min_quality", "priority")
+                                         if getattr(a, k, None) is not None})
     if a.output:
         np.savez(a.output, **r.outputs)
     info = {"model": r.model, "variant": r.variant, "device": r.device, "latency_ms": round(r.latency_ms, 3),
@@ -265,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("model")
     sp.add_argument("--input", action="append", default=[], required=True, metavar="NAME=FILE.npy")
     sp.add_argument("--output", type=Path, metavar="OUT.npz")
+    from agent.llm.cli import add_qos_args
+
+    add_qos_args(sp)
     sp = p("pin", cmd_pin, "force a variant/device for a model (admin)")
     sp.add_argument("model")
     sp.add_argument("variant")

@@ -34,7 +34,7 @@ def llm_status_line(llm: dict[str, Any]) -> str:
 
 def _params(a: argparse.Namespace) -> dict[str, Any]:
     p: dict[str, Any] = {"max_tokens": a.max_tokens}
-    for key in ("temperature", "top_p", "top_k", "seed"):
+    for key in ("temperature", "top_p", "top_k", "seed", "deadline_ms", "min_quality", "priority"):
         v = getattr(a, key, None)
         if v is not None:
             p[key] = v
@@ -160,6 +160,14 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def add_qos_args(sp: argparse.ArgumentParser) -> None:
+    """Per-request QoS flags (``generate``, ``chat``, ``infer``); the daemon validates the values."""
+    sp.add_argument("--deadline-ms", type=float, dest="deadline_ms",
+                    help="the answer must be complete within this; refused at once if no variant can make it")
+    sp.add_argument("--min-quality", type=float, dest="min_quality", help="the request's own quality floor (0..1)")
+    sp.add_argument("--priority", type=int, help="larger = served first among queued requests")
+
+
 def _add_sampling(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("model")
     sp.add_argument("--max-tokens", type=_positive_int, default=256, help="new tokens at most (default 256)")
@@ -169,6 +177,7 @@ def _add_sampling(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--seed", type=int, help="makes sampling reproducible")
     sp.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop sequence (repeatable)")
     sp.add_argument("--system", help="system prompt (chat)")
+    add_qos_args(sp)
     sp.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the daemon")
     sp.add_argument("-q", "--quiet", action="store_true", help="no summary line on stderr")
 
