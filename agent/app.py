@@ -285,8 +285,8 @@ class App:
                                            "latency_ms": server_ms, "run_ms": r.run_ms, "cpu_s": r.cpu_s,
                                            "retried": r.retried, "joules": joules, "meter": meter})
         return ({"outputs": r.outputs, "model": model, "variant": r.variant, "device": r.device,
-                 "server_ms": server_ms, "run_ms": r.run_ms, "retried": r.retried, "joules": joules,
-                 "meter": meter, **({} if late is None else {"deadline_met": not late})}, [r.data])
+                 "providers": r.providers, "server_ms": server_ms, "run_ms": r.run_ms, "retried": r.retried,
+                 "joules": joules, "meter": meter, **({} if late is None else {"deadline_met": not late})}, [r.data])
 
     async def h_models(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         out = []
@@ -326,9 +326,10 @@ class App:
 
     async def h_pin(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         model, variant = _str(params, "model"), _str(params, "variant")
-        device = _str(params, "device", "cpu")
         slot = self.rt().slot(model)
-        slot.manifest.variant(variant)   # NotFound before anything changes
+        v = slot.manifest.variant(variant)   # NotFound before anything changes
+        # no device = where the variant runs by nature (cpu; remote/split for such variants)
+        device = _str(params, "device") if params.get("device") not in (None, "") else v.placement
         res = await self.rt().swap(model, variant, device, {"why": "pin", "uid": peer.uid, "pid": peer.pid})
         slot.pinned = (variant, device)
         if self.engine is not None:

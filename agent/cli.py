@@ -61,8 +61,9 @@ def cmd_status(a: argparse.Namespace) -> int:
     for name, m in st["models"].items():
         act = m["active"]
         pin = f"  pinned {m['pinned']['variant']}@{m['pinned']['device']}" if m.get("pinned") else ""
-        where = f"{act['variant']} on {act['device']} (pid {act['pid']}, {F.mb(act.get('rss_bytes'))} RSS)" \
-            if act else "none"
+        ran = ",".join(act.get("providers") or []) if act else ""
+        where = (f"{act['variant']} on {act['device']}{f' [{ran}]' if ran else ''} "
+                 f"(pid {act['pid']}, {F.mb(act.get('rss_bytes'))} RSS)") if act else "none"
         print(f"\n{name} [{m['kind']}]  active: {where}{pin}  requests {m['requests']}  errors {m['errors']}")
         if m.get("llm"):
             from agent.llm.cli import llm_status_line
@@ -272,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = p("pin", cmd_pin, "force a variant/device for a model (admin)")
     sp.add_argument("model")
     sp.add_argument("variant")
-    sp.add_argument("--device", default="cpu", help="cpu, gpu, npu or an execution provider name")
+    sp.add_argument("--device", default="", help="cpu, gpu, npu or an execution provider name "
+                    "(default: cpu; remote/split variants run where their manifest says)")
     sp = p("unpin", cmd_unpin, "let the policy choose again (admin)")
     sp.add_argument("model")
     sp = p("hold", cmd_hold, "hold a power profile while this command runs", json_flag=False)

@@ -196,7 +196,7 @@ class Client:
     def status(self) -> Any:
         return self.call("status")[0]
 
-    def pin(self, model: str, variant: str, device: str = "cpu") -> Any:
+    def pin(self, model: str, variant: str, device: str = "") -> Any:
         return self.call("pin", {"model": model, "variant": variant, "device": device})[0]
 
     def unpin(self, model: str) -> Any:
@@ -359,7 +359,7 @@ class AsyncClient:
     async def models(self) -> Any:
         return (await self.call("models"))[0]
 
-    async def pin(self, model: str, variant: str, device: str = "cpu") -> Any:
+    async def pin(self, model: str, variant: str, device: str = "") -> Any:
         return (await self.call("pin", {"model": model, "variant": variant, "device": device}))[0]
 
     async def unpin(self, model: str) -> Any:

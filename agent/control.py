@@ -188,7 +188,7 @@ class Controller:
         try:
             snap = self.source.read()
             self.prev, self.last = None, snap
-            d = self.engine.step(snap, self._table, snap.mono_s, self.demands.demand())
+            d = self.engine.step(snap, self.runtime.placeable(self._table), snap.mono_s, self.demands.demand())
             self.last_decision = d
             for m, c in d.choices.items():
                 if m in choices:
@@ -273,7 +273,7 @@ class Controller:
         try:
             # the snapshot's clock: real time when live, trace time when a trace is replayed, so dwell
             # and debounce count the same seconds the rules' readings do
-            d = self.engine.step(snap, self._table, snap.mono_s, self.demands.demand())
+            d = self.engine.step(snap, self.runtime.placeable(self._table), snap.mono_s, self.demands.demand())
         except Exception:
             log.exception("policy decision failed")
             return

@@ -22,7 +22,8 @@ same class again on the other side::
     ├── WorkerError                 -32030  a worker failed while running a request
     │   └── WorkerDied              -32031  the worker process is gone
     ├── Unavailable                 -32040  no variant is ready to serve (loading / shutting down)
-    │   └── DeadlineInfeasible      -32041  no variant can meet the request's deadline now (data names the fastest)
+    │   ├── DeadlineInfeasible      -32041  no variant can meet the request's deadline now (data names the fastest)
+    │   └── RemoteUnavailable       -32042  a remote inference server did not answer (runtime fails over)
     ├── BuildError                  -32050  a zoo build step failed
     ├── ConnectionClosed            -32060  client side: the daemon closed the connection
     └── CpuLimitError               -32070  a CPU quota (cgroup / affinity) could not be set
@@ -136,6 +137,12 @@ class Unavailable(AgentError):
 
 class DeadlineInfeasible(Unavailable):
     code = -32041
+
+
+class RemoteUnavailable(Unavailable):
+    """A remote inference server (KServe v2) did not answer; the runtime fails over to a local variant."""
+
+    code = -32042
 
 
 class BuildError(AgentError):

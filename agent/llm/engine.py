@@ -112,7 +112,7 @@ class LLMEngine:
 
     def __init__(self, model_path: str | Path, tokenizer_path: str | Path, config: Mapping[str, Any],
                  threads: int | None = None, *, prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
-                 session_options: Mapping[str, str] | None = None) -> None:
+                 session_options: Mapping[str, str] | None = None, ep_device: Any = None) -> None:
         import onnxruntime as ort
 
         self.model_path = Path(model_path)
@@ -127,7 +127,11 @@ class LLMEngine:
             so.add_session_config_entry(k, v)
         t0 = time.perf_counter()
         try:
-            self.session = ort.InferenceSession(str(self.model_path), so, providers=["CPUExecutionProvider"])
+            if ep_device is not None:   # an EP device from ort.get_ep_devices() (GPU/NPU), see runtime/devices.py
+                so.add_provider_for_devices([ep_device], {})
+                self.session = ort.InferenceSession(str(self.model_path), so)
+            else:
+                self.session = ort.InferenceSession(str(self.model_path), so, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise LoadError(f"{self.model_path}: cannot load the decoder: {e}") from None
         self.load_ms = (time.perf_counter() - t0) * 1000

@@ -144,6 +144,8 @@ def violations(row: VariantRow, c: Constraints, objective: str, snapshot: Snapsh
     out: list[str] = []
     if not c.device_ok(row.device):
         out.append(f"device {row.device} not allowed")
+    if row.reachable is False:
+        out.append("server unreachable")
     fig = _FIGURE[objective]
     if getattr(row, fig) is None:
         out.append(f"no measured {fig}")

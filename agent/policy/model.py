@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from agent.policy.conditions import LEVEL_RANK, Condition
 
 OBJECTIVES = ("min_energy", "min_latency", "max_quality")
-DEVICES = ("cpu", "gpu", "npu")
+DEVICES = ("cpu", "gpu", "npu", "remote", "split")
 BUILTIN_PROFILES = ("power-saver", "balanced", "performance")
 
 

@@ -43,6 +43,7 @@ class VariantRow:
     meter: str | None = None         # how energy_j was measured (model = CPU time x per-core power, rapl, ...)
     curve: CostCurve | None = None   # measured costs under CPU quota / competing load
     state: ComputeState = NOMINAL    # the compute state these figures are for
+    reachable: bool | None = None    # remote rows: the server answered its last probe (None = not remote)
 
     @property
     def key(self) -> tuple[str, str]:

@@ -5,6 +5,14 @@ libraries are found by import, never by a path from a client), then lists ``ort.
 :class:`Device` records. ``select(spec)`` turns a user's choice (``cpu``, ``gpu``, ``npu`` or a provider
 name like ``OpenVINOExecutionProvider``, optionally ``PROVIDER:cpu``) into one device, or raises
 :class:`NotFound` naming what exists: a variant is never placed on another device silently.
+
+Two placements are not one EP device: ``remote`` (a KServe-v2 inference server, :mod:`agent.runtime.remote`)
+and ``split`` (a variant cut into parts, each part naming its own device in the manifest). The daemon
+checks every pin and policy choice with :func:`check_placement` before anything loads.
+
+GPU/NPU EPs are declared in :data:`PREFERRED`: ``gpu`` picks CUDA (the ``gpu`` extra, onnxruntime-gpu),
+then TensorRT-RTX, DirectML, WebGPU, OpenVINO's GPU; ``npu`` picks QNN, OpenVINO's NPU, VitisAI. Each is
+used only when ``get_ep_devices()`` lists a device for it.
 """
 
 from __future__ import annotations
@@ -26,7 +34,17 @@ PLUGIN_EPS: tuple[tuple[str, str, str], ...] = (
     ("onnxruntime_ep_nv_tensorrt_rtx", "get_library_path", "get_ep_name"),
 )
 
+# which provider a plain "gpu" / "npu" means when several list such a device (first present wins)
+PREFERRED: dict[str, tuple[str, ...]] = {
+    "gpu": ("CUDAExecutionProvider", "NvTensorRTRTXExecutionProvider", "DmlExecutionProvider",
+            "WebGpuExecutionProvider", "OpenVINOExecutionProvider"),
+    "npu": ("QNNExecutionProvider", "OpenVINOExecutionProvider", "VitisAIExecutionProvider"),
+}
+REMOTE = "remote"
+SPLIT = "split"
+
 _registered: dict[str, str] = {}
+_cache: list[Device] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +121,45 @@ def select(spec: str, devices: list[Device]) -> Device:
         # plain "cpu" means ONNX Runtime's own CPU EP, not a plugin that also drives the CPU
         cpu_ep = [d for d in matches if d.provider == "CPUExecutionProvider"]
         matches = cpu_ep or matches
+    elif want_kind in PREFERRED and want_provider is None:
+        order = PREFERRED[want_kind]
+        matches.sort(key=lambda d: order.index(d.provider) if d.provider in order else len(order))
     if not matches:
-        have = ", ".join(sorted({d.label for d in devices})) or "none"
-        raise NotFound(f"no device matches {spec!r}; available: {have}")
+        raise NotFound(f"no device matches {spec!r}; available: {describe(devices)}",
+                       data={"available": [d.to_dict() for d in devices]})
     return matches[0]
+
+
+def describe(devices: list[Device]) -> str:
+    """``cpu:CPUExecutionProvider, gpu:CUDAExecutionProvider`` (what a refusal lists)."""
+    return ", ".join(sorted({d.label for d in devices})) or "none"
+
+
+def available(refresh: bool = False) -> list[Device]:
+    """The devices of this process's ONNX Runtime, discovered once (plugins registered on first use)."""
+    global _cache
+    if _cache is None or refresh:
+        _cache = discover()
+    return list(_cache)
+
+
+def check_placement(spec: str, natural: str, devices: list[Device]) -> str:
+    """The placement string to use for a variant whose own kind is ``natural`` (``remote``, ``split`` or
+    ``cpu`` for a plain ONNX file); ``spec`` empty means ``natural``. Raises NotFound naming what exists."""
+    spec = (spec or natural).strip()
+    if natural in (REMOTE, SPLIT):
+        if spec != natural:
+            raise NotFound(f"this variant runs on {natural!r} (its placement is in the manifest), not {spec!r}")
+        return spec
+    if spec in (REMOTE, SPLIT):
+        raise NotFound(f"device {spec!r} is for remote/split variants; this one runs on an EP device "
+                       f"(available: {describe(devices)})")
+    select(spec, devices)
+    return spec
+
+
+def providers_ran(info: dict[str, Any]) -> list[str]:
+    """The providers that were assigned nodes (from the recorded graph assignment), else the session's."""
+    ran = [p for p, n in (info.get("assignment") or {}).items() if n]
+    return sorted(ran) if ran else list(info.get("providers") or [])
+

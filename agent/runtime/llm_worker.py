@@ -125,14 +125,36 @@ def load_llm(path: Path, params: dict[str, Any], worker: Worker) -> tuple[LLMHos
     if params.get("sha256") and file_sha256(path) != params["sha256"]:
         raise LoadError(f"variant file {path.name} is corrupt: sha256 does not match the manifest")
     t0 = time.perf_counter()
+    dev, ep_dev = _device(str(params.get("device") or "cpu"))
     engine = LLMEngine(path, tok_path, llm, threads=params.get("threads"),
-                       prefix_cache_bytes=int(params.get("prefix_cache_bytes", 64 << 20)))
+                       prefix_cache_bytes=int(params.get("prefix_cache_bytes", 64 << 20)),
+                       session_options={"session.record_ep_graph_assignment_info": "1"}, ep_device=ep_dev)
     n = int(params.get("warmup_runs", 3))
     if n:  # warm up: one short greedy generation
         for _ in engine.generate("Hello", {"max_tokens": 2}):
             pass
     warm_ms = (time.perf_counter() - t0) * 1e3 - engine.load_ms
     host = LLMHost(engine, worker, max_concurrent=int(params.get("max_concurrent", min(4, os.cpu_count() or 2))))
-    info = {"device": {"kind": "cpu", "provider": "CPUExecutionProvider", "label": "cpu:CPUExecutionProvider"},
-            "providers": ["CPUExecutionProvider"], "assignment": {}, "load_ms": engine.load_ms, "warmup_ms": warm_ms}
+    from agent.runtime.session import assignment
+
+    providers = list(engine.session.get_providers())
+    if dev.provider not in providers:
+        raise LoadError(f"{path.name}: session does not use {dev.provider} (got {providers})")
+    info = {"device": dev.to_dict(), "providers": providers, "assignment": assignment(engine.session),
+            "load_ms": engine.load_ms, "warmup_ms": warm_ms}
     return host, info
+
+
+def _device(spec: str) -> tuple[Any, Any]:
+    """The discovered device for ``spec`` (LoadError naming what exists) and its OrtEpDevice, None for
+    ONNX Runtime's own CPU EP."""
+    import onnxruntime as ort
+
+    from agent.errors import NotFound
+    from agent.runtime import devices as devmod
+
+    try:
+        dev = devmod.select(spec, devmod.discover())
+    except NotFound as e:
+        raise LoadError(str(e)) from None
+    return dev, (None if dev.provider == "CPUExecutionProvider" else ort.get_ep_devices()[dev.index])

@@ -10,11 +10,19 @@ Swap (one load at a time, under ``load_lock``)::
 
 A request whose worker dies is retried once on the slot's healthy (or restarted) worker; a dead
 active worker is restarted with exponential backoff.
+
+Placement is checked before anything loads (:func:`agent.runtime.devices.check_placement`): a pin or a
+policy choice naming a device that ONNX Runtime did not discover is refused with the list of what
+exists. A *remote* variant (KServe v2 server) whose server stops answering is failed over to the
+slot's last local variant (or the reference on CPU) and the request is retried there: one swap line
+with the reason, no failed request. Remote endpoints are probed in the background; :meth:`placeable`
+marks their policy rows ``reachable`` and drops rows for devices this machine does not have.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,10 +34,12 @@ from agent.errors import (
     InvalidParams,
     LoadError,
     NotFound,
+    RemoteUnavailable,
     Unavailable,
     WorkerDied,
 )
 from agent.ipc import protocol as P
+from agent.runtime import devices as devmod
 from agent.runtime.handle import WorkerHandle
 from agent.runtime.slots import InferResult, Slot, VariantState  # noqa: F401  (re-exported)
 from agent.zoo.manifest import Manifest, Variant, safe_join
@@ -39,6 +49,14 @@ swaplog = logging.getLogger("agent.swap")
 
 MemoryProbe = Callable[[], int]
 Spawner = Callable[[], Awaitable[WorkerHandle]]
+DeviceProbe = Callable[[], list[devmod.Device]]
+RemoteProbe = Callable[[str, str], tuple[bool, str]]
+
+
+def default_remote_probe(url: str, model: str) -> tuple[bool, str]:
+    from agent.runtime.remote import probe
+
+    return probe(url, model, timeout_s=1.0)
 
 
 def default_memory_probe() -> int:
@@ -53,7 +71,9 @@ class Runtime:
                  threads: int | None = None, warmup_runs: int = 3, spare_workers: int = 1,
                  ready_timeout: float = 60.0, drain_timeout: float = 30.0,
                  backoff: tuple[float, float] = (0.2, 10.0),
-                 emit: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 emit: Callable[[dict[str, Any]], None] | None = None,
+                 devices: DeviceProbe = devmod.available, remote_probe: RemoteProbe = default_remote_probe,
+                 probe_interval_s: float = 2.0) -> None:
         self.slots = {name: Slot(m) for name, m in manifests.items()}
         self.spawner = spawner or WorkerHandle.spawn
         self.memory_probe = memory_probe
@@ -70,6 +90,14 @@ class Runtime:
         self._spare_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closing = False
+        self.devices = devices
+        # discovered once, in a thread, so it overlaps the first worker's start instead of delaying it
+        self._devices_future = concurrent.futures.ThreadPoolExecutor(1, "discover").submit(devices)
+        self.remote_probe = remote_probe
+        self.probe_interval_s = probe_interval_s
+        # (endpoint, remote model) -> (reachable, why, time.time()) from the background probe / failures
+        self.reach: dict[tuple[str, str], tuple[bool, str, float]] = {}
+        self._last_local: dict[str, tuple[str, str]] = {}
 
     # -- helpers ------------------------------------------------------------------------------------
     def slot(self, model: str) -> Slot:
@@ -117,7 +145,10 @@ class Runtime:
         meas = v.measurement(device.split(":")[0]) if device else None
         if meas and meas.peak_rss_bytes:
             return int(meas.peak_rss_bytes)
-        size = v.size_bytes or (m.path_of(v).stat().st_size if m.path_of(v).exists() else 0)
+        if v.remote is not None:
+            return 64 << 20                   # a worker holding an HTTP client, no weights
+        files = [m.path_of(v)] if not v.parts else [safe_join(m.folder, p.file) for p in v.parts]
+        size = v.size_bytes or sum(f.stat().st_size for f in files if f.exists())
         return int(size * 2.5) + (64 << 20)   # prepacking peaks at ~2x weights (FACTS.md) + runtime
 
     async def _ensure_memory(self, m: Manifest, v: Variant, device: str) -> None:
@@ -141,11 +172,97 @@ class Runtime:
                 data={"need_bytes": need, "available_bytes": avail, "headroom_bytes": self.headroom})
 
     def _load_params(self, m: Manifest, v: Variant, device: str) -> dict[str, Any]:
-        return {"path": str(m.path_of(v)), "sha256": v.sha256, "device": device, "threads": self.threads,
-                "warmup_runs": self.warmup_runs, "kind": m.kind, "llm": m.llm,
-                "warmup_file": str(safe_join(m.folder, m.warmup)) if m.warmup else None,
-                "signature": {"inputs": [s.to_toml() for s in m.inputs],
-                              "outputs": [s.to_toml() for s in m.outputs]}}
+        out: dict[str, Any] = {
+            "path": str(m.path_of(v)) if v.remote is None else "", "sha256": v.sha256, "device": device,
+            "threads": self.threads, "warmup_runs": self.warmup_runs, "kind": m.kind, "llm": m.llm,
+            "warmup_file": str(safe_join(m.folder, m.warmup)) if m.warmup else None,
+            "signature": {"inputs": [s.to_toml() for s in m.inputs], "outputs": [s.to_toml() for s in m.outputs]}}
+        if v.parts:
+            out["parts"] = [{"path": str(safe_join(m.folder, p.file)), "device": p.device, "sha256": p.sha256}
+                            for p in v.parts]
+        if v.remote is not None:
+            out["remote"] = {"endpoint": v.remote.endpoint, "model": v.remote.model, "version": v.remote.version,
+                             "timeout_s": v.remote.timeout_s}
+        return out
+
+    # -- placement ----------------------------------------------------------------------------------
+    async def known_devices(self) -> list[devmod.Device]:
+        devs: list[devmod.Device] = await asyncio.wrap_future(self._devices_future)
+        return list(devs)
+
+    async def check_placement(self, m: Manifest, v: Variant, device: str) -> str:
+        """The device string to load ``v`` with; NotFound (listing what exists) when it is not here."""
+        if m.kind != "tensor" and v.placement != "cpu":
+            raise NotFound(f"{m.name}/{v.id}: {v.placement} variants are for tensor models")
+        return devmod.check_placement(device, v.placement, await self.known_devices())
+
+    def placeable(self, rows: list[Any]) -> list[Any]:
+        """The policy's rows this machine can run now: rows for undiscovered devices are dropped, remote
+        rows carry ``reachable`` from the last probe or failure."""
+        from dataclasses import replace
+
+        # until discovery has answered, only the CPU is assumed (the next decision sees the rest)
+        f = self._devices_future
+        devs = f.result() if f.done() and f.exception() is None else []
+        have = {d.kind for d in devs} | {"cpu", devmod.REMOTE, devmod.SPLIT}
+        out = []
+        for r in rows:
+            if r.device not in have:
+                continue
+            if r.device == devmod.REMOTE:
+                slot = self.slots.get(r.model)
+                v = slot.manifest.variant(r.variant) if slot else None
+                if v is not None and v.remote is not None:
+                    ok = self.reach.get((v.remote.endpoint, v.remote.model))
+                    r = replace(r, reachable=ok[0] if ok else False)
+            out.append(r)
+        return out
+
+    def remote_endpoints(self) -> list[tuple[str, str]]:
+        return sorted({(v.remote.endpoint, v.remote.model) for s in self.slots.values()
+                       for v in s.manifest.variants if v.remote is not None})
+
+    async def probe_remotes(self) -> None:
+        """One round of health probes of every remote endpoint (in a thread: blocking HTTP)."""
+        loop = asyncio.get_running_loop()
+        for url, model in self.remote_endpoints():
+            ok, why = await loop.run_in_executor(None, self.remote_probe, url, model)
+            prev = self.reach.get((url, model))
+            self.reach[(url, model)] = (ok, why, time.time())
+            if prev is None or prev[0] != ok:
+                log.info("remote %s model %s %s: %s", url, model, "reachable" if ok else "unreachable", why)
+                self.emit({"event": "remote_reachable" if ok else "remote_unreachable", "endpoint": url,
+                           "model": model, "why": why})
+            if not ok:   # no await between marking it and failing over: the runtime, not the policy, moves first
+                for slot in self.slots.values():
+                    h = slot.active
+                    v = slot.manifest.variant(h.variant) if h is not None and h.variant else None
+                    if h is not None and v is not None and v.remote is not None and \
+                            (v.remote.endpoint, v.remote.model) == (url, model):
+                        try:
+                            await self._failover(slot, h, RemoteUnavailable(f"probe: {why}"))
+                        except AgentError as e:
+                            log.error("failover of %s failed: %s", slot.manifest.name, e)
+
+    async def _probe_loop(self) -> None:
+        while not self.closing:
+            try:
+                await self.probe_remotes()
+            except Exception:  # a probe must never end the loop
+                log.exception("remote probe failed")
+            await asyncio.sleep(self.probe_interval_s)
+
+    async def _failover(self, slot: Slot, h: WorkerHandle, err: AgentError) -> None:
+        """The remote variant's server is gone: serve from a local variant again (one swap, one reason)."""
+        m = slot.manifest
+        v = m.variant(h.variant) if h.variant else None
+        if v is not None and v.remote is not None:
+            self.reach[(v.remote.endpoint, v.remote.model)] = (False, err.message, time.time())
+        if slot.active is not h:
+            return  # another request already failed over (or a swap happened): just retry
+        variant, device = self._last_local.get(m.name, (m.reference, "cpu"))
+        await self.swap(m.name, variant, device, {"why": "failover", "from_remote": h.variant,
+                                                  "error": err.message})
 
     # -- swap ---------------------------------------------------------------------------------------
     async def swap(self, model: str, variant: str, device: str = "cpu",
@@ -153,6 +270,7 @@ class Runtime:
         """Make ``variant`` on ``device`` the active one for ``model`` (make-before-break)."""
         slot = self.slot(model)
         v = slot.manifest.variant(variant)
+        device = await self.check_placement(slot.manifest, v, device)   # refused before anything changes
         reason = reason or {"why": "requested"}
         async with self.load_lock:
             cur = slot.active
@@ -182,6 +300,8 @@ class Runtime:
             warm_ms = info.get("warmup_ms", 0.0)
             h.variant, h.model, h.device = variant, model, device
             h.on_death = self._on_worker_death
+            if v.remote is None:
+                self._last_local[model] = (variant, device)
             # the switch: one assignment, no await between it and the routing it affects
             old = slot.active
             slot.active = h
@@ -195,14 +315,16 @@ class Runtime:
                      "from_device": old.device if old else None, "to": variant, "device": device,
                      "reason": reason, "load_ms": round(load_ms, 2), "warmup_ms": round(warm_ms, 2),
                      "swap_ms": round(total_ms, 2), "assignment": info.get("assignment"),
-                     "peak_rss_bytes": info.get("peak_rss_bytes"), "warmup": info.get("warmup")}
+                     "providers": devmod.providers_ran(info), "peak_rss_bytes": info.get("peak_rss_bytes"),
+                     "warmup": info.get("warmup")}
             swaplog.info("swap", extra={"fields": {k: v_ for k, v_ in event.items() if k != "event"}})
             self.emit(event)
             if old is not None:
                 slot.draining.add(old)
                 self._bg(self._drain(slot, old))
             return {"model": model, "variant": variant, "device": device, "changed": True,
-                    "load_ms": load_ms, "warmup_ms": warm_ms, "swap_ms": total_ms}
+                    "providers": devmod.providers_ran(info), "load_ms": load_ms, "warmup_ms": warm_ms,
+                    "swap_ms": total_ms}
 
     async def _drain(self, slot: Slot, h: WorkerHandle) -> None:
         deadline = time.monotonic() + self.drain_timeout
@@ -294,7 +416,16 @@ class Runtime:
                 result, data = await h.run(descs, payload)
                 return InferResult(result["outputs"], data, model, h.variant or "?", h.device or "?",
                                    float(result.get("run_ms", 0.0)), float(result.get("cpu_s", 0.0)),
-                                   retried=attempt > 0)
+                                   retried=attempt > 0, providers=devmod.providers_ran(h.info))
+            except RemoteUnavailable as e:
+                if attempt == 1:
+                    slot.errors += 1
+                    raise
+                h.inflight -= 1   # before the failover: the swap drains this worker
+                try:
+                    await self._failover(slot, h, e)
+                finally:
+                    h.inflight += 1
             except WorkerDied:
                 if attempt == 1:
                     slot.errors += 1
@@ -353,6 +484,9 @@ class Runtime:
         """Load the initial variant of each model; returns {model: error} for those that failed."""
         errors: dict[str, str] = {}
         self._refill_spares()
+        if self.remote_endpoints():
+            await self.probe_remotes()          # so the first decision already knows what is reachable
+            self._bg(self._probe_loop())
         for model, (variant, device) in initial.items():
             try:
                 await self.swap(model, variant, device, {"why": "startup"})
@@ -386,10 +520,18 @@ class Runtime:
             a = s.active
             out[name] = {
                 "kind": s.manifest.kind, "reference": s.manifest.reference,
-                "active": {"variant": a.variant, "device": a.device, **a.describe()} if a else None,
+                "active": ({"variant": a.variant, "device": a.device, **a.describe(),
+                            "providers": devmod.providers_ran(a.info), "parts": a.info.get("parts"),
+                            "remote": a.info.get("remote")} if a else None),
                 "pinned": {"variant": s.pinned[0], "device": s.pinned[1]} if s.pinned else None,
                 "requests": s.requests, "errors": s.errors,
-                "variants": {v.id: {"precision": v.precision, **vars(s.state(v.id)),
+                "variants": {v.id: {"precision": v.precision, "placement": v.placement, **vars(s.state(v.id)),
                                     **({"unfit": v.unfit} if v.unfit else {})} for v in s.manifest.variants},
             }
+            remotes = {f"{v.remote.endpoint}/{v.remote.model}": self.reach.get((v.remote.endpoint, v.remote.model))
+                       for v in s.manifest.variants if v.remote is not None}
+            if remotes:
+                out[name]["remotes"] = {k: ({"reachable": r[0], "why": r[1], "at": r[2]} if r else None)
+                                        for k, r in remotes.items()}
         return out
+

@@ -3,6 +3,11 @@
 Placement is explicit: the session is built with ``add_provider_for_devices`` for the chosen EP device,
 CPU fallback for non-CPU devices is disabled so a node the device cannot run fails the load instead of
 silently running elsewhere, and the node assignment per provider is recorded and reported.
+
+:func:`open_variant` is what a worker calls: a plain variant is one session; a *split* variant is several
+sessions, one per part, each on its own device, chained by :class:`SplitSession` (the cut tensors pass
+from part to part inside the worker's memory, no copy); a *remote* variant is a
+:class:`agent.runtime.remote.RemoteSession`. All three answer ``get_inputs``/``get_outputs``/``run``.
 """
 
 from __future__ import annotations
@@ -47,7 +52,9 @@ def open_session(path: Path, device_spec: str, *, threads: int | None = None,
         so.intra_op_num_threads = threads
     so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if dev.provider != "CPUExecutionProvider":
+    if dev.provider != "CPUExecutionProvider" and dev.kind != "gpu":
+        # a plugin/NPU EP must take the whole graph; a GPU EP (CUDA, DirectML) leaves shape ops to the CPU
+        # by design, so there the split is allowed and reported (``assignment``) instead of refused
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     ep_dev = ort.get_ep_devices()[dev.index]
     opts = dict(provider_options or {})
@@ -63,7 +70,10 @@ def open_session(path: Path, device_spec: str, *, threads: int | None = None,
     providers = list(sess.get_providers())
     if dev.provider not in providers:
         raise LoadError(f"{path.name}: session does not use {dev.provider} (got {providers})")
-    info = {"device": dev.to_dict(), "providers": providers, "assignment": assignment(sess),
+    assigned = assignment(sess)
+    if assigned and not assigned.get(dev.provider):
+        raise LoadError(f"{path.name}: {dev.provider} was given no nodes (assignment {assigned})")
+    info = {"device": dev.to_dict(), "providers": providers, "assignment": assigned,
             "load_ms": (time.perf_counter() - t0) * 1e3, **signature(sess)}
     return sess, info
 
@@ -134,3 +144,80 @@ def warm_up(sess: Any, runs: int, samples: str | Path | None = None) -> str:
         except Exception as e:  # noqa: BLE001 - onnxruntime's own error types; the next candidate may fit
             errors.append(f"{desc}: {' '.join(str(e).split())[:160]}")
     return "skipped: " + "; ".join(errors)
+
+
+class SplitSession:
+    """Parts of one model run in sequence; each part's outputs feed the later parts' inputs."""
+
+    def __init__(self, parts: list[Any]) -> None:
+        if not parts:
+            raise LoadError("a split variant needs at least one part")
+        self.parts = parts
+        self.part_io: list[tuple[list[str], list[str]]] = []
+        produced: set[str] = set()
+        consumed: set[str] = set()
+        inputs: list[Any] = []
+        for s in parts:
+            ins = [i.name for i in s.get_inputs()]
+            for i in s.get_inputs():
+                if i.name not in produced and i.name not in {x.name for x in inputs}:
+                    inputs.append(i)
+            consumed.update(n for n in ins if n in produced)
+            outs = [o.name for o in s.get_outputs()]
+            produced.update(outs)
+            self.part_io.append((ins, outs))
+        self._inputs = inputs
+        # the model's outputs: everything a part produces that no later part consumes
+        self._outputs = [o for s in parts for o in s.get_outputs() if o.name not in consumed]
+        self.cut = sorted(consumed)
+
+    def get_inputs(self) -> list[Any]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[Any]:
+        return list(self._outputs)
+
+    def get_providers(self) -> list[str]:
+        return sorted({p for s in self.parts for p in s.get_providers()})
+
+    def run(self, names: list[str] | None, feed: dict[str, Any]) -> list[Any]:
+        env = dict(feed)
+        for s, (ins, outs) in zip(self.parts, self.part_io):
+            env.update(zip(outs, s.run(outs, {n: env[n] for n in ins})))
+        return [env[n] for n in (names or [o.name for o in self._outputs])]
+
+
+def open_split(parts: list[dict[str, Any]], *, threads: int | None = None) -> tuple[SplitSession, dict[str, Any]]:
+    """Open every part on its own device (each checked like a plain variant: no silent fallback)."""
+    t0 = time.perf_counter()
+    sessions, placed = [], []
+    for i, part in enumerate(parts):
+        sess, info = open_session(Path(str(part["path"])), str(part.get("device") or "cpu"), threads=threads,
+                                  sha256=part.get("sha256"))
+        sessions.append(sess)
+        placed.append({"part": i, "file": Path(str(part["path"])).name, "device": info["device"],
+                       "providers": devmod.providers_ran(info), "assignment": info["assignment"],
+                       "load_ms": info["load_ms"]})
+    split = SplitSession(sessions)
+    assign: dict[str, int] = {}
+    for p in placed:
+        for ep, n in p["assignment"].items():
+            assign[ep] = assign.get(ep, 0) + n
+    info = {"device": {"kind": "split", "provider": "+".join(p["device"]["provider"] for p in placed),
+                       "vendor": "", "device_id": 0, "label": "split:" + "+".join(p["device"]["label"] for p in placed)},
+            "providers": split.get_providers(), "assignment": assign, "parts": placed, "cut": split.cut,
+            "load_ms": (time.perf_counter() - t0) * 1e3, **signature(split)}
+    return split, info
+
+
+def open_variant(params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The session for a worker's ``load`` params: plain (path + device), split (parts) or remote."""
+    if params.get("remote"):
+        from agent.runtime.remote import open_remote
+
+        sess, info = open_remote(dict(params["remote"]))
+        return sess, {**info, **signature(sess)}
+    if params.get("parts"):
+        return open_split(list(params["parts"]), threads=params.get("threads"))
+    return open_session(Path(str(params["path"])), str(params.get("device") or "cpu"),
+                        threads=params.get("threads"), sha256=params.get("sha256"))

@@ -48,3 +48,4 @@ class InferResult:
     run_ms: float
     cpu_s: float
     retried: bool = False
+    providers: list[str] = field(default_factory=list)   # the EPs (or remote server) that ran the nodes

@@ -104,7 +104,7 @@ class Worker:
         return {"pid": os.getpid(), "rss_bytes": _rss(), "loaded": self.sess is not None or self.llm is not None}, []
 
     def load(self, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
-        from agent.runtime.session import open_session, warm_up
+        from agent.runtime.session import open_variant, warm_up
 
         if self.sess is not None or self.llm is not None:
             raise LoadError("worker already holds a variant")
@@ -116,8 +116,7 @@ class Worker:
             self.llm, self.info = load_llm(path, params, self)
             self.methods.update(self.llm.methods())
             return {**self.info, "rss_bytes": _rss(), "peak_rss_bytes": _peak_rss()}, []
-        sess, info = open_session(path, str(params.get("device", "cpu")), threads=params.get("threads"),
-                                  sha256=params.get("sha256"))
+        sess, info = open_variant(params)   # plain, split (parts on their devices) or remote (KServe v2)
         expect = params.get("signature")
         if expect:
             _check_signature(expect, info)
@@ -142,6 +141,8 @@ class Worker:
         c0, t0 = time.process_time(), time.perf_counter()
         try:
             outs = self.sess.run(self.out_names, feed)
+        except AgentError:
+            raise           # a remote server that went away (RemoteUnavailable) keeps its type
         except Exception as e:
             msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:500]
             raise InvalidParams(f"inference failed: {msg}") from None

@@ -225,10 +225,39 @@ def cmd_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_split(args: argparse.Namespace) -> int:
+    from agent.zoo.build.split import build_split, cut_candidates
+
+    zoo = Path(args.zoo) if args.zoo else default_zoo_dir()
+    if args.list_cuts:
+        m = load_manifest(zoo / args.model)
+        v = m.variant(args.source or m.reference)
+        print("\n".join(cut_candidates(m.path_of(v))))
+        return 0
+    if not args.at or not args.devices:
+        raise InvalidParams("zoo split: --at and --devices are required (or --list-cuts)")
+    m = build_split(zoo, args.model, at=[a.split(",") for a in args.at], devices=args.devices.split(","),
+                    source=args.source, variant_id=args.id, tolerance=args.tolerance, cpu_watts=args.cpu_watts,
+                    rounds=args.rounds, runs=args.runs)
+    print(table(m))
+    return 0
+
+
+def cmd_remote(args: argparse.Namespace) -> int:
+    from agent.zoo.build.offload import add_remote
+
+    zoo = Path(args.zoo) if args.zoo else default_zoo_dir()
+    m = add_remote(zoo, args.model, endpoint=args.endpoint, remote_model=args.remote_model or args.model,
+                   version=args.version, variant_id=args.id, source=args.source, timeout_s=args.timeout,
+                   cpu_watts=args.cpu_watts, radio_j_per_mb=args.radio_j_per_mb, rounds=args.rounds, runs=args.runs)
+    print(table(m))
+    return 0
+
+
 def add_parsers(subparsers: Any) -> None:
     """Register ``zoo`` and its sub-commands on an argparse sub-parsers object."""
     zp = subparsers.add_parser("zoo", help="build, import and inspect model variants")
-    zs = zp.add_subparsers(dest="zoo_cmd", required=True, metavar="{build,show,import,measure,remove}")
+    zs = zp.add_subparsers(dest="zoo_cmd", required=True, metavar="{build,show,import,measure,remove,split,remote}")
     b = zs.add_parser("build", help="build and measure a recipe's variants")
     b.add_argument("recipe", help="recipe.toml or the folder holding it (e.g. model_zoo/silero_vad)")
     b.add_argument("--zoo", help="zoo directory (default: the state directory's zoo)")
@@ -266,6 +295,31 @@ def add_parsers(subparsers: Any) -> None:
     rm.add_argument("variant", nargs="?", help="the variant (default: the whole model)")
     rm.add_argument("--zoo")
     rm.set_defaults(func=cmd_remove)
+    sp = zs.add_parser("split", help="cut a variant into parts placed on different devices, measure it, add it")
+    sp.add_argument("model")
+    sp.add_argument("--at", action="append", metavar="TENSOR[,TENSOR]",
+                    help="cut tensor(s) between two parts; repeat for more parts")
+    sp.add_argument("--devices", help="one device per part, comma-separated (cpu, gpu, npu, PROVIDER[:kind])")
+    sp.add_argument("--from", dest="source", help="the variant to split (default: the reference)")
+    sp.add_argument("--id", help="the new variant's id (default: SOURCE-split)")
+    sp.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference from the unsplit outputs")
+    sp.add_argument("--list-cuts", action="store_true", help="print the single-tensor cut points and exit")
+    r = zs.add_parser("remote", help="add a variant served by a KServe v2 server (Triton, KServe), measured from here")
+    r.add_argument("model")
+    r.add_argument("--endpoint", required=True, help="http://HOST:PORT of the server")
+    r.add_argument("--remote-model", help="the model's name on the server (default: MODEL)")
+    r.add_argument("--version", help="the model version on the server")
+    r.add_argument("--id", default="remote", help="the new variant's id (default: remote)")
+    r.add_argument("--from", dest="source", help="the local variant to compare with (default: the reference)")
+    r.add_argument("--timeout", type=float, default=5.0, help="seconds per request before failing over")
+    r.add_argument("--radio-j-per-mb", type=float, default=0.0, help="local radio energy per MB on the wire")
+    for x in (sp, r):
+        x.add_argument("--cpu-watts", type=float, default=10.0, help="energy model: watts per busy core")
+        x.add_argument("--rounds", type=int, default=7, help="interleaved measurement rounds (>= 5)")
+        x.add_argument("--runs", type=int, default=20, help="timed runs per contender per round")
+        x.add_argument("--zoo")
+    sp.set_defaults(func=cmd_split)
+    r.set_defaults(func=cmd_remote)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,6 +50,23 @@ Format (schema 1)::
     [variants.build]              # provenance: source sha256, tool versions, command
     ...
 
+A *split* variant (``agent.zoo.build.split``) lists its parts; each part runs on its own device, in order,
+and ``file`` is the first part. Its measurements use ``device = "split"``::
+
+    [[variants.parts]]
+    file = "split-ab12cd34/part0.onnx"
+    device = "cpu"                # a device spec as for a pin: cpu, gpu, npu, PROVIDER[:kind]
+    sha256 = "..."
+
+A *remote* variant is served by a KServe v2 server (Triton, KServe); it has no file (``file = ""``) and
+its measurements use ``device = "remote"`` (latency includes the network; energy is the local cost)::
+
+    [variants.remote]
+    endpoint = "http://10.0.0.5:8000"
+    model = "mlp"
+    version = "1"                 # optional
+    timeout_s = 5.0               # optional
+
 Anything else is an error that names ``file:line: key``. Built by the zoo tools, read by the daemon.
 """
 
@@ -71,7 +88,7 @@ from agent.tomlfile import Checker, TomlDoc
 MANIFEST = "manifest.toml"
 KINDS = ("tensor", "causal-lm")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4", "mixed")
-DEVICES = ("cpu", "gpu", "npu")
+DEVICES = ("cpu", "gpu", "npu", "remote", "split")
 DTYPES = ("float32", "float16", "float64", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
@@ -144,6 +161,21 @@ QUALITY_FIGURES = ("perplexity", "perplexity_rel", "agreement", "mean_prefix", "
 
 
 @dataclass(frozen=True)
+class Part:
+    file: str
+    device: str = "cpu"
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Remote:
+    endpoint: str
+    model: str
+    version: str | None = None
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class Variant:
     id: str
     file: str
@@ -158,6 +190,13 @@ class Variant:
     measurements: tuple[Measurement, ...] = ()
     build: dict[str, Any] = field(default_factory=dict)
     unfit: str | None = None      # why the variant failed its recipe's floors (None = fit)
+    parts: tuple[Part, ...] = ()
+    remote: Remote | None = None
+
+    @property
+    def placement(self) -> str:
+        """Where the variant runs by its nature: ``remote``, ``split`` or ``cpu`` (a plain file)."""
+        return "remote" if self.remote is not None else "split" if self.parts else "cpu"
 
     def measurement(self, device: str) -> Measurement | None:
         for m in self.measurements:
@@ -247,6 +286,49 @@ def _measurement(c: Checker) -> Measurement:
     )
 
 
+def _check_file(c: Checker, folder: Path, rel: str, check_files: bool) -> None:
+    try:
+        path = safe_join(folder, rel)
+    except ManifestError as e:
+        raise c.error("file", e.message) from None
+    if check_files and not path.is_file():
+        raise c.error("file", f"expected an existing file, got missing {rel!r}")
+
+
+def _parts(vc: Checker, folder: Path, check_files: bool) -> tuple[Part, ...]:
+    out = []
+    for pc in vc.array_of_tables("parts"):
+        pc.only({"file", "device", "sha256"})
+        rel = pc.str("file")
+        _check_file(pc, folder, rel, check_files)
+        sha = pc.str("sha256", required=False)
+        if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise pc.error("sha256", f"expected 64 lowercase hex digits, got {sha!r}")
+        dev = pc.str("device", required=False) or "cpu"
+        if dev in ("remote", "split"):
+            raise pc.error("device", f"expected an EP device (cpu, gpu, npu, PROVIDER[:kind]), got {dev!r}")
+        out.append(Part(rel, dev, sha))
+    if len(out) == 1:
+        raise vc.error("parts", "expected at least two parts in a split variant")
+    return tuple(out)
+
+
+def _remote(vc: Checker) -> Remote | None:
+    rc = vc.table_of("remote")
+    if rc is None:
+        return None
+    rc.only({"endpoint", "model", "version", "timeout_s"})
+    url = rc.str("endpoint")
+    if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/\-]*)?", url):
+        raise rc.error("endpoint", f"expected http://host:port or https://host:port[/prefix], got {url!r}")
+    model = rc.str("model")
+    if not _ID.match(model):
+        raise rc.error("model", f"expected a model name of letters, digits, '_', '-', '.', got {model!r}")
+    version = rc.str("version", required=False)
+    timeout = rc.num("timeout_s", required=False, lo=0.01)
+    return Remote(url, model, version, float(timeout) if timeout is not None else 5.0)
+
+
 def _signature_mismatch(model: tuple[TensorSpec, ...], got: tuple[TensorSpec, ...]) -> str | None:
     """Why ``got`` does not fit the model's tensors, matched by name (order does not matter: onnxruntime
     feeds and fetches by name); None when it fits."""
@@ -289,20 +371,22 @@ def load_manifest(folder: Path, *, check_files: bool = True) -> Manifest:
     seen: set[str] = set()
     for vc in c.array_of_tables("variants", required=True):
         vc.only({"id", "file", "precision", "derived_from", "method", "sha256", "size_bytes", "inputs",
-                 "outputs", "quality", "measurements", "build", "unfit"})
+                 "outputs", "quality", "measurements", "build", "unfit", "parts", "remote"})
         vid = vc.str("id")
         if not _ID.match(vid):
             raise vc.error("id", f"expected letters, digits, '_', '-', '.', got {vid!r}")
         if vid in seen:
             raise vc.error("id", f"duplicate variant id {vid!r}")
         seen.add(vid)
-        rel = vc.str("file")
-        try:
-            path = safe_join(folder, rel)
-        except ManifestError as e:
-            raise vc.error("file", e.message) from None
-        if check_files and not path.is_file():
-            raise vc.error("file", f"expected an existing file, got missing {rel!r}")
+        remote = _remote(vc)
+        rel = vc.str("file") if remote is None else (vc.str("file", required=False) or "")
+        if remote is not None and rel:
+            raise vc.error("file", "a remote variant has no local file; expected \"\"")
+        if remote is None:
+            _check_file(vc, folder, rel, check_files)
+        parts = _parts(vc, folder, check_files)
+        if parts and remote is not None:
+            raise vc.error("parts", "a variant is either split (parts) or remote, not both")
         sha = vc.str("sha256", required=False)
         if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise vc.error("sha256", f"expected 64 lowercase hex digits, got {sha!r}")
@@ -330,7 +414,7 @@ def load_manifest(folder: Path, *, check_files: bool = True) -> Manifest:
             sha256=sha, size_bytes=vc.num("size_bytes", required=False, lo=0, integer=True),
             inputs=v_in, outputs=v_out, quality=quality,
             measurements=tuple(_measurement(m) for m in vc.array_of_tables("measurements")),
-            build=dict(build.table) if build else {}, unfit=unfit,
+            build=dict(build.table) if build else {}, unfit=unfit, parts=parts, remote=remote,
         ))
     if not variants:
         raise c.error("variants", "expected at least one [[variants]] table")
@@ -410,6 +494,10 @@ def manifest_to_toml(m: Manifest) -> dict[str, Any]:
             d["measurements"] = [_drop_none(vars(x).copy()) for x in v.measurements]
         if v.build:
             d["build"] = v.build
+        if v.parts:
+            d["parts"] = [_drop_none(vars(x).copy()) for x in v.parts]
+        if v.remote is not None:
+            d["remote"] = _drop_none(vars(v.remote).copy())
         vs.append(d)
     out["variants"] = vs
     return out

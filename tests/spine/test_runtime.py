@@ -71,8 +71,9 @@ def test_unknown_device_fails_the_load_and_never_falls_back(tensor_zoo):
     async def go():
         rt = Runtime(models, spare_workers=0)
         try:
-            with pytest.raises(LoadError, match="no device matches 'npu'"):
-                await rt.swap("mlp", "fp32", "npu")
+            with pytest.raises(NotFound, match="no device matches 'npu'; available: cpu:CPUExecutionProvider"):
+                await rt.swap("mlp", "fp32", "npu")   # refused before any worker is asked to load
+            assert rt.slots["mlp"].states.get("fp32") is None
             with pytest.raises(NotFound):
                 await rt.swap("mlp", "fp64", "cpu")
         finally:

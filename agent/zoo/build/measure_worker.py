@@ -122,11 +122,16 @@ def measure(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
+    return serve_json(measure)
+
+
+def serve_json(fn: Any) -> int:
+    """One JSON request on stdin -> ``fn(request)`` -> one JSON line on stdout (errors as {"error"})."""
     from agent.errors import AgentError
 
     req = json.loads(sys.stdin.read())
     try:
-        res = measure(req)
+        res = fn(req)
     except AgentError as e:
         res = {"error": e.message}
     except Exception as e:  # noqa: BLE001 - any failure becomes one JSON error line
