@@ -85,6 +85,26 @@ def save_model(model: Any, path: Path) -> Path:
     return path
 
 
+def save_external(model: Any, path: Path) -> Path:
+    """Write ``model`` as ``path`` + ``path.name + ".data"`` (weights outside the protobuf, as the builder
+    does), both renamed into place from a temporary folder beside them."""
+    import onnx
+
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        data = path.name + ".data"
+        onnx.save_model(model, str(tmp / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data, size_threshold=1024)
+        for name in (data, path.name):
+            os.chmod(tmp / name, 0o644)
+            os.replace(tmp / name, path.parent / name)
+    finally:
+        for p in tmp.iterdir():
+            p.unlink()
+        tmp.rmdir()
+    return path
+
+
 def export_variant(cfg: LlamaConfig, w: LlamaWeights, precision: str, path: Path, *,
                    keep_layers: Sequence[int] | None = None, block_size: int = 32) -> Path:
     """Write one decoder variant to ``path``."""

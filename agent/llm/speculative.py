@@ -1,0 +1,138 @@
+"""Speculative decoding from our own ladder: a small variant drafts, the served variant verifies.
+
+Greedy only. Each round the draft (e.g. the int4 variant of the same model) proposes up to ``k`` tokens
+one at a time (stopping early when its top probability falls below ``min_p``, if set); the served variant runs the current token and the ``k`` drafts in *one* step and keeps the
+longest prefix of drafts equal to its own argmax, plus its own next token. Every emitted token is the
+served variant's argmax given the tokens before it, so the output equals its own greedy output (up to
+the floating-point difference between scoring k+1 positions at once and one at a time, which a test
+checks on a prompt set). Both KV caches roll back by length only (``Decoder.truncate``).
+
+    engine.set_draft(LLMEngine(int4_path, tok, table, threads=2), k=4)
+    engine.generate(prompt, {"max_tokens": 64})        # greedy requests are now speculative
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from agent.errors import LoadError
+
+if TYPE_CHECKING:
+    from agent.llm.decoder import DecodeState
+    from agent.llm.engine import LLMEngine
+
+MAX_K = 16
+
+
+class Speculator:
+    def __init__(self, target: LLMEngine, draft: LLMEngine, k: int = 4, min_p: float = 0.0) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise LoadError(f"speculative k: expected an integer in 1..{MAX_K}, got {k!r}")
+        if isinstance(min_p, bool) or not isinstance(min_p, (int, float)) or not 0.0 <= min_p < 1.0:
+            raise LoadError(f"speculative min_p: expected a number in [0, 1), got {min_p!r}")
+        self.min_p = float(min_p)
+        tv = target.tokenizer.get_vocab_size()
+        dv = draft.tokenizer.get_vocab_size()
+        if tv != dv:
+            raise LoadError(f"draft {draft.model_path.name}: its vocabulary ({dv}) differs from the served "
+                            f"variant's ({tv}); a draft must be a variant of the same model")
+        self.target, self.draft, self.k = target, draft, k
+        self._lock = threading.Lock()
+        self.rounds = self.drafted = self.accepted = self.emitted = 0
+
+    def tokens(self, ids: list[int], st: DecodeState, logits: np.ndarray,
+               on_bytes: Callable[[int], None]) -> Generator[int, None, None]:
+        """The served variant's greedy tokens after ``ids`` (``st`` holds their KV, ``logits`` the next
+        token's scores); lazily: the work for later tokens happens when they are asked for."""
+        tdec, ddec, k = self.target.decoder, self.draft.decoder, self.k
+        dst: DecodeState | None = None
+        pending: list[int] = []  # tokens the target has consumed and the draft has not
+        rounds = drafted = accepted = emitted = 0
+        try:
+            while True:
+                tok = int(np.argmax(logits))
+                yield tok
+                emitted += 1
+                if dst is None:  # after the first token, so the draft's prefill does not delay it
+                    dst = ddec.new_state(st.capacity)
+                    pending = list(ids)
+                base = st.length  # the target holds everything before ``tok``
+                props: list[int] = []
+                feed = [*pending, tok]
+                for _ in range(k):
+                    dl = ddec.run(dst, feed, keep=1)[-1]
+                    nxt = int(np.argmax(dl))
+                    if self.min_p > 0.0 and 1.0 / float(np.exp(dl - dl[nxt]).sum()) < self.min_p:
+                        break   # the draft is unsure: verify what we have rather than draft on
+                    props.append(nxt)
+                    feed = [nxt]
+                on_bytes(st.nbytes + dst.nbytes)
+                n = len(props)
+                rows = tdec.run(st, [tok, *props], keep=n + 1)   # rows[j]: target's scores after props[:j]
+                m = 0
+                while m < n and int(np.argmax(rows[m])) == props[m]:
+                    m += 1
+                rounds += 1
+                drafted += n
+                accepted += m
+                tdec.truncate(st, base + 1 + m)
+                # the draft holds tok and the proposals it was fed; keep what the accepted sequence shares
+                keep = min(dst.length, base + 1 + m)
+                ddec.truncate(dst, keep)
+                pending = props[keep - base - 1: m]
+                for j in range(m):
+                    yield props[j]
+                    emitted += 1
+                logits = rows[m]
+        finally:
+            if dst is not None:
+                ddec.release(dst)
+            with self._lock:
+                self.rounds += rounds
+                self.drafted += drafted
+                self.accepted += accepted
+                self.emitted += emitted
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            r = self.rounds
+            return {"draft": str(self.draft.model_path), "k": self.k, "min_p": self.min_p, "rounds": r, "drafted": self.drafted,
+                    "accepted": self.accepted,
+                    "acceptance": self.accepted / self.drafted if self.drafted else None,
+                    "tokens_per_round": (self.accepted + r) / r if r else None}
+
+
+def draft_for(llm: dict[str, Any] | None, variant: str, variants: set[str]) -> tuple[str, int, float] | None:
+    """The draft variant and k for serving ``variant``, from the manifest's ``[llm.speculative]`` table::
+
+        [llm.speculative]
+        k = 4                                          # proposals per round, at most
+        min_p = 0.0                                    # stop drafting below this draft probability
+        drafts = { fp32 = "int4", int8 = "int4" }     # served variant -> its draft
+    """
+    spec = (llm or {}).get("speculative")
+    if spec is None:
+        return None
+    where = "[llm.speculative]"
+    if not isinstance(spec, dict) or set(spec) - {"k", "drafts", "min_p"}:
+        raise LoadError(f"{where}: expected a table with 'k', 'min_p' and 'drafts', got {spec!r}")
+    drafts = spec.get("drafts", {})
+    if not isinstance(drafts, dict) or not all(isinstance(v, str) for v in drafts.values()):
+        raise LoadError(f"{where} drafts: expected a table of variant = \"draft variant\", got {drafts!r}")
+    k = spec.get("k", 4)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise LoadError(f"{where} k: expected an integer in 1..{MAX_K}, got {k!r}")
+    min_p = spec.get("min_p", 0.0)
+    if isinstance(min_p, bool) or not isinstance(min_p, (int, float)) or not 0.0 <= min_p < 1.0:
+        raise LoadError(f"{where} min_p: expected a number in [0, 1), got {min_p!r}")
+    d = drafts.get(variant)
+    if d is None:
+        return None
+    if d not in variants or d == variant:
+        raise LoadError(f"{where} drafts.{variant}: expected another variant of this model "
+                        f"({sorted(variants - {variant})}), got {d!r}")
+    return d, k, float(min_p)
