@@ -24,6 +24,7 @@ from agent.errors import AgentError, InvalidParams, NotFound
 from agent.ipc import protocol as P
 from agent.ipc.server import REQUEST_ID, Peer, Server
 from agent.policy.engine import PolicyEngine
+from agent.runtime.deadlines import DeadlinePolicy, parse_deadline_ms
 from agent.runtime.manager import Runtime
 from agent.sensors.source import make_source
 from agent.telemetry import Telemetry, parse_duration
@@ -51,6 +52,8 @@ class Config:
     retention_s: float = 7 * 86400
     devices: dict[str, str] = field(default_factory=dict)   # model -> initial device
     http: str | None = None        # OpenAI-compatible endpoint: "127.0.0.1:8077" | "unix:PATH" (None: off)
+    request_timeout_s: float = 10.0   # floor of every model's default deadline (agent/runtime/deadlines.py)
+    hang_after_s: float = 3.0         # a worker silent this long (no heartbeat) is declared hung
 
 
 @dataclass
@@ -80,6 +83,8 @@ class App:
         self.engine: PolicyEngine | None = None
         self.server = Server(self.handlers(), max_frame=cfg.max_frame, max_inflight=cfg.max_inflight,
                              on_disconnect=self.on_disconnect)
+        # a connection that holds a profile is never closed as idle (its hold ends with it)
+        self.server.is_held = lambda peer: any(h.conn_id == peer.conn_id for h in self.holds.values())
         self.ready = asyncio.Event()
         self.http: Any = None
 
@@ -93,7 +98,9 @@ class App:
         source = make_source(self.cfg.sensors, self.cfg.sysfs_root, self.cfg.procfs_root)
         self.runtime = Runtime(self.manifests, memory_probe=_memory_probe, headroom_bytes=self.cfg.headroom_bytes,
                                threads=self.cfg.threads, spare_workers=self.cfg.spare_workers,
-                               drain_timeout=self.cfg.drain_timeout, emit=self.on_event)
+                               drain_timeout=self.cfg.drain_timeout, emit=self.on_event,
+                               deadlines=DeadlinePolicy(floor_s=self.cfg.request_timeout_s),
+                               hang_after_s=self.cfg.hang_after_s)
         self.controller = Controller(self.runtime, self.engine, source, self.telemetry,
                                      interval_s=self.cfg.sample_interval_s, emit=self.on_event)
         initial = self.controller.initial_choices()
@@ -198,7 +205,7 @@ class App:
             self.controller.hint(model, hints)
         fwd = {k: v for k, v in params.items() if k not in ("model", "stream", "deadline_ms", "min_quality")}
         try:
-            res = await self.rt().generate(model, fwd, on_token)
+            res = await self.rt().generate(model, fwd, on_token, parse_deadline_ms(params.get("deadline_ms")))
         except asyncio.CancelledError:
             self.telemetry.record("requests", {"model": model, "ok": False, "error": "cancelled", "kind": "generate",
                                                "latency_ms": (time.perf_counter() - t0) * 1e3})
@@ -233,8 +240,9 @@ class App:
         t0 = time.perf_counter()
         model = _str(params, "model")
         descs = params.get("inputs")
+        deadline_s = parse_deadline_ms(params.get("deadline_ms"))
         try:
-            r = await self.rt().infer(model, descs, payload)  # type: ignore[arg-type]
+            r = await self.rt().infer(model, descs, payload, deadline_s)  # type: ignore[arg-type]
         except AgentError as e:
             self.telemetry.record("requests", {"model": model, "ok": False, "error": type(e).__name__,
                                                "latency_ms": (time.perf_counter() - t0) * 1e3})

@@ -41,6 +41,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on stop")
     ap.add_argument("--spare-workers", type=int, default=1, help="pre-started idle workers (faster swaps)")
     ap.add_argument("--headroom-mb", type=int, default=256, help="memory kept free when loading a variant")
+    ap.add_argument("--request-timeout", type=float, default=10.0,
+                    help="seconds: floor of each model's default request deadline (else 20x its measured p95)")
+    ap.add_argument("--hang-after", type=float, default=3.0,
+                    help="seconds without a worker heartbeat before it is declared hung and replaced")
     ap.add_argument("--device", action="append", default=[], metavar="MODEL=DEVICE",
                     help="initial device of a model (repeatable)")
     ap.add_argument("--http", metavar="HOST:PORT|unix:PATH",
@@ -55,6 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             ap.error(f"--{name.replace('_', '-')}: expected >= {lo}, got {v}")
     if not a.sample_interval > 0:
         ap.error(f"--sample-interval: expected > 0, got {a.sample_interval}")
+    for name in ("request_timeout", "hang_after"):
+        if not getattr(a, name) > 0:
+            ap.error(f"--{name.replace('_', '-')}: expected > 0, got {getattr(a, name)}")
     if a.drain_timeout < 0:
         ap.error("--drain-timeout: expected >= 0")
     for d in a.device:
@@ -89,7 +96,7 @@ def config_from(a: argparse.Namespace) -> Config:
                   sample_interval_s=a.sample_interval, threads=a.threads, max_frame=a.max_frame,
                   drain_timeout=a.drain_timeout, spare_workers=a.spare_workers,
                   headroom_bytes=a.headroom_mb << 20, devices=dict(d.split("=", 1) for d in a.device),
-                  http=a.http)
+                  http=a.http, request_timeout_s=a.request_timeout, hang_after_s=a.hang_after)
 
 
 def listen_socket() -> Any:
@@ -109,13 +116,12 @@ def service_status(app: App) -> str:
 
 
 def workers_ok(app: App) -> bool:
-    """False while a model that had a worker has none (died, restart pending); models that never
-    loaded do not count, or a bad zoo entry would make systemd restart the daemon forever."""
+    """False only when the daemon itself failed its workers: a model whose worker is gone with no
+    restart under way. A dead or hung worker being replaced (even one whose variant keeps failing to
+    load, retried with backoff) is the runtime doing its job, so systemd is not asked to restart agentd
+    for one worker; models that never loaded do not count either."""
     rt = app.runtime
-    if rt is None:
-        return True
-    return all(s.active is not None and s.active.alive for s in rt.slots.values()
-               if s.active is not None or s.restarting)
+    return True if rt is None else rt.supervising()
 
 
 async def run(cfg: Config, access_policy: access.AccessPolicy | None = None) -> int:

@@ -20,7 +20,9 @@ same class again on the other side::
     ├── LoadError                   -32020  a variant could not be loaded (corrupt file, EP failure)
     │   └── InsufficientMemory      -32021  the variant does not fit in memory
     ├── WorkerError                 -32030  a worker failed while running a request
-    │   └── WorkerDied              -32031  the worker process is gone
+    │   ├── WorkerDied              -32031  the worker process is gone
+    │   │   └── WorkerHung          -32032  it stopped answering (missed heartbeats / its deadline): killed
+    │   └── Timeout                 -32033  a request's deadline passed; names the model/variant that had it
     ├── Unavailable                 -32040  no variant is ready to serve (loading / shutting down)
     ├── BuildError                  -32050  a zoo build step failed
     └── ConnectionClosed            -32060  client side: the daemon closed the connection
@@ -126,6 +128,14 @@ class WorkerError(AgentError):
 
 class WorkerDied(WorkerError):
     code = -32031
+
+
+class WorkerHung(WorkerDied):
+    code = -32032
+
+
+class Timeout(WorkerError):
+    code = -32033
 
 
 class Unavailable(AgentError):

@@ -9,12 +9,16 @@ Swap (one load at a time, under ``load_lock``)::
     -> old worker drains its in-flight requests -> old worker stops
 
 A request whose worker dies is retried once on the slot's healthy (or restarted) worker; a dead
-active worker is restarted with exponential backoff.
+active worker is restarted with exponential backoff. Every request has a deadline
+(:mod:`agent.runtime.deadlines`): a worker silent past the model's deadline, or past its heartbeat
+limit (:mod:`agent.runtime.handle`), is declared hung, killed and replaced the same way, and the
+request is retried once within what is left of its deadline or fails with ``Timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -30,7 +34,8 @@ from agent.errors import (
     WorkerDied,
 )
 from agent.ipc import protocol as P
-from agent.runtime.handle import WorkerHandle
+from agent.runtime.deadlines import DeadlinePolicy, timeout_error, watch_progress
+from agent.runtime.handle import HANG_AFTER_S, HEARTBEAT_S, WorkerHandle
 from agent.runtime.slots import InferResult, Slot, VariantState  # noqa: F401  (re-exported)
 from agent.zoo.manifest import Manifest, Variant
 
@@ -39,6 +44,10 @@ swaplog = logging.getLogger("agent.swap")
 
 MemoryProbe = Callable[[], int]
 Spawner = Callable[[], Awaitable[WorkerHandle]]
+
+
+class _Late(Exception):
+    """Internal: a request's deadline passed while it waited for a live worker."""
 
 
 def default_memory_probe() -> int:
@@ -53,9 +62,14 @@ class Runtime:
                  threads: int | None = None, warmup_runs: int = 3, spare_workers: int = 1,
                  ready_timeout: float = 60.0, drain_timeout: float = 30.0,
                  backoff: tuple[float, float] = (0.2, 10.0),
+                 deadlines: DeadlinePolicy | None = None,
+                 heartbeat_s: float = HEARTBEAT_S, hang_after_s: float = HANG_AFTER_S,
                  emit: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.slots = {name: Slot(m) for name, m in manifests.items()}
-        self.spawner = spawner or WorkerHandle.spawn
+        self.spawner = spawner or functools.partial(WorkerHandle.spawn, heartbeat_s=heartbeat_s,
+                                                    hang_after_s=hang_after_s)
+        self.deadlines = deadlines or DeadlinePolicy()
+        self.stable_s = 30.0   # a worker that served this long before dying resets the restart backoff
         self.memory_probe = memory_probe
         self.headroom = headroom_bytes
         self.threads = threads
@@ -185,7 +199,7 @@ class Runtime:
             old = slot.active
             slot.active = h
             slot.ready.set()
-            slot.failures = 0
+            h.active_since = time.monotonic()
             st.status, st.device, st.load_ms, st.warmup_ms, st.last_change = "active", device, load_ms, warm_ms, time.time()
             total_ms = (time.perf_counter() - t0) * 1e3
             if old is not None and old.variant is not None and old.variant != variant:
@@ -218,8 +232,14 @@ class Runtime:
         if self.closing or h.model is None:
             return
         slot = self.slots[h.model]
-        log.warning("worker %s for %s/%s died", h.pid, h.model, h.variant)
-        self.emit({"event": "worker_died", "model": h.model, "variant": h.variant, "pid": h.pid})
+        lived = time.monotonic() - (h.active_since or h.started)
+        if lived >= self.stable_s:
+            slot.failures = 0   # it served for a while: restart at once; a crash loop backs off
+        kind = "worker_hung" if h.hung else "worker_died"
+        log.warning("%s", kind, extra={"fields": {"pid": h.pid, "model": h.model, "variant": h.variant,
+                                                  "why": h.hung or "exited", "lived_s": round(lived, 1),
+                                                  "active": slot.active is h, "failures": slot.failures}})
+        self.emit({"event": "worker_died", "model": h.model, "variant": h.variant, "pid": h.pid, "hung": h.hung})
         if slot.active is h:
             slot.active = None
             slot.ready.clear()
@@ -264,21 +284,34 @@ class Runtime:
         if missing:
             raise InvalidParams(f"missing inputs: {', '.join(sorted(missing))}")
 
-    async def _active(self, slot: Slot) -> WorkerHandle:
+    async def _active(self, slot: Slot, end: float | None = None) -> WorkerHandle:
+        """The slot's live worker, waiting (at most until ``end``, monotonic) while one is restarted."""
         if self.closing:
             raise Unavailable("the agent is shutting down")
         h = slot.active
         if h is not None and h.alive:
             return h
+        wait = self.ready_timeout if end is None else min(self.ready_timeout, end - time.monotonic())
         try:
-            await asyncio.wait_for(slot.ready.wait(), self.ready_timeout)
+            if wait <= 0:
+                raise TimeoutError
+            await asyncio.wait_for(slot.ready.wait(), wait)
         except TimeoutError:
+            if end is not None and time.monotonic() >= end:
+                raise _Late from None
             raise Unavailable(f"no variant of {slot.manifest.name!r} is ready") from None
-        if slot.active is None:
+        if slot.active is None or not slot.active.alive:
             raise Unavailable(f"no variant of {slot.manifest.name!r} is ready")
         return slot.active
 
-    async def infer(self, model: str, descs: list[dict[str, Any]], payload: memoryview) -> InferResult:
+    def deadline_s(self, model: str) -> float:
+        """The model's default deadline in seconds (see agent.runtime.deadlines)."""
+        return self.deadlines.default_s(self.slot(model).manifest)
+
+    async def infer(self, model: str, descs: list[dict[str, Any]], payload: memoryview,
+                    deadline_s: float | None = None) -> InferResult:
+        """Run one request within ``deadline_s`` (default: the model's); a worker that dies or is
+        declared hung meanwhile costs one retry on the slot's next live worker, within the deadline."""
         slot = self.slot(model)
         if slot.manifest.kind != "tensor":
             raise InvalidParams(f"model {model!r} is a {slot.manifest.kind}; use generate")
@@ -286,19 +319,37 @@ class Runtime:
         if P.iter_nbytes(descs) != len(payload):
             raise InvalidParams("payload length does not match the described inputs")
         slot.requests += 1
+        hang_s = self.deadlines.default_s(slot.manifest)
+        limit = hang_s if deadline_s is None else deadline_s
+        t0 = time.monotonic()
+        end = t0 + limit
+        last: WorkerHandle | None = None
         for attempt in (0, 1):
-            h = await self._active(slot)
-            h.inflight += 1
             try:
-                result, data = await h.run(descs, payload)
+                h = await self._active(slot, end)
+            except _Late:
+                slot.errors += 1
+                raise timeout_error(model, last.variant if last else None, last.pid if last else None, limit,
+                                    hung=bool(last and last.hung), what="had no live worker") from None
+            last = h
+            h.inflight += 1
+            t_run = time.monotonic()
+            try:
+                done, out = await watch_progress(
+                    h.run(descs, payload), end=end, gap_s=hang_s, last_progress=lambda t=t_run: t,
+                    on_stall=functools.partial(self._stalled, h, hang_s))
+                if not done:   # counted as an error below
+                    raise timeout_error(model, h.variant, h.pid, limit, hung=bool(out))
+                result, data = out
                 return InferResult(result["outputs"], data, model, h.variant or "?", h.device or "?",
                                    float(result.get("run_ms", 0.0)), float(result.get("cpu_s", 0.0)),
                                    retried=attempt > 0)
-            except WorkerDied:
+            except WorkerDied as e:
                 if attempt == 1:
                     slot.errors += 1
                     raise
-                log.warning("retrying a %s request after worker %s died", model, h.pid)
+                log.warning("retrying a %s request after worker %s %s", model, h.pid,
+                            "hung" if h.hung else "died", extra={"fields": {"error": str(e)}})
             except AgentError:
                 slot.errors += 1
                 raise
@@ -306,26 +357,49 @@ class Runtime:
                 h.inflight -= 1
         raise Unavailable("unreachable")
 
+    @staticmethod
+    def _stalled(h: WorkerHandle, limit_s: float, silent_s: float) -> None:
+        h.declare_hung(f"no answer for {silent_s:.1f} s (the model's deadline is {limit_s:g} s)")
+
     async def generate(self, model: str, params: dict[str, Any],
-                       on_token: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+                       on_token: Callable[[dict[str, Any]], None],
+                       deadline_s: float | None = None) -> dict[str, Any]:
         """Stream a generation from the active variant; it finishes on the variant it started on
         (a swap meanwhile drains this worker after it). Retried once if the worker dies before the
-        first token."""
+        first token. ``deadline_s`` bounds the whole generation (Timeout past it); without it, only
+        the model's per-token deadline applies: a worker silent that long is declared hung."""
         slot = self.slot(model)
         if slot.manifest.kind != "causal-lm":
             raise InvalidParams(f"model {model!r} is a {slot.manifest.kind} model; use infer")
         slot.requests += 1
+        gap_s = self.deadlines.default_s(slot.manifest)
+        end = time.monotonic() + (deadline_s if deadline_s is not None else 10 * 365 * 86400.0)
+        limit = deadline_s if deadline_s is not None else gap_s
+        last: WorkerHandle | None = None
         for attempt in (0, 1):
-            h = await self._active(slot)
+            try:
+                h = await self._active(slot, end)
+            except _Late:
+                slot.errors += 1
+                raise timeout_error(model, last.variant if last else None, last.pid if last else None, limit,
+                                    hung=bool(last and last.hung), what="had no live worker") from None
+            last = h
             h.inflight += 1
             sent = 0
+            progress = time.monotonic()
 
             def cb(p: dict[str, Any], payload: memoryview, h: WorkerHandle = h) -> None:
-                nonlocal sent
+                nonlocal sent, progress
                 sent += 1
+                progress = time.monotonic()
                 on_token({**p, "variant": h.variant, "device": h.device})
             try:
-                res = await h.stream("generate", params, cb)
+                done, res = await watch_progress(
+                    h.stream("generate", params, cb), end=end, gap_s=gap_s, last_progress=lambda: progress,
+                    on_stall=functools.partial(self._stalled, h, gap_s))
+                if not done:   # counted as an error below
+                    raise timeout_error(model, h.variant, h.pid, limit, hung=bool(res),
+                                        what=f"did not finish ({sent} tokens sent)")
                 h.requests += 1
                 return {**res, "model": model, "variant": h.variant, "device": h.device, "retried": attempt > 0}
             except WorkerDied:
@@ -375,6 +449,11 @@ class Runtime:
         await asyncio.gather(*(h.stop() for h in hs), return_exceptions=True)
         for t in list(self._tasks):
             t.cancel()
+
+    def supervising(self) -> bool:
+        """Every model that had a worker has a live one or a restart under way (the watchdog's check)."""
+        return all((s.active is not None and s.active.alive) or s.restarting
+                   for s in self.slots.values() if s.active is not None or s.restarting)
 
     def workers_healthy(self) -> bool:
         return all(s.active is not None and s.active.alive for s in self.slots.values() if s.states)
