@@ -54,6 +54,8 @@ class Config:
     http: str | None = None        # OpenAI-compatible endpoint: "127.0.0.1:8077" | "unix:PATH" (None: off)
     request_timeout_s: float = 10.0   # floor of every model's default deadline (agent/runtime/deadlines.py)
     hang_after_s: float = 3.0         # a worker silent this long (no heartbeat) is declared hung
+    frame_timeout_s: float = 5.0      # a client's frame must be complete this long after its first byte
+    stall_timeout_s: float = 5.0      # a client that leaves its replies unread this long is closed
 
 
 @dataclass
@@ -82,7 +84,8 @@ class App:
         self.controller: Controller | None = None
         self.engine: PolicyEngine | None = None
         self.server = Server(self.handlers(), max_frame=cfg.max_frame, max_inflight=cfg.max_inflight,
-                             on_disconnect=self.on_disconnect)
+                             on_disconnect=self.on_disconnect, frame_timeout_s=cfg.frame_timeout_s,
+                             stall_timeout_s=cfg.stall_timeout_s)
         # a connection that holds a profile is never closed as idle (its hold ends with it)
         self.server.is_held = lambda peer: any(h.conn_id == peer.conn_id for h in self.holds.values())
         self.ready = asyncio.Event()

@@ -45,6 +45,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="seconds: floor of each model's default request deadline (else 20x its measured p95)")
     ap.add_argument("--hang-after", type=float, default=3.0,
                     help="seconds without a worker heartbeat before it is declared hung and replaced")
+    ap.add_argument("--frame-timeout", type=float, default=5.0,
+                    help="seconds a client has to complete a frame once it started it")
+    ap.add_argument("--stall-timeout", type=float, default=5.0,
+                    help="seconds a client may leave its replies unread before it is disconnected")
     ap.add_argument("--device", action="append", default=[], metavar="MODEL=DEVICE",
                     help="initial device of a model (repeatable)")
     ap.add_argument("--http", metavar="HOST:PORT|unix:PATH",
@@ -59,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             ap.error(f"--{name.replace('_', '-')}: expected >= {lo}, got {v}")
     if not a.sample_interval > 0:
         ap.error(f"--sample-interval: expected > 0, got {a.sample_interval}")
-    for name in ("request_timeout", "hang_after"):
+    for name in ("request_timeout", "hang_after", "frame_timeout", "stall_timeout"):
         if not getattr(a, name) > 0:
             ap.error(f"--{name.replace('_', '-')}: expected > 0, got {getattr(a, name)}")
     if a.drain_timeout < 0:
@@ -96,7 +100,8 @@ def config_from(a: argparse.Namespace) -> Config:
                   sample_interval_s=a.sample_interval, threads=a.threads, max_frame=a.max_frame,
                   drain_timeout=a.drain_timeout, spare_workers=a.spare_workers,
                   headroom_bytes=a.headroom_mb << 20, devices=dict(d.split("=", 1) for d in a.device),
-                  http=a.http, request_timeout_s=a.request_timeout, hang_after_s=a.hang_after)
+                  http=a.http, request_timeout_s=a.request_timeout, hang_after_s=a.hang_after,
+                  frame_timeout_s=a.frame_timeout, stall_timeout_s=a.stall_timeout)
 
 
 def listen_socket() -> Any:
@@ -144,9 +149,13 @@ async def run(cfg: Config, access_policy: access.AccessPolicy | None = None) -> 
 
     app = App(cfg, listen_sock=listen_socket())
     access.install(app.server, access_policy)
-    supervisor = systemd.Supervisor(lambda: workers_ok(app),
-                                    lambda: app.controller is None or app.controller.healthy(),
-                                    status_text=lambda: service_status(app))
+    def workers_supervised() -> bool:
+        return workers_ok(app)
+
+    def sampler_ticking() -> bool:
+        return app.controller is None or app.controller.healthy()
+
+    supervisor = systemd.Supervisor(workers_supervised, sampler_ticking, status_text=lambda: service_status(app))
     supervisor.start()
     try:
         await app.start()

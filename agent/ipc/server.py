@@ -101,7 +101,11 @@ class _Conn(asyncio.BufferedProtocol):
                          cancel=self.cancel_request)
         self.server.conns.add(self)
         self.transport.set_write_buffer_limits(high=self.server.write_high)
-        deny = self.server.on_connect(self.peer) if self.server.on_connect else None
+        self.server._connecting = self   # not a candidate for evict_idle while it is being admitted
+        try:
+            deny = self.server.on_connect(self.peer) if self.server.on_connect else None
+        finally:
+            self.server._connecting = None
         if deny:
             self.send(P.error_response(None, deny.to_jsonrpc()), [])
             self.close()
@@ -153,6 +157,8 @@ class _Conn(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.paused_since = None
+        if self.partial_since is not None:   # we stopped reading it: the frame's clock starts again
+            self.partial_since = time.monotonic()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
@@ -284,6 +290,7 @@ class Server:
         self.write_high = write_high
         self.is_held: Callable[[Peer], bool] | None = None   # e.g. the peer holds a profile: never evict it
         self._sweeper: asyncio.Task[None] | None = None
+        self._connecting: _Conn | None = None
         self.closed_stalled = 0   # connections closed by the sweeper or evicted (status, tests)
         self.evicted = 0
         self.max_frame = max_frame
@@ -317,7 +324,7 @@ class Server:
                 raise AgentError(f"{path} exists and is not a socket; refusing to replace it")
         old = os.umask(0o777 & ~mode)
         try:
-            self._server = await loop.create_unix_server(lambda: _Conn(self), path=str(path))
+            self._server = await loop.create_unix_server(lambda: _Conn(self), path=str(path), backlog=1024)
         finally:
             os.umask(old)
         self.path = path
@@ -348,7 +355,8 @@ class Server:
                     "pid": c.peer.pid if c.peer else None, "uid": c.peer.uid if c.peer else None,
                     "buffered": c.transport.get_write_buffer_size()}})
                 c.transport.abort()
-            elif c.partial_since is not None and now - c.partial_since > self.frame_timeout_s:
+            elif (c.paused_since is None and c.partial_since is not None
+                  and now - c.partial_since > self.frame_timeout_s):
                 self.closed_stalled += 1
                 n = c.reader.pending()
                 c.close_with(ProtocolError(
@@ -358,7 +366,8 @@ class Server:
     def evict_idle(self, uid: int) -> bool:
         """Close the idle connection of ``uid`` that has been quiet longest (never-used first), to make
         room for a new one; False when none is idle."""
-        idle = [c for c in self.conns if c.peer is not None and c.peer.uid == uid and c.idle()]
+        idle = [c for c in self.conns
+                if c is not self._connecting and c.peer is not None and c.peer.uid == uid and c.idle()]
         if not idle:
             return False
         c = min(idle, key=lambda c: (c.frames > 0, c.last_active))

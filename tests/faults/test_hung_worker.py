@@ -68,6 +68,7 @@ def test_sigstopped_worker_is_declared_hung_replaced_and_the_request_served_with
         assert c.infer("mlp", {"x": x}).outputs["y"].shape == (2, 64)
         st = c.status()["models"]["mlp"]
         assert st["active"]["pid"] == new["pid"]
+    assert daemon.stop() == 0
     log = daemon.log_text()
     assert "worker declared hung" in log and str(old) in log, log[-3000:]
 
