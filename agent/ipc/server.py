@@ -195,9 +195,12 @@ class _Conn(asyncio.BufferedProtocol):
     def _dispatch(self, f: P.Frame) -> None:
         h = f.header
         rid = h.get("id")
-        if not isinstance(rid, (int, str)) and rid is not None:
+        bad_id = not isinstance(rid, (int, str)) and rid is not None
+        if bad_id:
             rid = None
         try:
+            if bad_id:   # answered (id null) rather than run silently: its reply could not name it
+                raise ProtocolError("'id' must be a string, an integer or null")
             if h.get("jsonrpc") != "2.0" or not isinstance(h.get("method"), str):
                 raise ProtocolError("expected a JSON-RPC 2.0 request with a string 'method'")
             params = h.get("params", {})
