@@ -103,6 +103,7 @@ class Runtime:
             if h.alive:
                 self._refill_spares()
                 return h
+            h.kill()   # a spare that died idle: give back its shared memory
         h = await self.spawner()
         self._refill_spares()
         return h
@@ -240,12 +241,20 @@ class Runtime:
                                                   "why": h.hung or "exited", "lived_s": round(lived, 1),
                                                   "active": slot.active is h, "failures": slot.failures}})
         self.emit({"event": "worker_died", "model": h.model, "variant": h.variant, "pid": h.pid, "hung": h.hung})
+        self._bg(self._reap(h))
         if slot.active is h:
             slot.active = None
             slot.ready.clear()
             if not slot.restarting:
                 slot.restarting = True
                 self._bg(self._restart(slot, h.variant or slot.manifest.reference, h.device or "cpu"))
+
+    async def _reap(self, h: WorkerHandle) -> None:
+        """A dead worker's handle keeps its memfds until the requests that were on it have unwound."""
+        end = time.monotonic() + self.drain_timeout
+        while h.inflight > 0 and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        h.kill()
 
     async def _restart(self, slot: Slot, variant: str, device: str) -> None:
         try:
