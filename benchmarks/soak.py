@@ -279,26 +279,35 @@ class Soak:
         for t in threads:
             t.start()
         admin = Client(self.sock, timeout=300)
-        swaps = refused = 0
+        swaps = refused = llm_swaps = 0
         swap_ms: list[float] = []
+        current = {"mlp": ""}
 
         def swap(variant: str, model: str = "mlp") -> None:
-            nonlocal swaps, refused
+            nonlocal swaps, refused, llm_swaps
             t = time.perf_counter()
             try:
                 res = admin.pin(model, variant)
             except Exception:
                 refused += 1
                 raise
+            if model == "mlp":
+                current["mlp"] = variant
             if res.get("changed"):
-                swaps += 1
-                swap_ms.append((time.perf_counter() - t) * 1e3)
+                if model == "mlp":
+                    swaps += 1
+                    swap_ms.append((time.perf_counter() - t) * 1e3)
+                else:
+                    llm_swaps += 1
+
+        def flip() -> None:
+            swap("fp32" if current["mlp"] == "int8" else "int8")
 
         started = time.time()
         t0 = time.monotonic()
         # warm-up: the first swaps and requests allocate what a steady state keeps (arenas, caches)
-        for i in range(a.warmup_swaps):
-            swap("int8" if i % 2 == 0 else "fp32")
+        for _ in range(a.warmup_swaps):
+            flip()
         time.sleep(2)
         start = self.snapshot(proc.pid)
         start_ok = dict(st.ok)
@@ -306,18 +315,20 @@ class Soak:
         k = 0
         next_fault = a.fault_every
         llm_every = max(1, a.swaps // (a.llm_swaps + 1)) if a.llm_zoo and a.llm_swaps else 0
+        next_llm = a.warmup_swaps + llm_every
         while swaps < a.swaps + a.warmup_swaps:
             with contextlib.suppress(Exception):   # refused pins are counted in swap()
-                swap("int8" if swaps % 2 == 0 else "fp32")
-            if llm_every and swaps % llm_every == 0 and len([f for f in self.faults if f["fault"] == "llm_swap"]) < a.llm_swaps:
-                v = llm_variants[len([f for f in self.faults if f["fault"] == "llm_swap"]) % 2]
+                flip()
+            if llm_every and swaps >= next_llm and llm_swaps < a.llm_swaps:
+                next_llm += llm_every
+                v = llm_variants[llm_swaps % 2]
                 t = time.monotonic()
                 try:
                     swap(v, "smollm2")
                     self.faults.append({"fault": "llm_swap", "to": v, "seconds": round(time.monotonic() - t, 1)})
                 except Exception as e:
                     self.faults.append({"fault": "llm_swap", "to": v, "error": str(e)})
-            if a.fault_every and swaps >= next_fault:
+            if a.fault_every and swaps - a.warmup_swaps >= next_fault:
                 next_fault += a.fault_every
                 kind = FAULTS[k % len(FAULTS)]
                 k += 1
@@ -355,7 +366,8 @@ class Soak:
         growth = lambda key: round((end[key] - start[key]) / start[key] * 100, 2) if start[key] else None  # noqa: E731
         report = {
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-            "seconds": round(time.monotonic() - t0, 1), "swaps": swaps, "swaps_timed": a.swaps,
+            "seconds": round(time.monotonic() - t0, 1), "swaps": swaps, "swaps_after_warmup": swaps - a.warmup_swaps,
+            "llm_swaps": llm_swaps,
             "refused_pins": refused,
             "swap_ms_median": round(float(np.median(swap_ms)), 1) if swap_ms else None,
             "requests_ok": dict(st.ok), "requests_ok_after_warmup": {k_: st.ok[k_] - start_ok.get(k_, 0) for k_ in st.ok},
