@@ -162,7 +162,7 @@ class Soak:
         self.state.mkdir(exist_ok=True)
         if os.geteuid() == 0 and not self.a.no_tmpfs:
             r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.a.state_mb}m", "tmpfs", str(self.state)],
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, check=False)
             self.tmpfs = r.returncode == 0
             if not self.tmpfs:
                 print(f"soak: no tmpfs for the state dir ({r.stderr.strip()}); disk rounds skipped", file=sys.stderr)
@@ -236,10 +236,9 @@ class Soak:
                 return {**rec, "skipped": "state dir is not a tmpfs"}
             if kind == "disk_full":
                 filler = self.state / "filler"
-                with open(filler, "wb") as fh:
-                    with contextlib.suppress(OSError):
-                        while True:
-                            fh.write(b"\0" * (1 << 20))
+                with open(filler, "wb") as fh, contextlib.suppress(OSError):
+                    while True:
+                        fh.write(b"\0" * (1 << 20))
                 rec["free_bytes_left"] = shutil.disk_usage(self.state).free
             else:
                 # a read-only mount stacked on the state dir: new files and opens there fail (EROFS);
@@ -305,6 +304,9 @@ class Soak:
 
         started = time.time()
         t0 = time.monotonic()
+        cut = threading.Event()   # SIGTERM/SIGINT: stop swapping, then measure and report as usual
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: cut.set())
         # warm-up: the first swaps and requests allocate what a steady state keeps (arenas, caches)
         for _ in range(a.warmup_swaps):
             flip()
@@ -316,7 +318,7 @@ class Soak:
         next_fault = a.fault_every
         llm_every = max(1, a.swaps // (a.llm_swaps + 1)) if a.llm_zoo and a.llm_swaps else 0
         next_llm = a.warmup_swaps + llm_every
-        while swaps < a.swaps + a.warmup_swaps:
+        while swaps < a.swaps + a.warmup_swaps and not cut.is_set():
             with contextlib.suppress(Exception):   # refused pins are counted in swap()
                 flip()
             if llm_every and swaps >= next_llm and llm_swaps < a.llm_swaps:
@@ -363,11 +365,11 @@ class Soak:
         left = [k for k in kids if rss(k) > 0]
         if self.tmpfs:
             subprocess.run(["umount", str(self.state)], check=False)
-        growth = lambda key: round((end[key] - start[key]) / start[key] * 100, 2) if start[key] else None  # noqa: E731
+        growth = lambda key: round((end[key] - start[key]) / start[key] * 100, 2) if start[key] else None
         report = {
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "seconds": round(time.monotonic() - t0, 1), "swaps": swaps, "swaps_after_warmup": swaps - a.warmup_swaps,
-            "llm_swaps": llm_swaps,
+            "llm_swaps": llm_swaps, "cut_short": cut.is_set(),
             "refused_pins": refused,
             "swap_ms_median": round(float(np.median(swap_ms)), 1) if swap_ms else None,
             "requests_ok": dict(st.ok), "requests_ok_after_warmup": {k_: st.ok[k_] - start_ok.get(k_, 0) for k_ in st.ok},

@@ -100,7 +100,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.peer = Peer(pid, uid, gid, self.server._next_id, groups=groups, send=self.send, close=self.close,
                          cancel=self.cancel_request)
         self.server.conns.add(self)
-        self.transport.set_write_buffer_limits(high=self.server.write_high)
+        transport.set_write_buffer_limits(high=self.server.write_high)  # type: ignore[attr-defined]
         self.server._connecting = self   # not a candidate for evict_idle while it is being admitted
         try:
             deny = self.server.on_connect(self.peer) if self.server.on_connect else None

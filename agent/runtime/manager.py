@@ -345,7 +345,7 @@ class Runtime:
             t_run = time.monotonic()
             try:
                 done, out = await watch_progress(
-                    h.run(descs, payload), end=end, gap_s=hang_s, last_progress=lambda t=t_run: t,
+                    h.run(descs, payload), end=end, gap_s=hang_s, last_progress=functools.partial(float, t_run),
                     on_stall=functools.partial(self._stalled, h, hang_s))
                 if not done:   # counted as an error below
                     raise timeout_error(model, h.variant, h.pid, limit, hung=bool(out))
@@ -395,16 +395,16 @@ class Runtime:
             last = h
             h.inflight += 1
             sent = 0
-            progress = time.monotonic()
+            mark = [time.monotonic()]   # when the last token (or the request) went out
 
-            def cb(p: dict[str, Any], payload: memoryview, h: WorkerHandle = h) -> None:
-                nonlocal sent, progress
+            def cb(p: dict[str, Any], payload: memoryview, h: WorkerHandle = h, mark: list[float] = mark) -> None:
+                nonlocal sent
                 sent += 1
-                progress = time.monotonic()
+                mark[0] = time.monotonic()
                 on_token({**p, "variant": h.variant, "device": h.device})
             try:
                 done, res = await watch_progress(
-                    h.stream("generate", params, cb), end=end, gap_s=gap_s, last_progress=lambda: progress,
+                    h.stream("generate", params, cb), end=end, gap_s=gap_s, last_progress=functools.partial(mark.__getitem__, 0),
                     on_stall=functools.partial(self._stalled, h, gap_s))
                 if not done:   # counted as an error below
                     raise timeout_error(model, h.variant, h.pid, limit, hung=bool(res),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import fuzzframes  # noqa: E402
+import fuzzframes
 
 IN_FEATURES = 16
 MAX_FRAME = 65536
@@ -41,11 +41,11 @@ def start(work: Path) -> tuple[subprocess.Popen[bytes], Path]:
     make_tensor_zoo(work / "zoo", "mlp", in_features=IN_FEATURES, hidden=32, out_features=4)
     (work / "access.toml").write_text("[access]\nmax_concurrent = 4096\nmax_connections = 64\n")
     sock = Path(tempfile.mkdtemp(prefix="fz", dir="/tmp")) / "a.sock"
-    log = open(work / "agentd.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "agent.daemon", "--zoo", str(work / "zoo"), "--socket", str(sock),
-                             "--state-dir", str(work / "state"), "--max-frame", str(MAX_FRAME),
-                             "--access-config", str(work / "access.toml"), "--log-level", "warning"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    with open(work / "agentd.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "agent.daemon", "--zoo", str(work / "zoo"), "--socket", str(sock),
+                                 "--state-dir", str(work / "state"), "--max-frame", str(MAX_FRAME),
+                                 "--access-config", str(work / "access.toml"), "--log-level", "warning"],
+                                stdout=log, stderr=subprocess.STDOUT)
     wait_for_socket(sock, 120)
     return proc, sock
 
