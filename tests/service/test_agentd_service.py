@@ -122,7 +122,8 @@ def test_a_dead_or_hung_worker_does_not_stop_the_watchdog_while_the_runtime_repl
     time.sleep(0.5)  # the death is noticed, the restarts start failing (and back off)
     later = [m for _, m in notify_socket.drain(1.5)]
     assert later.count("WATCHDOG=1") >= 2, later
-    assert client.status()["models"]["mlp"]["variants"]["fp32"]["status"] == "failed"
+    mlp = client.status()["models"]["mlp"]
+    assert mlp["active"] is None and mlp["variants"]["fp32"]["status"] in ("failed", "loading"), mlp  # retrying
     (own_zoo / "mlp" / "fp32.onnx").write_bytes(saved)   # the next restart attempt succeeds
     end = time.monotonic() + 30
     while (client.status()["models"]["mlp"]["active"] or {}).get("alive") is not True:
