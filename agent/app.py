@@ -19,16 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.control import Controller
-from agent.errors import AgentError, InvalidParams, NotFound
+from agent.control import QOS_KEYS, Controller, parse_qos
+from agent.errors import AgentError, ConfigError, InvalidParams, NotFound
+from agent.http.metrics import Metrics
 from agent.ipc import protocol as P
-from agent.ipc.server import REQUEST_ID, Peer, Server
+from agent.ipc.server import REQUEST_ID, Peer, Server, claim_socket_path
 from agent.policy.engine import PolicyEngine
 from agent.runtime.deadlines import DeadlinePolicy, parse_deadline_ms
 from agent.runtime.manager import Runtime
 from agent.sensors.source import make_source
 from agent.telemetry import Telemetry, parse_duration
-from agent.zoo.manifest import Manifest, load_zoo
+from agent.zoo.manifest import Manifest, empty_zoo_hint, load_zoo
 
 log = logging.getLogger("agent.app")
 
@@ -56,6 +57,7 @@ class Config:
     hang_after_s: float = 3.0         # a worker silent this long (no heartbeat) is declared hung
     frame_timeout_s: float = 5.0      # a client's frame must be complete this long after its first byte
     stall_timeout_s: float = 5.0      # a client that leaves its replies unread this long is closed
+    require_models: bool = False   # a zoo with no loadable model is an error (else a warning)
 
 
 @dataclass
@@ -90,12 +92,22 @@ class App:
         self.server.is_held = lambda peer: any(h.conn_id == peer.conn_id for h in self.holds.values())
         self.ready = asyncio.Event()
         self.http: Any = None
+        self.metrics = Metrics(self)   # Prometheus, fed by telemetry rows (GET /metrics, IPC metrics)
+        self.telemetry.listeners.append(self.metrics.on_record)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
+        if self.listen_sock is None:   # before any model loads: a second agentd on a taken socket fails now
+            claim_socket_path(self.cfg.socket)
         self.manifests, self.zoo_errors = load_zoo(self.cfg.zoo)
         for name, err in self.zoo_errors.items():
             log.error("zoo model skipped", extra={"fields": {"model": name, "error": err}})
+        if not self.manifests:
+            hint = empty_zoo_hint(self.cfg.zoo)
+            if self.cfg.require_models:
+                raise ConfigError(f"no loadable model: {hint}")
+            log.warning("no loadable model; serving nothing until a reload finds one",
+                        extra={"fields": {"zoo": str(self.cfg.zoo), "hint": hint}})
         # validate the policy and the sensor spec before anything is loaded
         self.engine = PolicyEngine.from_files(self.cfg.policy) if self.cfg.policy else PolicyEngine()
         source = make_source(self.cfg.sensors, self.cfg.sysfs_root, self.cfg.procfs_root)
@@ -174,7 +186,11 @@ class App:
         return {"infer": self.h_infer, "models": self.h_models, "status": self.h_status, "pin": self.h_pin,
                 "unpin": self.h_unpin, "hold": self.h_hold, "release": self.h_release,
                 "reload": self.h_reload, "subscribe": self.h_subscribe, "history": self.h_history,
-                "generate": self.h_generate, "cancel": self.h_cancel}
+                "generate": self.h_generate, "cancel": self.h_cancel, "metrics": self.h_metrics}
+
+    async def h_metrics(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
+        """The Prometheus text exposition (the same as ``GET /metrics``)."""
+        return {"text": (await self.metrics.render()).decode()}, []
 
     async def h_generate(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         """Stream tokens as ``token`` notifications ({id, text, index}); the response is the whole text,
@@ -194,20 +210,27 @@ class App:
         t0 = time.perf_counter()
         model = _str(params, "model")
         allowed = {"model", "prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
-                   "stream", "deadline_ms", "min_quality"}
+                   "stream", *QOS_KEYS}
         unknown = sorted(set(params) - allowed)
         if unknown:
             raise InvalidParams(f"unknown generate parameter {unknown[0]!r}; expected {', '.join(sorted(allowed))}")
         if not isinstance(params.get("stream", True), bool):
             raise InvalidParams(f"stream: expected true or false, got {params['stream']!r}")
-        hints = {k: params[k] for k in ("deadline_ms", "min_quality") if params.get(k) is not None}
-        for k, v in hints.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise InvalidParams(f"{k}: expected a non-negative number, got {v!r}")
-        if hints and self.controller is not None:
-            self.controller.hint(model, hints)
-        fwd = {k: v for k, v in params.items() if k not in ("model", "stream", "deadline_ms", "min_quality")}
+        qos = parse_qos(params)
+        mt = params.get("max_tokens")
+        tokens = mt if isinstance(mt, int) and not isinstance(mt, bool) and mt > 0 else None
+        fwd = {k: v for k, v in params.items() if k not in ("model", "stream", *QOS_KEYS)}
+        gate = None
+        if self.controller is not None and not qos.empty:
+            self.controller.hint(model, {k: getattr(qos, k) for k in QOS_KEYS if getattr(qos, k) is not None}
+                                 | ({"tokens": tokens} if tokens else {}))
+            gate = self.controller.gate(model)
+            await gate.enter(qos, t0)
         try:
+            if self.controller is not None and qos.deadline_ms is not None:
+                a = self.rt().slot(model).active
+                self.controller.admit(model, qos, a.variant if a else None, a.device if a else None,
+                                      tokens or 16, (time.perf_counter() - t0) * 1e3)
             res = await self.rt().generate(model, fwd, on_token, parse_deadline_ms(params.get("deadline_ms")))
         except asyncio.CancelledError:
             self.telemetry.record("requests", {"model": model, "ok": False, "error": "cancelled", "kind": "generate",
@@ -217,17 +240,27 @@ class App:
             self.telemetry.record("requests", {"model": model, "ok": False, "error": type(e).__name__,
                                                "kind": "generate", "latency_ms": (time.perf_counter() - t0) * 1e3})
             raise
+        finally:
+            if gate is not None:
+                gate.leave()
         wall = time.perf_counter() - t0
         usage = res.get("usage") or {}
-        # the worker's CPU time is not reported per generation: the busy cores while it ran stand in
-        cpu_s = wall * min(1.0, float(os.cpu_count() or 1))
-        joules, meter = (self.controller.attribute(model, res["variant"], cpu_s, wall)
+        # the worker reports the CPU time of the generation (process CPU time, shared out among concurrent
+        # generations); older workers do not: then the busy cores while it ran stand in
+        cpu_s = res.get("cpu_s")
+        if not isinstance(cpu_s, (int, float)) or isinstance(cpu_s, bool):
+            cpu_s = wall * min(1.0, float(os.cpu_count() or 1))
+        toks = usage.get("completion_tokens") or 0
+        joules, meter = (self.controller.attribute(model, res["variant"], float(cpu_s), wall, int(toks))
                          if self.controller else (None, None))
+        if qos.deadline_ms is not None:
+            res["deadline_met"] = wall * 1e3 <= qos.deadline_ms
         toks = usage.get("completion_tokens") or 0
         res["joules"], res["meter"] = joules, meter
         res["joules_per_token"] = joules / toks if joules is not None and toks else None
         self.telemetry.record("requests", {"model": model, "variant": res["variant"], "device": res["device"],
                                            "ok": True, "kind": "generate", "latency_ms": wall * 1e3,
+                                           "cpu_s": cpu_s, "deadline_ms": qos.deadline_ms,
                                            "tokens": toks, "ttft_ms": usage.get("ttft_ms"),
                                            "tokens_per_s": usage.get("decode_tokens_per_s"),
                                            "finish": res.get("finish_reason"), "joules": joules, "meter": meter})
@@ -243,8 +276,13 @@ class App:
         t0 = time.perf_counter()
         model = _str(params, "model")
         descs = params.get("inputs")
+        qos = parse_qos(params)
         deadline_s = parse_deadline_ms(params.get("deadline_ms"))
         try:
+            if self.controller is not None and not qos.empty:
+                self.controller.hint(model, {k: getattr(qos, k) for k in QOS_KEYS if getattr(qos, k) is not None})
+                a = self.rt().slot(model).active
+                self.controller.admit(model, qos, a.variant if a else None, a.device if a else None, None)
             r = await self.rt().infer(model, descs, payload, deadline_s)  # type: ignore[arg-type]
         except AgentError as e:
             self.telemetry.record("requests", {"model": model, "ok": False, "error": type(e).__name__,
@@ -253,12 +291,13 @@ class App:
         server_ms = (time.perf_counter() - t0) * 1e3
         joules, meter = (self.controller.attribute(model, r.variant, r.cpu_s, r.run_ms / 1e3)
                          if self.controller else (None, None))
+        late = None if qos.deadline_ms is None else server_ms > qos.deadline_ms
         self.telemetry.record("requests", {"model": model, "variant": r.variant, "device": r.device, "ok": True,
                                            "latency_ms": server_ms, "run_ms": r.run_ms, "cpu_s": r.cpu_s,
                                            "retried": r.retried, "joules": joules, "meter": meter})
         return ({"outputs": r.outputs, "model": model, "variant": r.variant, "device": r.device,
                  "server_ms": server_ms, "run_ms": r.run_ms, "retried": r.retried, "joules": joules,
-                 "meter": meter}, [r.data])
+                 "meter": meter, **({} if late is None else {"deadline_met": not late})}, [r.data])
 
     async def h_models(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         out = []
@@ -267,7 +306,7 @@ class App:
                         "inputs": [s.to_toml() for s in m.inputs], "outputs": [s.to_toml() for s in m.outputs],
                         "variants": [{"id": v.id, "precision": v.precision, "derived_from": v.derived_from,
                                       "size_bytes": v.size_bytes,
-                                      "quality": vars(v.quality) if v.quality else None}
+                                      "quality": vars(v.quality) if v.quality else None, "unfit": v.unfit}
                                      for v in m.variants]})
         return out, []
 
@@ -317,7 +356,14 @@ class App:
         slot.pinned = None
         if self.engine is not None:
             self.engine.unpin(slot.manifest.name)
-        return {"model": slot.manifest.name, "was_pinned": list(was) if was else None}, []
+        return {"model": slot.manifest.name, "was_pinned": list(was) if was else None,
+                "policy_acts_in_s": self._dwell_remaining([slot.manifest.name])}, []
+
+    def _dwell_remaining(self, models: list[str]) -> float | None:
+        """When the policy may act on ``models`` again (None: no policy engine)."""
+        if self.engine is None or self.controller is None:
+            return None
+        return round(self.engine.dwell_remaining(models, self.controller.now()), 1)
 
     async def h_hold(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         profile = _str(params, "profile")
@@ -343,7 +389,7 @@ class App:
         if self.engine is not None:
             self.engine.release(cookie)
         self.on_event({"event": "hold_released", "cookie": cookie, "profile": h.profile, "why": "released"})
-        return {"released": cookie}, []
+        return {"released": cookie, "policy_acts_in_s": self._dwell_remaining(sorted(self.manifests))}, []
 
     async def h_reload(self, peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         return await self.reload(), []

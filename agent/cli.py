@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from agent import cli_format as F
 from agent.errors import AgentError, ConfigError, InvalidParams
 from agent.paths import default_socket
 
 # modules that add sub-commands (missing ones are skipped, so a partial install still works)
 PLUGIN_MODULES = ("agent.zoo.cli", "agent.sensors.cli", "agent.policy.cli", "agent.service_cli", "agent.llm.cli",
-                  "agent.demo")
+                  "agent.demo", "agent.top")
 
 
 def _client(a: argparse.Namespace) -> Any:
@@ -44,27 +45,38 @@ def cmd_status(a: argparse.Namespace) -> int:
         _print(st, True)
         return 0
     d = st["daemon"]
-    print(f"agentd {d['version']}  pid {d['pid']}  up {d['uptime_s']}s  socket {d['socket']}")
+    print(f"agentd {d['version']}  pid {d['pid']}  up {F.duration(d['uptime_s'])}  socket {d['socket']}")
+    print(f"  zoo {d.get('zoo', '-')}  state {d.get('state_dir', '-')}")
     if d.get("http"):
-        print(f"OpenAI-compatible HTTP endpoint: {d['http']}/v1")
+        print(f"  HTTP endpoint: {d['http']}/v1 (OpenAI); also /api (Ollama), /v2 (KServe), /metrics (Prometheus)")
     if d.get("reload_error"):
-        print(f"last reload failed: {d['reload_error']}")
-    for k in ("policy", "sensors"):
-        if st.get(k):
-            print(f"{k}: {json.dumps(st[k], default=str)[:300]}")
+        print(f"  last reload failed: {d['reload_error']}")
+    if st.get("policy"):
+        print("policy")
+        print("\n".join(F.policy_lines(st["policy"])))
+    if st.get("sensors"):
+        print("sensors")
+        print("\n".join(F.sensors_lines(st["sensors"])))
+    energy = st.get("energy") or {}
     for name, m in st["models"].items():
         act = m["active"]
         pin = f"  pinned {m['pinned']['variant']}@{m['pinned']['device']}" if m.get("pinned") else ""
-        where = f"{act['variant']} on {act['device']} (pid {act['pid']})" if act else "none"
+        where = f"{act['variant']} on {act['device']} (pid {act['pid']}, {F.mb(act.get('rss_bytes'))} RSS)" \
+            if act else "none"
         print(f"\n{name} [{m['kind']}]  active: {where}{pin}  requests {m['requests']}  errors {m['errors']}")
         if m.get("llm"):
             from agent.llm.cli import llm_status_line
 
             print(llm_status_line(m["llm"]))
-        print(f"  {'variant':<16}{'precision':<10}{'state':<10}{'load ms':>9}  reason")
+        print(f"  {'variant':<18}{'precision':<10}{'state':<10}{'load':>10}  reason")
         for vid, v in m["variants"].items():
-            lm = f"{v['load_ms']:.1f}" if v.get("load_ms") else "-"
-            print(f"  {vid:<16}{v['precision']:<10}{v['status']:<10}{lm:>9}  {v.get('reason') or ''}")
+            why = "; ".join(x for x in (v.get("reason"), f"UNFIT: {v['unfit']}" if v.get("unfit") else None) if x)
+            print(f"  {vid:<18}{v['precision']:<10}{v['status']:<10}{F.ms(v.get('load_ms')):>10}  {why}")
+        for key, e in energy.items() if isinstance(energy, dict) else ():
+            if key.startswith(f"{name}/") or key == name:
+                print(f"  energy {key}: {F.value(e)}")
+    if not st["models"]:
+        print("\nno models loaded (see the zoo line above; `agentctl zoo build` makes one)")
     for name, err in st.get("zoo_errors", {}).items():
         print(f"\nzoo error in {name}: {err}")
     for h in st.get("holds", []):
@@ -79,12 +91,16 @@ def cmd_models(a: argparse.Namespace) -> int:
         _print(ms, True)
         return 0
     for m in ms:
-        ins = ", ".join(f"{t['name']}:{t['dtype']}{t['shape']}" for t in m["inputs"])
-        print(f"{m['name']} [{m['kind']}] inputs {ins}")
+        print(f"{m['name']} [{m['kind']}]")
+        print(f"  inputs  {F.signature(m['inputs'])}")
+        if m.get("outputs"):
+            print(f"  outputs {F.signature(m['outputs'])}")
+        print(f"  {'variant':<18}{'precision':<10}{'size':>10}  quality")
         for v in m["variants"]:
             q = v.get("quality") or {}
-            print(f"  {v['id']:<16}{v['precision']:<8}{(v.get('size_bytes') or 0) / 1e6:8.2f} MB"
-                  f"  quality {q.get('relative', '-')}")
+            rel = q.get("relative")
+            print(f"  {v['id']:<18}{v['precision']:<10}{F.mb(v.get('size_bytes')):>10}  "
+                  f"{'-' if rel is None else f'{rel:.3f}'}" + (f"  UNFIT: {v['unfit']}" if v.get("unfit") else ""))
     return 0
 
 
@@ -107,7 +123,8 @@ def _parse_inputs(specs: list[str]) -> dict[str, np.ndarray]:
 def cmd_infer(a: argparse.Namespace) -> int:
     inputs = _parse_inputs(a.input)
     with _client(a) as c:
-        r = c.infer(a.model, inputs)
+        r = c.infer(a.model, inputs, **{k: getattr(a, k) for k in ("deadline_ms", "min_quality", "priority")
+                                         if getattr(a, k, None) is not None})
     if a.output:
         np.savez(a.output, **r.outputs)
     info = {"model": r.model, "variant": r.variant, "device": r.device, "latency_ms": round(r.latency_ms, 3),
@@ -126,34 +143,67 @@ def cmd_infer(a: argparse.Namespace) -> int:
 
 def cmd_pin(a: argparse.Namespace) -> int:
     with _client(a) as c:
-        _print(c.pin(a.model, a.variant, a.device), a.json)
+        r = c.pin(a.model, a.variant, a.device)
+    if a.json:
+        _print(r, True)
+    elif r.get("changed", True):
+        print(f"{a.model}: pinned to {r.get('variant', a.variant)}@{r.get('device', a.device)}; swapped in "
+              f"{F.ms(r.get('swap_ms'))} (load {F.ms(r.get('load_ms'))}, warm-up {F.ms(r.get('warmup_ms'))})")
+    else:
+        print(f"{a.model}: pinned to {a.variant}@{a.device} (already active)")
     return 0
+
+
+def _policy_acts(r: dict[str, Any]) -> str:
+    wait = r.get("policy_acts_in_s")
+    if wait is None or wait <= 0:
+        return "the policy's next decision (within a sample interval)"
+    return f"the policy may swap again in {wait:.0f} s (min_dwell_s since the last swap)"
 
 
 def cmd_unpin(a: argparse.Namespace) -> int:
     with _client(a) as c:
-        _print(c.unpin(a.model), a.json)
+        r = c.unpin(a.model)
+    if a.json:
+        _print(r, True)
+    elif r.get("was_pinned"):
+        v, dev = r["was_pinned"]
+        print(f"{a.model}: unpinned {v}@{dev}; it stays active until {_policy_acts(r)}")
+    else:
+        print(f"{a.model}: was not pinned")
     return 0
 
 
 def cmd_hold(a: argparse.Namespace) -> int:
-    """Hold a profile while this command runs (Ctrl-C releases it)."""
+    """Hold a profile while this command runs (Ctrl-C, or the end of --duration, releases it)."""
     with _client(a) as c:
         cookie = c.hold(a.profile, a.reason)
-        print(f"holding {a.profile} (cookie {cookie}); Ctrl-C to release", flush=True)
+        until = f"for {a.duration:g} s (Ctrl-C releases it sooner)" if a.duration else "until Ctrl-C"
+        print(f"holding {a.profile} (cookie {cookie}) {until}", flush=True)
         try:
             end = time.monotonic() + a.duration if a.duration else None
             while end is None or time.monotonic() < end:
-                time.sleep(0.5)
+                time.sleep(0.5 if end is None else max(0.0, min(0.5, end - time.monotonic())))
         except KeyboardInterrupt:
             pass
-        c.release(cookie)
+        r = c.release(cookie)
+    print(f"released {a.profile}; variants change at " + _policy_acts(r if isinstance(r, dict) else {}),
+          flush=True)
     return 0
 
 
 def cmd_reload(a: argparse.Namespace) -> int:
     with _client(a) as c:
-        _print(c.reload(), a.json)
+        r = c.reload()
+    if a.json:
+        _print(r, True)
+        return 0
+    added = ", ".join(r.get("added") or []) or "none"
+    print(f"reloaded: models added {added}")
+    if r.get("policy_error"):
+        print(f"policy error (the old policy stays): {r['policy_error']}")
+    for name, err in (r.get("zoo_errors") or {}).items():
+        print(f"zoo error in {name}: {err}")
     return 0
 
 
@@ -171,6 +221,16 @@ def cmd_events(a: argparse.Namespace) -> int:
     return 0
 
 
+def _maybe_json(v: Any) -> Any:
+    """Telemetry keeps nested fields as JSON text; show them as values, or as they are if not JSON."""
+    if isinstance(v, str) and v[:1] in "{[":
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return v
+
+
 def cmd_history(a: argparse.Namespace) -> int:
     with _client(a) as c:
         h = c.history(a.since, a.table or None)
@@ -180,13 +240,14 @@ def cmd_history(a: argparse.Namespace) -> int:
     for table, rows in h.items():
         print(f"== {table} ({len(rows)})")
         for r in rows[: a.limit]:
-            ts = time.strftime("%H:%M:%S", time.localtime(r.pop("ts", 0)))
-            print(f"  {ts}  " + "  ".join(f"{k}={v}" for k, v in r.items() if v is not None))
+            ts = F.clock(r.pop("ts", 0))
+            fields = {k: _maybe_json(v) for k, v in r.items()}
+            print(f"  {ts}  " + "  ".join(f"{k}={F.value(v)}" for k, v in fields.items() if v not in (None, "")))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="agentctl", description="control ondevice-agent")
+    ap = argparse.ArgumentParser(prog="agentctl", description="control ondevice-agent", allow_abbrev=False)
     ap.add_argument("--socket", type=Path, default=None,
                     help=f"agentd socket (default: $AGENT_SOCKET or {default_socket()})")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
@@ -205,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("model")
     sp.add_argument("--input", action="append", default=[], required=True, metavar="NAME=FILE.npy")
     sp.add_argument("--output", type=Path, metavar="OUT.npz")
+    from agent.llm.cli import add_qos_args
+
+    add_qos_args(sp)
     sp = p("pin", cmd_pin, "force a variant/device for a model (admin)")
     sp.add_argument("model")
     sp.add_argument("variant")
@@ -225,30 +289,54 @@ def build_parser() -> argparse.ArgumentParser:
     for mod_name in PLUGIN_MODULES:
         try:
             mod = importlib.import_module(mod_name)
-        except ImportError:
+        except ModuleNotFoundError as e:
+            # only a missing optional extra (a third-party package) hides a command; a broken module
+            # of ours is a bug that must show
+            if e.name is None or e.name == "agent" or e.name.startswith("agent."):
+                raise
             continue
         adder = getattr(mod, "add_parsers", None)
         if adder is not None:
             adder(sub)
+    no_abbrev(ap)
     return ap
+
+
+def no_abbrev(parser: argparse.ArgumentParser) -> None:
+    """No prefix matching of long options anywhere (``--max-token`` is an error, not ``--max-tokens``):
+    sub-parsers do not inherit ``allow_abbrev``, so set it on the whole tree."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                no_abbrev(child)
+
+
+def exit_status(e: BaseException) -> int:
+    """The one error -> exit code map of every agentctl command: 2 bad usage or input (ours: ConfigError,
+    InvalidParams), 1 any other agent error; anything else is not ours to map."""
+    return 2 if isinstance(e, ConfigError | InvalidParams) else 1
+
+
+def error_line(e: AgentError, prog: str = "agentctl") -> str:
+    return f"{prog}: {e}" if exit_status(e) == 2 else f"{prog}: {type(e).__name__}: {e}"
+
+
+def run(func: Any, a: argparse.Namespace, prog: str = "agentctl") -> int:
+    """Run one command: our errors become one line on stderr and the exit code of ``exit_status``."""
+    try:
+        return int(func(a) or 0)
+    except AgentError as e:
+        print(error_line(e, prog), file=sys.stderr)
+        return exit_status(e)
+    except BrokenPipeError:
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
-    try:
-        return int(a.func(a) or 0)
-    except ConfigError as e:
-        print(f"agentctl: {e}", file=sys.stderr)
-        return 2
-    except InvalidParams as e:
-        print(f"agentctl: {e}", file=sys.stderr)
-        return 2
-    except AgentError as e:
-        print(f"agentctl: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        return 0
+    return run(a.func, a)
 
 
 if __name__ == "__main__":

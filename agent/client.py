@@ -141,15 +141,18 @@ class Client:
         err = f.header.get("error")
         return error_from_jsonrpc(err) if isinstance(err, dict) and f.header.get("id") is None else None
 
-    def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> InferResult:
+    def infer(self, model: str, inputs: Mapping[str, np.ndarray], **qos: Any) -> InferResult:
+        """One inference; ``qos``: ``deadline_ms``, ``min_quality``, ``priority`` (a request that no
+        variant can finish within its deadline raises DeadlineInfeasible at once)."""
         descs, bufs = P.tensor_descs(inputs)
         t0 = time.perf_counter()
-        res, payload = self.call("infer", {"model": model, "inputs": descs}, bufs)
+        res, payload = self.call("infer", {"model": model, "inputs": descs, **qos}, bufs)
         return _infer_result(res, payload, t0)
 
     def generate(self, model: str, prompt: str | None = None, *, messages: list[dict[str, Any]] | None = None,
                  **params: Any) -> Iterator[Chunk]:
-        """Stream a generation. Stopping the iteration early cancels it in the daemon."""
+        """Stream a generation. Stopping the iteration early cancels it in the daemon. ``params`` include the
+        sampling keys and the QoS keys ``deadline_ms``, ``min_quality``, ``priority``."""
         with self._lock:
             rid = next(self._ids)
             done = False
@@ -312,10 +315,10 @@ class AsyncClient:
         await self._writer.drain()
         return await fut
 
-    async def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> InferResult:
+    async def infer(self, model: str, inputs: Mapping[str, np.ndarray], **qos: Any) -> InferResult:
         descs, bufs = P.tensor_descs(inputs)
         t0 = time.perf_counter()
-        res, payload = await self.call("infer", {"model": model, "inputs": descs}, bufs)
+        res, payload = await self.call("infer", {"model": model, "inputs": descs, **qos}, bufs)
         return _infer_result(res, payload, t0)
 
     async def generate(self, model: str, prompt: str | None = None, *,

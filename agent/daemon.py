@@ -27,33 +27,44 @@ log = logging.getLogger("agent.daemon")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="agentd", description="ondevice-agent daemon (runs in the foreground)")
-    ap.add_argument("--zoo", type=Path, help="zoo directory (default: STATE_DIR/zoo or $AGENT_ZOO)")
-    ap.add_argument("--socket", type=Path, help="Unix socket path (default: $AGENT_SOCKET or %(default)s)")
-    ap.add_argument("--state-dir", type=Path, help="state directory for telemetry and builds")
-    ap.add_argument("--policy", type=Path, action="append", default=[], help="policy file (repeatable)")
-    ap.add_argument("--sensors", default="live", help="'live' or 'trace:FILE[,speed=N][,loop=1]'")
-    ap.add_argument("--sysfs-root", default="/sys", help="root of sysfs for the live sensors (tests: a fake tree)")
-    ap.add_argument("--procfs-root", default="/proc", help="root of procfs for the live sensors")
-    ap.add_argument("--sample-interval", type=float, default=1.0, help="seconds between sensor samples")
-    ap.add_argument("--threads", type=int, help="intra-op threads per worker (default: ONNX Runtime's)")
-    ap.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME, help="largest IPC frame in bytes")
-    ap.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on stop")
-    ap.add_argument("--spare-workers", type=int, default=1, help="pre-started idle workers (faster swaps)")
-    ap.add_argument("--headroom-mb", type=int, default=256, help="memory kept free when loading a variant")
+    ap = argparse.ArgumentParser(prog="agentd", description="ondevice-agent daemon (runs in the foreground)",
+                                 allow_abbrev=False)
+    state = default_state_dir()
+    ap.add_argument("--zoo", type=Path, help=f"zoo directory (default: $AGENT_ZOO or {default_zoo(state)})")
+    ap.add_argument("--socket", type=Path, help=f"Unix socket path (default: $AGENT_SOCKET or {default_socket()})")
+    ap.add_argument("--state-dir", type=Path,
+                    help=f"state directory for telemetry (default: $AGENT_STATE_DIR or {state})")
+    ap.add_argument("--policy", type=Path, action="append", default=[],
+                    help="policy file, repeatable (default: $AGENT_POLICY, else "
+                         "$CONFIGURATION_DIRECTORY/policies/*.toml, else the built-in profiles with no rules)")
+    ap.add_argument("--sensors", default="live", help="'live' or 'trace:FILE[,speed=N][,loop=1]' (default: %(default)s)")
+    ap.add_argument("--sysfs-root", default="/sys", help="root of sysfs for the live sensors (tests: a fake tree) (default: %(default)s)")
+    ap.add_argument("--procfs-root", default="/proc", help="root of procfs for the live sensors (default: %(default)s)")
+    ap.add_argument("--sample-interval", type=float, default=1.0, help="seconds between sensor samples (default: %(default)s)")
+    ap.add_argument("--threads", type=int, help="intra-op threads per worker (default: ONNX Runtime's choice)")
+    ap.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME, help="largest IPC frame in bytes (default: %(default)s)")
+    ap.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on stop (default: %(default)s)")
+    ap.add_argument("--spare-workers", type=int, default=1, help="pre-started idle workers (faster swaps) (default: %(default)s)")
+    ap.add_argument("--headroom-mb", type=int, default=256, help="memory kept free when loading a variant (default: %(default)s)")
     ap.add_argument("--request-timeout", type=float, default=10.0,
-                    help="seconds: floor of each model's default request deadline (else 20x its measured p95)")
+                    help="seconds: floor of each model's default request deadline, else 20x its measured p95 (default: %(default)s)")
     ap.add_argument("--hang-after", type=float, default=3.0,
-                    help="seconds without a worker heartbeat before it is declared hung and replaced")
+                    help="seconds without a worker heartbeat before it is declared hung and replaced (default: %(default)s)")
     ap.add_argument("--frame-timeout", type=float, default=5.0,
-                    help="seconds a client has to complete a frame once it started it")
+                    help="seconds a client has to complete a frame once it started it (default: %(default)s)")
     ap.add_argument("--stall-timeout", type=float, default=5.0,
-                    help="seconds a client may leave its replies unread before it is disconnected")
+                    help="seconds a client may leave its replies unread before it is disconnected (default: %(default)s)")
     ap.add_argument("--device", action="append", default=[], metavar="MODEL=DEVICE",
-                    help="initial device of a model (repeatable)")
+                    help="initial device of a model, repeatable (default: the policy's choice)")
     ap.add_argument("--http", metavar="HOST:PORT|unix:PATH",
-                    help="also serve the OpenAI-compatible HTTP API there (loopback only; off by default)")
-    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+                    help="also serve the OpenAI-compatible HTTP API there (loopback only; default: off)")
+    ap.add_argument("--require-models", action="store_true",
+                    help="exit with an error when the zoo has no loadable model (default: warn and serve nothing)")
+    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                    help="level of agentd's own log lines (JSON on stderr) (default: %(default)s)")
+    ap.add_argument("--library-log-level", default=None, choices=["debug", "info", "warning", "error"],
+                    help="level of third-party libraries' log lines (apscheduler, uvicorn, ...) "
+                         "(default: warning; debug with --log-level debug)")
     ap.add_argument("--access-config", type=Path,
                     help="TOML file with an [access] table (default: $CONFIGURATION_DIRECTORY/access.toml)")
     a = ap.parse_args(argv)
@@ -100,8 +111,8 @@ def config_from(a: argparse.Namespace) -> Config:
                   sample_interval_s=a.sample_interval, threads=a.threads, max_frame=a.max_frame,
                   drain_timeout=a.drain_timeout, spare_workers=a.spare_workers,
                   headroom_bytes=a.headroom_mb << 20, devices=dict(d.split("=", 1) for d in a.device),
-                  http=a.http, request_timeout_s=a.request_timeout, hang_after_s=a.hang_after,
-                  frame_timeout_s=a.frame_timeout, stall_timeout_s=a.stall_timeout)
+                  http=a.http, require_models=a.require_models, request_timeout_s=a.request_timeout,
+                  hang_after_s=a.hang_after, frame_timeout_s=a.frame_timeout, stall_timeout_s=a.stall_timeout)
 
 
 def listen_socket() -> Any:
@@ -187,7 +198,7 @@ async def run(cfg: Config, access_policy: access.AccessPolicy | None = None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    logs.setup(a.log_level)
+    logs.setup(a.log_level, third_party=a.library_log_level)
     try:
         policy = access.policy_for_daemon(a.access_config)
     except ConfigError as e:

@@ -30,15 +30,16 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.demo_agentd import Agentd, DemoError, follow_events, run_workload
+from agent.demo_agentd import Agentd, DemoError, Plan, follow_events, run_workload
 from agent.errors import AgentError, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = REPO / "model_zoo" / "smollm2" / "recipe.toml"
+# a small tensor model beside the LLM, so `agentctl infer` and the README's snippet have a model
+TENSOR_RECIPE = REPO / "model_zoo" / "silero_vad" / "recipe.toml"
 # the default policy, plus the shipped workday add-on (best quality on AC, int4-class quality allowed
 # on low battery) so a workday shows the agent adapting; --policy replaces both
 DEFAULT_POLICIES = [REPO / "policies" / "balanced.toml", REPO / "policies" / "workday-demo.toml"]
@@ -71,6 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                             "(default: STATE_DIR/demo/<time>)")
     p.add_argument("--state-dir", type=Path, help="state directory (default: $AGENT_STATE_DIR or the user's)")
     p.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help="model recipe (default: SmolLM2)")
+    p.add_argument("--no-tensor-model", action="store_true",
+                   help="do not build and serve the small tensor model (Silero VAD, ~15 s to build)")
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="VARIANT",
                    help="variants to build and serve (default: %(default)s, no torch needed)")
     p.add_argument("--policy", type=Path, action="append", help="policy file, repeatable (default: policies/balanced.toml + policies/workday-demo.toml)")
@@ -82,6 +85,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=_positive(int), default=64, help="tokens per reply (default: 64)")
     p.add_argument("--plain", action="store_true", help="plain lines instead of the live table")
     p.add_argument("--socket", type=Path, help="agentd's socket (default: a private one in a temporary folder)")
+    p.add_argument("--keep-serving", action="store_true",
+                   help="after the demo, leave an agentd running in the background on live sensors, the "
+                        "demo's zoo and the default socket, so `agentctl status` works at once")
     p.add_argument("--sysfs-root", default="/sys", help=argparse.SUPPRESS)
 
 
@@ -99,20 +105,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # ------------------------------------------------------------------------------------------ setup
-
-@dataclass
-class Plan:
-    model: str
-    recipe: Path
-    zoo: Path
-    out: Path
-    policy: list[Path]
-    sensors: str
-    sensors_note: str
-    trace: bool
-    cores: list[int]
-    sysfs_root: str = "/sys"
-
 
 def bound_cores(n: int) -> list[int]:
     """Pin this process (and so every child) to ``n`` of the cores it may use."""
@@ -242,6 +234,10 @@ def _run(a: argparse.Namespace) -> int:
     print(f"ondevice-agent demo: {a.duration:.0f} s of chat on {len(cores) or 'all'} CPU cores "
           f"({', '.join(map(str, cores))})", flush=True)
     model = ensure_zoo(a.recipe, zoo, list(a.variants), build=not a.no_build)
+    if not a.no_tensor_model:
+        from agent.zoo.recipe import load_recipe
+
+        ensure_zoo(TENSOR_RECIPE, zoo, [v.id for v in load_recipe(TENSOR_RECIPE).variants], build=not a.no_build)
     plan = Plan(model, a.recipe, zoo, out, list(a.policy or DEFAULT_POLICIES), sensors, note, is_trace, cores,
                 a.sysfs_root)
     print(note, flush=True)
@@ -339,4 +335,24 @@ def _serve_and_chat(plan: Plan, a: argparse.Namespace) -> int:
     if not gens:
         print("agentctl demo: no reply was generated; see the agentd log above", file=sys.stderr)
         return 1
+    _next_steps(plan, a)
     return 0
+
+
+def _next_steps(plan: Plan, a: argparse.Namespace) -> None:
+    """Where things are, and how to talk to an agentd of one's own."""
+    from agent.paths import default_socket, default_state_dir
+
+    policy = " ".join(f"--policy {p}" for p in plan.policy)
+    print(f"\nzoo: {plan.zoo}\ndemo outputs: {plan.out}")
+    if a.keep_serving:
+        from agent.demo_agentd import serve_in_background
+
+        state = a.state_dir or default_state_dir()
+        pid, log_path = serve_in_background(plan.zoo, plan.policy, default_socket(), state)
+        print(f"agentd keeps serving in the background: pid {pid}, socket {default_socket()}, log {log_path}\n"
+              f"  try: agentctl status · agentctl generate {plan.model} \"What is the capital of France?\"\n"
+              f"  stop it with: kill {pid}")
+    else:
+        print(f"run your own agentd:  agentd --zoo {plan.zoo} {policy} &\n"
+              f"then:                 agentctl status   (socket {default_socket()})")

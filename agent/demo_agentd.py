@@ -10,13 +10,11 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent.errors import AgentError
-
-if TYPE_CHECKING:
-    from agent.demo import Plan
 
 PROMPTS = (
     "What is the capital of France?",
@@ -30,8 +28,47 @@ PROMPTS = (
 )
 
 
+@dataclass
+class Plan:
+    model: str
+    recipe: Path
+    zoo: Path
+    out: Path
+    policy: list[Path]
+    sensors: str
+    sensors_note: str
+    trace: bool
+    cores: list[int]
+    sysfs_root: str = "/sys"
+
+
 class DemoError(AgentError):
     """The demo could not run (exit status 1); the message says what to do."""
+
+
+def serve_in_background(zoo: Path, policy: list[Path], socket: Path, state: Path) -> tuple[int, Path]:
+    """Start a detached agentd on live sensors (it outlives the demo): (pid, log path). Waits until it
+    answers, so the next ``agentctl status`` finds it."""
+    from agent.client import Client, wait_for_socket
+
+    log_path = state / "agentd.log"
+    state.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "agent.daemon", "--zoo", str(zoo), "--socket", str(socket),
+           "--state-dir", str(state)]
+    for p in policy:
+        cmd += ["--policy", str(p)]
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID")}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        wait_for_socket(socket, timeout=300)
+        with Client(socket, timeout=30) as c:
+            c.status()
+    except AgentError as e:
+        rc = proc.poll()
+        raise DemoError(f"background agentd did not start ({e}; exit {rc}); see {log_path}") from None
+    return proc.pid, log_path
 
 
 class Agentd:

@@ -15,6 +15,19 @@ from agent.errors import AgentError
 PALETTE = ("#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
+def label_lanes(xs: list[float], min_gap: float) -> list[int]:
+    """A lane per label so that labels in one lane are at least ``min_gap`` apart (x ascending)."""
+    last: list[float] = []
+    out = []
+    for x in xs:
+        lane = next((k for k, prev in enumerate(last) if x - prev >= min_gap), len(last))
+        if lane == len(last):
+            last.append(x)
+        last[lane] = x
+        out.append(lane)
+    return out
+
+
 def plot_timeline(rec: Recorder, path: Path, *, title: str, trace: bool) -> Path:
     try:
         import matplotlib
@@ -112,14 +125,35 @@ def plot_timeline(rec: Recorder, path: Path, *, title: str, trace: bool) -> Path
     ax_tps.set_ylim(0, max(tps) * 1.3 if tps else 1.0)   # room for the legend above the points
     ax_tps.set_xlabel(xlabel)
 
+    # swaps: a dashed line where the policy decided (the readings that caused it), a hatched span in the
+    # variant lane until the new variant served (load + warm-up, in sensor time), and a numbered marker
+    # in lanes that never overlap; the numbers are explained in the list under the panels
+    notes: list[str] = []
+    spans = []
     for sw in swaps:
-        x = sw.trace_t / 3600 if use_trace and sw.trace_t is not None else x_at(sw.t)
+        done = sw.trace_t / 3600 if use_trace and sw.trace_t is not None else x_at(sw.t)
+        decided = sw.decided_trace_t / 3600 if use_trace and sw.decided_trace_t is not None else done
+        spans.append((min(decided, done), done))
+    for i, (sw, (decided, done), lane) in enumerate(zip(swaps, spans, label_lanes([d for d, _ in spans],
+                                                                                    0.035 * span)), 1):
         for ax in axes:
-            ax.axvline(x, color="black", ls="--", lw=0.9, alpha=0.7)
-        right = x > xs[0] + 0.75 * span
-        ax_bat.annotate(f"{sw.from_variant or '-'}→{sw.to_variant}", (x, 102), fontsize=8, rotation=0,
-                        ha="right" if right else "left", va="top", xytext=(-3 if right else 3, 0),
-                        textcoords="offset points")
+            ax.axvline(decided, color="black", ls="--", lw=0.9, alpha=0.7)
+        if done > decided:
+            ax_var.axvspan(decided, done, ymin=0, ymax=1, facecolor="white", edgecolor="black", hatch="////",
+                           lw=0, alpha=0.6)
+        ax_bat.annotate(str(i), (decided, 104 - 11 * (lane % 4)), fontsize=7, ha="center", va="top",
+                        bbox={"boxstyle": "circle,pad=0.2", "fc": "white", "ec": "black", "lw": 0.6})
+        when = f"{int(decided)}:{int(decided * 60) % 60:02d}" if use_trace else f"{decided:.0f} s"
+        text = f"{i}  {when}  {sw.from_variant or '-'}→{sw.to_variant}: {sw.reason}"
+        notes.append(text if len(text) <= 110 else text[:107] + "...")
+    if variants:
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color=color[v], label=v) for v in variants]
+        if any(sw.decided_trace_t is not None for sw in swaps):
+            handles.append(Patch(facecolor="white", edgecolor="black", hatch="////", label="loading"))
+        ax_var.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.15), fontsize=7,
+                      frameon=False)
     prev, last_x, level = None, None, 0
     for pc in policy:   # profile changes (with or without a swap) as dotted lines in the variant lane
         if pc.profile == prev:
@@ -136,7 +170,11 @@ def plot_timeline(rec: Recorder, path: Path, *, title: str, trace: bool) -> Path
     for ax in axes:
         ax.grid(True, alpha=0.25)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    shown = notes[:12] + ([f"... and {len(notes) - 12} more swaps (summary.json)"] if len(notes) > 12 else [])
+    if shown:
+        fig.set_size_inches(11, 9 + 0.16 * len(shown))
+        fig.text(0.01, 0.005, "swaps:\n" + "\n".join(shown), fontsize=7, family="monospace", va="bottom")
+    fig.tight_layout(rect=(0, 0.02 + 0.16 * len(shown) / (9 + 0.16 * len(shown)) if shown else 0, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

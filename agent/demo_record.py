@@ -60,6 +60,7 @@ class Swap:
     device: str
     reason: str
     swap_ms: float | None
+    decided_trace_t: float | None = None   # the sensors' clock when the policy decided (None: not a policy swap)
 
 
 @dataclass
@@ -148,13 +149,18 @@ class Recorder:
         kind = ev.get("event")
         trace_t = self.samples[-1].trace_t if self.samples else None
         if kind == "swap" and ev.get("model") == self.model:
+            reason = ev.get("reason")
+            decided = reason.get("decided_t") if isinstance(reason, dict) else None
             sw = Swap(self.now(), trace_t, str(ev.get("model")), ev.get("from"), str(ev.get("to")),
-                      str(ev.get("device") or "cpu"), describe_reason(ev.get("reason")), ev.get("swap_ms"))
+                      str(ev.get("device") or "cpu"), describe_reason(reason), ev.get("swap_ms"),
+                      float(decided) if isinstance(decided, int | float) else None)
             with self._lock:
                 self.swaps.append(sw)
             return sw
         if kind == "decision":
-            pc = PolicyChange(self.now(), trace_t, ev.get("profile"), ev.get("rule"), str(ev.get("changes") or ""))
+            t = ev.get("t")
+            pc = PolicyChange(self.now(), float(t) if isinstance(t, int | float) else trace_t, ev.get("profile"),
+                              ev.get("rule"), str(ev.get("changes") or ""))
             with self._lock:
                 last = self.policy[-1] if self.policy else None
                 if last is None or (last.profile, last.rule) != (pc.profile, pc.rule) or pc.changes:

@@ -140,15 +140,22 @@ class LiveView:
                      title=self.title, title_align="left")
 
 
+def _note(r: VariantSummary) -> str:
+    """Why a row has no figures: a variant that was active too briefly for any reply to start on it."""
+    if r.requests == 0:
+        return f"no reply finished in its {r.active_s:.1f} s active"
+    return ""
+
+
 def summary_table(rows: list[VariantSummary], swaps: list[Swap]) -> str:
-    head = ["variant", "active s", "replies", "tokens", "tok/s", "decode tok/s", "joules", "J/token"]
+    head = ["variant", "active s", "replies", "tokens", "tok/s", "decode tok/s", "joules", "J/token", "note"]
     body = [[f"{r.variant}@{r.device}", f"{r.active_s:.1f}", str(r.requests), str(r.tokens),
              _f(r.tokens_per_s, ".1f"), _f(r.decode_tokens_per_s, ".1f"), _f(r.joules, ".2f"),
-             _f(r.joules_per_token, ".4f")] for r in rows]
+             _f(r.joules_per_token, ".4f"), _note(r)] for r in rows]
     tot_tok = sum(r.tokens for r in rows)
     js = [r.joules for r in rows if r.joules is not None]
     body.append(["total", f"{sum(r.active_s for r in rows):.1f}", str(sum(r.requests for r in rows)), str(tot_tok),
-                 "", "", _f(sum(js) if js else None, ".2f"), ""])
+                 "", "", _f(sum(js) if js else None, ".2f"), "", ""])
     table = [head, *body]
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in table]

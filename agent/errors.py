@@ -24,8 +24,10 @@ same class again on the other side::
     │   │   └── WorkerHung          -32032  it stopped answering (missed heartbeats / its deadline): killed
     │   └── Timeout                 -32033  a request's deadline passed; names the model/variant that had it
     ├── Unavailable                 -32040  no variant is ready to serve (loading / shutting down)
+    │   └── DeadlineInfeasible      -32041  no variant can meet the request's deadline now (data names the fastest)
     ├── BuildError                  -32050  a zoo build step failed
-    └── ConnectionClosed            -32060  client side: the daemon closed the connection
+    ├── ConnectionClosed            -32060  client side: the daemon closed the connection
+    └── CpuLimitError               -32070  a CPU quota (cgroup / affinity) could not be set
 """
 
 from __future__ import annotations
@@ -142,12 +144,20 @@ class Unavailable(AgentError):
     code = -32040
 
 
+class DeadlineInfeasible(Unavailable):
+    code = -32041
+
+
 class BuildError(AgentError):
     code = -32050
 
 
 class ConnectionClosed(AgentError):
     code = -32060
+
+
+class CpuLimitError(AgentError):
+    code = -32070
 
 
 def _all_subclasses(cls: type[AgentError]) -> list[type[AgentError]]:

@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ class Telemetry:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._last_prune = 0.0
+        # called with (table, row) for every recorded row, in the recording thread (e.g. Prometheus metrics)
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         db = self._open()
         for t in TABLES:
             tbl = db.table(t)
@@ -58,6 +61,8 @@ class Telemetry:
             raise ValueError(f"unknown telemetry table {table}")
         row = dict(row)
         row.setdefault("ts", time.time())
+        for listener in self.listeners:
+            listener(table, row)
         with self._lock:
             self._q[table].append(row)
             self._n += 1

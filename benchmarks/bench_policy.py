@@ -1,11 +1,17 @@
-"""Policy engine timings and the simulator's acceptance table.
+"""Policy engine timings and the simulator's tables (docs/SIMULATION.md is regenerated from them).
 
-    .venv/bin/python benchmarks/bench_policy.py [--repeat 7]
+    .venv/bin/python benchmarks/bench_policy.py [--repeat 7] [--zoo ZOO] [--write-docs]
 
 1. CEL libraries: compile + evaluate one rule with ``common-expression-language`` (Rust, ``import cel``) and
    ``cel-python`` (pure Python, ``import celpy``), medians over repeats, and the ratio. cel-python is optional.
 2. decide() per sample with the shipped balanced policy on the fixture table.
-3. The simulator on the synthetic scenarios for every shipped policy (the table in docs/SIMULATION.md).
+3. With ``--zoo``: the measured zoo (cost curves from ``costs.toml`` where the quota sweep ran) on every
+   shipped trace with the default policy and the QoS workload :data:`MEASURED_WORKLOAD`: the policy, the
+   oracle and one static baseline per (variant, device), each model separately, with the Pareto verdicts.
+4. The fixture tables (FACTS.md figures) on the shipped traces and the synthetic scenarios.
+
+``--skip-timing`` leaves out parts 1-2 (the tables are deterministic: no lock or quiet machine needed).
+``--write-docs`` replaces the generated part of docs/SIMULATION.md (between the ``bench_policy`` markers).
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import contextlib
+import io
 
 from agent.policy.conditions import Activation, activation_dict
 from agent.policy.decide import decide
@@ -79,6 +88,72 @@ def bench_decide(repeat: int) -> None:
     print(f"decide(): {us:.0f} us per sample (3 rules, 2 models, {len(rows)} rows)")
 
 
+SHIPPED = ("laptop_workday", "thermal_sustained_load", "memory_pressure_bursts", "chat_rising_heat",
+           "phone_day_bursts")
+# a chat answer of 32 tokens within 2 s; a VAD window within 5 ms; one request every 5 s per model
+MEASURED_WORKLOAD = "rate=0.2/s,smollm2.tokens=32,smollm2.deadline_ms=2000,silero_vad.deadline_ms=5"
+BEGIN, END = "<!-- bench_policy:begin -->", "<!-- bench_policy:end -->"
+
+
+def measured_tables(zoo: Path, verbose: bool, curves: bool = True) -> None:
+    from agent.policy.cli import zoo_table
+    from agent.policy.table import by_model
+    from agent.policy.trace import load_trace
+    from agent.sensors.trace import shipped
+
+    table, errs = zoo_table(zoo)
+    for k, v in errs.items():
+        print(f"warning: {k}: {v}", file=sys.stderr)
+    if not curves:
+        import dataclasses
+
+        table = [dataclasses.replace(r, curve=None) for r in table]
+    pol = load_policy([REPO / "policies" / "balanced.toml"])
+    wl = parse_workload(MEASURED_WORKLOAD)
+    models = by_model(table)
+    how = "with the measured cost curves" if curves else "nominal figures only (curves ignored: latency x 1/compute)"
+    print(f"\n### Measured zoo, {how}; default policy `balanced.toml`, workload `{MEASURED_WORKLOAD}`\n")
+    print("Rows (nominal figures; `basis`: measured cost curve under quota/load, or latency scaled by 1/compute):\n")
+    print("| model | row | quality | p95 ms (per unit) | J (per unit) | unit | basis | curve mechanism |")
+    print("|---|---|---|---|---|---|---|---|")
+    for m, rs in models.items():
+        for r in rs:
+            print(f"| {m} | {r.label} | {r.quality_rel} | {r.latency_ms_p95:.4g} | {r.energy_j:.4g} | {r.unit} | "
+                  f"{r.basis} | {r.curve.mechanism if r.curve else '-'} |")
+    summary = []
+    for name in SHIPPED:
+        tr = load_trace(shipped(name))
+        for m, rs in models.items():
+            rep = simulate(tr, pol, rs, wl)
+            acc, par = rep.acceptance(), rep.pareto()
+            time_in = ", ".join(f"{k.split(':', 1)[1]} {v:.0f}s" for k, v in sorted(rep.policy.time_in.items()))
+            print(f"\n**{name} · {m}** ({rep.duration_s:.0f} s; policy swaps {rep.policy.swaps}; time in: {time_in})\n")
+            print("| method | J/request | mean quality | delivered quality | deadline/SLO met | swaps | policy vs it |")
+            print("|---|---|---|---|---|---|---|")
+            for k in ["policy", "oracle", *sorted(x for x in rep.methods if x.startswith("static:"))]:
+                r = rep.methods[k]
+                v = par.get(k)
+                verdict = "" if v is None else v["verdict"] + (
+                    f" (better: {', '.join(v['better'])}; worse: {', '.join(v['worse'])})" if v["worse"] else "")
+                print(f"| {k} | {r.energy_per_request_j:.5g} | {r.mean_quality:.4f} | {r.delivered_quality:.4f} | "
+                      f"{r.slo_attainment:.1%} | {r.swaps} | {verdict} |")
+            n_dom = sum(1 for v in par.values() if v["verdict"] == "dominates")
+            summary.append((name, m, n_dom, len(par), acc.get("energy_gap_to_oracle", float("nan")),
+                            acc.get("quality_delta_vs_oracle", 0.0), acc.get("attainment_delta_vs_oracle", 0.0),
+                            acc.get("pareto_pass"), acc.get("oracle_pass")))
+            if verbose:
+                print(format_report(rep))
+    print("\n**Acceptance summary** (Pareto: the policy at least as good on energy/request, mean quality and "
+          "deadline attainment and strictly better on one; oracle: energy within 2 % at equal quality and "
+          "attainment)\n")
+    print("| trace | model | static rows dominated | gap to oracle (energy) | quality vs oracle | attainment vs oracle "
+          "| Pareto | oracle |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, m, n_dom, n, gap, dq, da, pp, op in summary:
+        print(f"| {name} | {m} | {n_dom} of {n} | {gap:+.2%} | {dq:+.4f} | {da:+.2%} | {'PASS' if pp else 'MISS'} "
+              f"| {'PASS' if op else 'MISS'} |")
+
+
 def sim_tables(verbose: bool) -> None:
     """One markdown line per scenario: the acceptance figures (copied into docs/SIMULATION.md)."""
     cases = (("A: cpu-only (FACTS.md SmolLM2 figures)", smollm2_rows(), ("balanced",)),
@@ -87,8 +162,7 @@ def sim_tables(verbose: bool) -> None:
     from agent.policy.trace import load_trace
     from agent.sensors.trace import shipped
 
-    traces = [(n, load_trace(shipped(n))) for n in ("laptop_workday", "thermal_sustained_load",
-                                                    "memory_pressure_bursts")]
+    traces = [(n, load_trace(shipped(n))) for n in SHIPPED]
     traces += [(sc, scenario(sc)) for sc in SCENARIOS]
     for table_name, rows, policies in cases:
         for pol_name in policies:
@@ -114,12 +188,36 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--skip-sim", action="store_true")
+    ap.add_argument("--skip-timing", action="store_true", help="no CEL/decide() timings (the tables only)")
+    ap.add_argument("--zoo", type=Path, help="a measured zoo (SmolLM2 + Silero VAD) for the measured tables")
+    ap.add_argument("--write-docs", action="store_true", help="rewrite the generated part of docs/SIMULATION.md")
     ap.add_argument("--verbose", action="store_true", help="also print every full report")
     args = ap.parse_args()
-    bench_cel(args.repeat)
-    bench_decide(args.repeat)
-    if not args.skip_sim:
+    if not args.skip_timing:
+        bench_cel(args.repeat)
+        bench_decide(args.repeat)
+    if args.skip_sim:
+        return
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        if args.zoo:
+            measured_tables(args.zoo, args.verbose)
+            measured_tables(args.zoo, args.verbose, curves=False)
+        print("\n### Fixture tables (FACTS.md SmolLM2 figures; issue 3's targets)")
         sim_tables(args.verbose)
+    text = buf.getvalue()
+    print(text)
+    if args.write_docs:
+        doc = REPO / "docs" / "SIMULATION.md"
+        old = doc.read_text(encoding="utf-8")
+        if BEGIN not in old or END not in old:
+            raise SystemExit(f"{doc}: expected the markers {BEGIN} and {END}")
+        head, rest = old.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        cmd = "benchmarks/bench_policy.py" + (f" --zoo {args.zoo}" if args.zoo else "") + " --write-docs"
+        doc.write_text(f"{head}{BEGIN}\n<!-- generated by {cmd}; do not edit by hand -->\n{text}\n{END}{tail}",
+                       encoding="utf-8")
+        print(f"wrote {doc}")
 
 
 if __name__ == "__main__":

@@ -1,1 +1,1 @@
-"""OpenAI-compatible HTTP endpoint of agentd (``agentd --http 127.0.0.1:8077``); see docs/SERVING.md."""
+"""agentd's HTTP listener (`agentd --http 127.0.0.1:8077`): OpenAI, KServe v2, Ollama and Prometheus doors; see docs/SERVING.md."""

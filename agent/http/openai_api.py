@@ -16,26 +16,24 @@ every response can name the variant and device that serve it: ``system_fingerpri
 generation (its KV memory is freed).
 
 Differences from OpenAI: ``temperature`` defaults to 0 (greedy, reproducible), ``n`` must be 1,
-``top_k``, ``deadline_ms`` and ``min_quality`` are accepted as extensions, unknown parameters are errors.
+``top_k``, ``deadline_ms``, ``min_quality`` and ``priority`` are accepted as extensions, unknown parameters are errors.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from agent.errors import AgentError, Busy, InvalidParams, LoadError, NotFound, Unavailable
+from agent.http.common import BodyTooLarge, DoorError, Gen, read_body, run_unless_disconnected
 
 log = logging.getLogger("agent.http")
 
@@ -43,13 +41,13 @@ MAX_BODY = 4 << 20
 MAX_STOPS = 4
 # OpenAI parameters we accept; the values we cannot honour are checked below
 COMMON = {"model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options", "n", "user",
-          "frequency_penalty", "presence_penalty", "logprobs", "top_k", "deadline_ms", "min_quality"}
+          "frequency_penalty", "presence_penalty", "logprobs", "top_k", "deadline_ms", "min_quality", "priority"}
 CHAT_KEYS = COMMON | {"messages", "max_completion_tokens", "top_logprobs"}
 COMPLETION_KEYS = COMMON | {"prompt", "echo", "suffix", "best_of"}
 ROLE_MAP = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
-class ApiError(Exception):
+class ApiError(DoorError):
     """An error already in OpenAI's terms (status, type, param, code)."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
@@ -136,7 +134,7 @@ def translate(body: Any, chat: bool) -> tuple[dict[str, Any], bool, bool]:
     mt = body.get("max_completion_tokens", body.get("max_tokens")) if chat else body.get("max_tokens")
     if mt is not None:
         out["max_tokens"] = mt
-    for key in ("temperature", "top_p", "seed", "top_k", "deadline_ms", "min_quality"):
+    for key in ("temperature", "top_p", "seed", "top_k", "deadline_ms", "min_quality", "priority"):
         if body.get(key) is not None:
             out[key] = body[key]
     stop = body.get("stop")
@@ -196,36 +194,8 @@ def _finish(reason: str | None) -> str:
     return reason if reason in ("stop", "length") else "stop"
 
 
-class _Gen:
-    """One generation running as a task; tokens and the end arrive on a queue."""
-
-    def __init__(self, run: Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], Any],
-                 params: dict[str, Any]) -> None:
-        self.q: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self.task = asyncio.ensure_future(run(params, lambda p: self.q.put_nowait(("token", p))))
-        self.task.add_done_callback(lambda t: self.q.put_nowait(("end", None)))
-
-    async def next(self) -> tuple[str, Any]:
-        kind, p = await self.q.get()
-        if kind == "end":
-            return "end", self.task.result()   # raises the generation's error
-        return kind, p
-
-    def cancel(self) -> None:
-        if not self.task.done():
-            self.task.cancel()
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns when the client has gone (the body was already read, so the next message is the end)."""
-    while True:
-        msg = await request.receive()
-        if msg["type"] == "http.disconnect":
-            return
-
-
-def build_app(agent_app: Any) -> Starlette:
-    """The ASGI application. ``agent_app`` is :class:`agent.app.App` (uses ``generate``, ``manifests``,
+def routes(agent_app: Any) -> list[Route]:
+    """The OpenAI routes. ``agent_app`` is :class:`agent.app.App` (uses ``generate``, ``manifests``,
     ``rt()``)."""
 
     def model_entry(name: str) -> dict[str, Any]:
@@ -258,41 +228,31 @@ def build_app(agent_app: Any) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def read_body(request: Request) -> Any:
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > MAX_BODY:
-            raise ApiError(413, f"request body larger than {MAX_BODY} bytes")
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > MAX_BODY:
-                raise ApiError(413, f"request body larger than {MAX_BODY} bytes")
+    async def read_json(request: Request) -> Any:
+        try:
+            raw = await read_body(request, MAX_BODY)
+        except BodyTooLarge as e:
+            raise ApiError(413, str(e)) from None
         try:
             return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ApiError(400, f"the request body is not valid JSON: {e}") from None
 
     async def completion(request: Request, chat: bool) -> Response:
-        body = await read_body(request)
+        body = await read_json(request)
         params, stream, include_usage = translate(body, chat)
         model_name = params["model"]
         cid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         created = int(time.time())
-        gen = _Gen(agent_app.generate, params)
+        gen = Gen(agent_app.generate, params)
         obj = "chat.completion" if chat else "text_completion"
         if not stream:
-            disc = asyncio.ensure_future(_disconnected(request))
             try:
-                await asyncio.wait({gen.task, disc}, return_when=asyncio.FIRST_COMPLETED)
-                if not gen.task.done():   # the client left: stop the generation, free its KV
-                    gen.cancel()
-                    return Response(status_code=499)
-                res = gen.task.result()
+                res = await run_unless_disconnected(request, gen)
             except AgentError as e:
                 raise from_agent_error(e) from None
-            finally:
-                disc.cancel()
-                gen.cancel()
+            if res is None:   # the client left: the generation was stopped, its KV freed
+                return Response(status_code=499)
             variant, device = res["variant"], res["device"]
             text = res.get("text", "")
             finish = _finish(res.get("finish_reason"))
@@ -372,26 +332,10 @@ def build_app(agent_app: Any) -> Starlette:
     async def completions(request: Request) -> Response:
         return await completion(request, False)
 
-    async def on_api_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return exc.response()
-
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        msg = f"{request.method} {request.url.path}: {exc.detail}"
-        return ApiError(exc.status_code, msg, "invalid_request_error", None, code).response()
-
-    async def on_error(request: Request, exc: Exception) -> Response:
-        log.error("http handler failed", exc_info=exc)
-        return ApiError(500, f"internal error: {type(exc).__name__}", "server_error").response()
-
-    routes = [
+    return [
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={ApiError: on_api_error, HTTPException: on_http_error,
-                                                        Exception: on_error})

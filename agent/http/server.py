@@ -83,7 +83,7 @@ class HttpServer:
         try:
             import uvicorn
 
-            from agent.http.openai_api import build_app
+            from agent.http.asgi import build_app
         except ImportError as e:
             raise AgentError(f"--http needs starlette and uvicorn ({e}); install the 'llm' extra") from None
 
@@ -137,7 +137,10 @@ class HttpServer:
                     os.umask(old)
             else:
                 family = socket.AF_INET6 if a.host and ":" in a.host else socket.AF_INET
-                sock = socket.socket(family, socket.SOCK_STREAM)
+                # proto IPPROTO_TCP (not 0): accepted sockets inherit it, and asyncio turns Nagle off
+                # (TCP_NODELAY) only for sockets that say TCP; with Nagle on, a response sent as headers
+                # then body waited for the client's delayed ACK: ~45 ms per request
+                sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((a.host or "127.0.0.1", a.port or 0))
             sock.listen(128)

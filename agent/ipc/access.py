@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; not exported by Python 3.11
 
 CLIENT_METHODS: frozenset[str] = frozenset({
-    "infer", "generate", "hold", "release", "status", "models", "variants", "subscribe", "unsubscribe",
+    "infer", "generate", "hold", "release", "status", "models", "variants", "subscribe", "unsubscribe", "metrics",
     "history", "ping", "hello", "cancel",
 })
 """Methods a member of the clients' group may call. Everything else (pin, unpin, reload, zoo.*,

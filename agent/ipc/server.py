@@ -279,6 +279,20 @@ class _Conn(asyncio.BufferedProtocol):
         self.release()
 
 
+def claim_socket_path(path: Path) -> None:
+    """Make ``path`` free to bind: create its folder, remove a stale socket; raise if another agent is
+    listening there or the path is something else. agentd calls it before loading any model, so a
+    second daemon on a taken socket fails at once instead of after loading its zoo."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        if path.is_socket() and not _socket_in_use(path):
+            path.unlink()
+        elif path.is_socket():
+            raise AgentError(f"another agent is already listening on {path}")
+        else:
+            raise AgentError(f"{path} exists and is not a socket; refusing to replace it")
+
+
 class Server:
     def __init__(self, handlers: dict[str, Handler], *, max_frame: int = P.DEFAULT_MAX_FRAME,
                  max_inflight: int = 64,
@@ -317,14 +331,7 @@ class Server:
             self._server = await loop.create_unix_server(lambda: _Conn(self), sock=sock)
             return
         assert path is not None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() or path.is_symlink():
-            if path.is_socket() and not _socket_in_use(path):
-                path.unlink()
-            elif path.is_socket():
-                raise AgentError(f"another agent is already listening on {path}")
-            else:
-                raise AgentError(f"{path} exists and is not a socket; refusing to replace it")
+        claim_socket_path(path)
         old = os.umask(0o777 & ~mode)
         try:
             self._server = await loop.create_unix_server(lambda: _Conn(self), path=str(path), backlog=1024)

@@ -1,10 +1,12 @@
 """``agentctl generate`` and ``agentctl chat``: talk to a causal-lm model through agentd.
 
     agentctl generate MODEL "prompt" [--max-tokens N] [--temperature T] [--top-p P] [--top-k K]
-                                     [--seed S] [--stop TEXT]... [--chat [--system TEXT]] [--json]
+                                     [--seed S] [--stop TEXT]... [--system TEXT | --raw] [--json]
     agentctl chat MODEL [--system TEXT] [--max-tokens N] [--temperature T] [--seed S]
 
-``generate`` streams the text to stdout as it is produced and ends with one summary line on stderr
+``generate`` sends the prompt as one user message, so the daemon renders it with the model's chat
+template (a model without one gets the plain text); ``--raw`` sends it as a plain completion prompt
+instead (the text is continued as is). ``generate`` streams the text to stdout as it is produced and ends with one summary line on stderr
 (variant@device, tokens, time to first token, tokens/s, finish reason); ``--json`` prints the final
 result object instead. A prompt of ``-`` is read from stdin. ``chat`` is a REPL: each stdin line is a
 user turn, the conversation is kept as messages (so the prefix cache reuses it), ``/reset`` starts over,
@@ -32,7 +34,7 @@ def llm_status_line(llm: dict[str, Any]) -> str:
 
 def _params(a: argparse.Namespace) -> dict[str, Any]:
     p: dict[str, Any] = {"max_tokens": a.max_tokens}
-    for key in ("temperature", "top_p", "top_k", "seed"):
+    for key in ("temperature", "top_p", "top_k", "seed", "deadline_ms", "min_quality", "priority"):
         v = getattr(a, key, None)
         if v is not None:
             p[key] = v
@@ -82,13 +84,13 @@ def cmd_generate(a: argparse.Namespace) -> int:
         raise InvalidParams("prompt: expected some text, got an empty prompt")
     params = _params(a)
     kw: dict[str, Any] = {}
-    if a.chat:
+    if a.raw:
+        if a.system:
+            raise InvalidParams("--system is a chat turn; it cannot go with --raw")
+        kw["prompt"] = prompt
+    else:
         msgs = ([{"role": "system", "content": a.system}] if a.system else []) + [{"role": "user", "content": prompt}]
         kw["messages"] = msgs
-    else:
-        if a.system:
-            raise InvalidParams("--system needs --chat")
-        kw["prompt"] = prompt
     with Client(a.socket, timeout=a.timeout) as c:
         if a.json:
             final = c.complete(a.model, stream=False, **kw, **params)
@@ -158,6 +160,14 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def add_qos_args(sp: argparse.ArgumentParser) -> None:
+    """Per-request QoS flags (``generate``, ``chat``, ``infer``); the daemon validates the values."""
+    sp.add_argument("--deadline-ms", type=float, dest="deadline_ms",
+                    help="the answer must be complete within this; refused at once if no variant can make it")
+    sp.add_argument("--min-quality", type=float, dest="min_quality", help="the request's own quality floor (0..1)")
+    sp.add_argument("--priority", type=int, help="larger = served first among queued requests")
+
+
 def _add_sampling(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("model")
     sp.add_argument("--max-tokens", type=_positive_int, default=256, help="new tokens at most (default 256)")
@@ -167,6 +177,7 @@ def _add_sampling(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--seed", type=int, help="makes sampling reproducible")
     sp.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop sequence (repeatable)")
     sp.add_argument("--system", help="system prompt (chat)")
+    add_qos_args(sp)
     sp.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the daemon")
     sp.add_argument("-q", "--quiet", action="store_true", help="no summary line on stderr")
 
@@ -176,16 +187,12 @@ def add_parsers(subparsers: Any) -> None:
     g = subparsers.add_parser("generate", help="stream a completion from a causal-lm model")
     _add_sampling(g)
     g.add_argument("prompt", help="the prompt ('-' reads stdin)")
-    g.add_argument("--chat", action="store_true", help="send the prompt as a user message (chat template)")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--raw", action="store_true", help="plain completion: continue the prompt text as is")
+    mode.add_argument("--chat", action="store_true",
+                      help="send the prompt as a user message with the chat template (the default)")
     g.add_argument("--json", action="store_true", help="print the final result as JSON instead of streaming")
     g.set_defaults(func=cmd_generate)
     c = subparsers.add_parser("chat", help="interactive chat with a causal-lm model (stdin lines, /exit)")
     _add_sampling(c)
     c.set_defaults(func=cmd_chat)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``agentctl`` with these commands only (the full agentctl already includes them)."""
-    from agent import cli
-
-    return cli.main(argv)

@@ -5,7 +5,13 @@ measures every variant in a fresh process (honest peak RSS)::
 
     {"model": ..., "tokenizer": ..., "llm": {...}, "reference": null | path, "threads": 2,
      "text": "pydoc-topics", "base": dir, "tokens": 2048, "window": 512,
-     "prompt": "What is the capital of France?", "decode_tokens": 64}
+     "prompt": "What is the capital of France?", "decode_tokens": 64,
+     "prompts": path | null, "questions": path | null, "agreement_tokens": 32, "answer_tokens": 24}
+
+With ``prompts`` and ``questions`` it also measures answer quality (agent.llm.quality): the greedy
+outputs of a model go to ``MODEL.onnx.answers.json`` next to its file, keyed by what they depend on
+(data files, lengths, model size, threads, onnxruntime version), and are reused while the key holds:
+the reference's by every other variant, a variant's own when it is re-measured (scoring only).
 """
 
 from __future__ import annotations
@@ -73,6 +79,83 @@ def timing(engine: Any, prompt: str, decode_tokens: int, repeats: int = 3) -> di
             "decode_cpu_s_per_token": cpu_per_token}
 
 
+OUTPUTS = ".answers.json"      # suffix: MODEL.onnx.answers.json next to the model file
+
+
+def outputs_path(model: str | Path) -> Path:
+    return Path(model).with_name(Path(model).name + OUTPUTS)
+
+
+def greedy(engine: Any, messages: Any, n: int) -> tuple[list[int], bool, str]:
+    """(tokens, stopped at end of turn, text) of a greedy chat generation of at most ``n`` tokens."""
+    toks: list[int] = []
+    text: list[str] = []
+    stopped = False
+    for ev in engine.generate([dict(m) for m in messages], {"max_tokens": n, "temperature": 0.0}):
+        if ev.token_id is not None:
+            toks.append(int(ev.token_id))
+        text.append(ev.text)
+        if ev.finish_reason is not None:
+            stopped = ev.finish_reason == "stop"
+    return toks, stopped, "".join(text)
+
+
+def answer_outputs(engine: Any, req: dict[str, Any]) -> dict[str, Any]:
+    """The greedy token sequences over the prompt set and the replies to the question set."""
+    from agent.llm import quality as Q
+
+    n_agree, n_answer = int(req["agreement_tokens"]), int(req["answer_tokens"])
+    seqs = []
+    for p in Q.load_prompts(Path(req["prompts"])):
+        toks, stopped, _ = greedy(engine, p.messages, n_agree)
+        seqs.append(Q.padded(toks, stopped, n_agree))
+    replies = [greedy(engine, [{"role": "user", "content": q.question}], n_answer)[2]
+               for q in Q.load_questions(Path(req["questions"]))]
+    return {"sequences": seqs, "replies": replies}
+
+
+def _outputs_key(req: dict[str, Any], model: str) -> dict[str, Any]:
+    """What the greedy outputs depend on: the data and lengths, the model file, threads, onnxruntime."""
+    import onnxruntime
+
+    from agent.llm import quality as Q
+
+    return {"data": Q.data_fingerprint(Path(req["prompts"]), Path(req["questions"]), int(req["agreement_tokens"]),
+                                       int(req["answer_tokens"])),
+            "model_bytes": Path(model).stat().st_size, "threads": req.get("threads"),
+            "onnxruntime": onnxruntime.__version__}
+
+
+def cached_outputs(req: dict[str, Any], model: str) -> dict[str, Any] | None:
+    p = outputs_path(model)
+    try:
+        d: dict[str, Any] = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return d if d.get("key") == _outputs_key(req, model) else None
+
+
+def store_outputs(req: dict[str, Any], model: str, outs: dict[str, Any]) -> None:
+    """Best effort: a read-only zoo only loses the cache."""
+    p = outputs_path(model)
+    try:
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": _outputs_key(req, model), **outs}), encoding="utf-8")
+        tmp.replace(p)
+    except OSError:
+        pass
+
+
+def answer_figures(mine: dict[str, Any], ref: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
+    from agent.llm import quality as Q
+
+    questions = Q.load_questions(Path(req["questions"]))
+    agree, prefix = Q.agreement(ref["sequences"], mine["sequences"], int(req["agreement_tokens"]))
+    em, em_ref = Q.exact_match(mine["replies"], questions), Q.exact_match(ref["replies"], questions)
+    return {"agreement": agree, "mean_prefix": prefix, "exact_match": em, "exact_match_ref": em_ref,
+            "prompts": len(mine["sequences"]), "questions": len(questions)}
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident set (VmHWM; unlike ru_maxrss it does not inherit the parent's peak)."""
     try:
@@ -111,13 +194,33 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
         "peak_rss": int(serve_peak), "eval_peak_rss": int(eval_peak), "baseline_rss": int(base_rss), "cpu_s": cpu_s,
         "inputs": spec(eng.session.get_inputs()), "outputs": spec(eng.session.get_outputs()),
     }
+    answers = bool(req.get("prompts") and req.get("questions"))
+    mine = None
+    if answers:
+        t, c0 = time.perf_counter(), time.process_time()
+        mine = cached_outputs(req, req["model"])     # greedy outputs are deterministic for a key
+        out["own_outputs_cached"] = mine is not None
+        if mine is None:
+            mine = answer_outputs(eng, req)
+            store_outputs(req, req["model"], mine)
+        out["answers_s"], out["answers_cpu_s"] = time.perf_counter() - t, time.process_time() - c0
     eng.close()
+    ref_outs = mine
     if req.get("reference"):
         ref = LLMEngine(req["reference"], req["tokenizer"], req["llm"], threads=req.get("threads"),
                         prefix_cache_bytes=0)
         _, _, ref_tops = nll_and_argmax(ref, windows)
         agree = sum(int((a == b).sum()) for a, b in zip(tops, ref_tops))
         out["top1_agreement"] = agree / count
+        if answers:
+            ref_outs = cached_outputs(req, req["reference"])
+            out["reference_outputs_cached"] = ref_outs is not None
+            if ref_outs is None:
+                ref_outs = answer_outputs(ref, req)
+                store_outputs(req, req["reference"], ref_outs)
+        ref.close()
+    if mine is not None and ref_outs is not None:
+        out.update(answer_figures(mine, ref_outs, req))
     return out
 
 

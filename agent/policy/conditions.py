@@ -13,8 +13,11 @@ is ordering ``thermal.level`` against anything but a literal (it would silently 
 
 A condition is checked at load time by evaluating it against a fully populated sample Snapshot: syntax
 errors, unknown fields, type errors (``battery.percent < "x"``) and non-boolean results are reported then.
-At run time an unknown reading is ``null``; a condition that errors on it (``null < 20``) counts as false
-and the error is reported in the Decision (write ``battery.percent != null && ...`` to be explicit).
+At run time an unknown reading is ``null`` (a machine without a battery or a thermal sensor). A condition
+that fails on it (``null < 20``) is not an error: it counts as false (an active rule stays active), and
+evaluate() returns an :class:`UnknownReading` naming the missing fields, which the decision lists under
+``unknown`` and the daemon logs once per rule. Any other evaluation failure is an error, reported in the
+Decision. Write ``battery.percent != null && ...`` to say it explicitly.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ _REV = re.compile(_LIT + r"\s*" + _OPS + r"\s*\bthermal\.level\b")
 _BARE_ORDER = re.compile(r"\bthermal\.level\b\s*(>=|<=|>|<)|(>=|<=|>|<)\s*\bthermal\.level\b")
 _FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "==", "!=": "!="}
 _FIELD = re.compile(r"\b(battery|power|thermal|memory|cpu|energy)\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+class UnknownReading(str):
+    """Why a condition could not be evaluated: readings it uses are unknown (null) on this snapshot."""
 
 
 class ConditionError(ValueError):
@@ -177,11 +184,25 @@ class Condition:
         return cond
 
     def evaluate(self, act: Activation) -> tuple[bool, str | None]:
-        """(value, error); an evaluation error (e.g. a null reading) gives (False, why)."""
+        """(value, error); a failure gives (False, why), where ``why`` is an :class:`UnknownReading` when
+        readings the condition uses are null on this snapshot."""
         try:
             value = self.program.execute(act.context)
         except Exception as e:  # noqa: BLE001 - a failing condition counts as false and is reported
+            missing = self.missing(act)
+            if missing:
+                return False, UnknownReading(f"unknown {', '.join(missing)}")
             return False, _describe(e)
         if not isinstance(value, bool):
             return False, f"not a boolean: {value!r}"
         return value, None
+
+    def missing(self, act: Activation) -> tuple[str, ...]:
+        """The fields this condition reads that are null in ``act`` (thermal.level counts as its rank)."""
+        out = []
+        for f in self.fields:
+            section, _, name = f.partition(".")
+            value = act.data.get(section, {}).get(name) if isinstance(act.data.get(section), dict) else None
+            if value is None:
+                out.append(f)
+        return tuple(out)

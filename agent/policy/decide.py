@@ -8,11 +8,13 @@ and memory guards still bind an app's hold). See docs/POLICY.md for the full sem
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agent.policy.conditions import LEVEL_RANK, Activation
-from agent.policy.model import Constraints, Policy, Profile, Rule
+from agent.policy.conditions import LEVEL_RANK, Activation, UnknownReading
+from agent.policy.costs import compute_state
+from agent.policy.model import Constraints, Demand, Policy, Profile, Rule
 from agent.policy.state import Hold, PolicyState, RuleMemory
 from agent.policy.table import VariantRow, by_model
 from agent.sensors.snapshot import Snapshot
@@ -41,6 +43,8 @@ class ModelChoice:
     previous: tuple[str, str] | None
     why: str
     alternatives: tuple[Alternative, ...]
+    constraints: Constraints | None = None   # the effective constraints for this model (profile + demand)
+    request_ms: float | None = None          # predicted p95 per request of the chosen row at this state
 
     @property
     def label(self) -> str:
@@ -60,6 +64,7 @@ class Decision:
     choices: dict[str, ModelChoice]
     state: PolicyState                # the state to pass to the next decide()
     errors: tuple[str, ...] = ()      # rule conditions that could not be evaluated on this snapshot
+    unknown: tuple[str, ...] = ()     # rules over readings this snapshot lacks (counted false, not errors)
     hold: str | None = None           # cookie of the winning hold
 
     def changes(self) -> list[ModelChoice]:
@@ -75,6 +80,7 @@ class Decision:
             "changes": ";".join(f"{c.model}:{_lbl(c.previous)}->{c.label}" for c in self.changes()),
             "choices": ";".join(f"{m}={c.label}" for m, c in sorted(self.choices.items())),
             "errors": "; ".join(self.errors),
+            "unknown": "; ".join(self.unknown),
         }
         for k, v in self.readings.items():
             out[f"r.{k}"] = v
@@ -88,10 +94,11 @@ def _lbl(key: tuple[str, str] | None) -> str:
 
 
 def _step_rules(policy: Policy, act: Activation, state: PolicyState, now: float
-                ) -> tuple[dict[str, RuleMemory], list[Rule], list[str]]:
+                ) -> tuple[dict[str, RuleMemory], list[Rule], list[str], list[str]]:
     memory: dict[str, RuleMemory] = {}
     active: list[Rule] = []
     errors: list[str] = []
+    unknown: list[str] = []
     for rule in policy.rules:
         mem = state.rules.get(rule.name, RuleMemory())
         if mem.active and rule.exit_when is not None:
@@ -102,7 +109,7 @@ def _step_rules(policy: Policy, act: Activation, state: PolicyState, now: float
             if err is not None and mem.active:
                 target = True       # an unreadable value does not end an active rule
         if err is not None:
-            errors.append(f"rule {rule.name}: {err}")
+            (unknown if isinstance(err, UnknownReading) else errors).append(f"rule {rule.name}: {err}")
         debounce = policy.switching.debounce_s if rule.debounce_s is None else rule.debounce_s
         if mem.active and rule.exit_debounce_s is not None:
             debounce = rule.exit_debounce_s
@@ -115,7 +122,7 @@ def _step_rules(policy: Policy, act: Activation, state: PolicyState, now: float
         memory[rule.name] = mem
         if mem.active:
             active.append(rule)
-    return memory, active, errors
+    return memory, active, errors, unknown
 
 
 def _winning_hold(policy: Policy, holds: tuple[Hold, ...]) -> Hold | None:
@@ -150,6 +157,12 @@ def violations(row: VariantRow, c: Constraints, objective: str, snapshot: Snapsh
             out.append("no measured latency_ms_p95")
         elif row.latency_ms_p95 > c.max_latency_p95_ms:
             out.append(f"p95 {row.latency_ms_p95:.4g} ms > SLO {c.max_latency_p95_ms:.4g} ms")
+    if c.deadline_ms is not None:
+        req = row.request_ms(c.request_tokens)
+        if req is None:
+            out.append("no measured latency_ms_p95")
+        elif req > c.deadline_ms:
+            out.append(f"request p95 {req:.4g} ms > deadline {c.deadline_ms:.4g} ms")
     avail = snapshot.memory.available_bytes
     if c.memory_headroom_mb is not None and avail is not None:
         head = c.memory_headroom_mb * 1e6
@@ -186,13 +199,50 @@ def _improvement(best: VariantRow, cur: VariantRow, objective: str) -> float:
     return (b - c) / abs(c) if objective == "max_quality" else (c - b) / abs(c)
 
 
+def with_demand(cons: Constraints, demand: Demand | None) -> Constraints:
+    if demand is None:
+        return cons
+    return cons.tighten(Constraints(deadline_ms=demand.deadline_ms, request_tokens=demand.tokens))
+
+
 def _choose(model: str, rows: list[VariantRow], cons: Constraints, objective: str, policy: Policy,
-            state: PolicyState, snapshot: Snapshot, now: float, profile: str) -> ModelChoice:
+            state: PolicyState, snapshot: Snapshot, now: float, profile: str,
+            demand: Demand | None = None) -> ModelChoice:
+    """Feasible = the profile's constraints plus the demand's deadline. When no row meets both the profile's
+    quality floor and the deadline, the floor relaxes to the requests' own (``demand.min_quality``) and the
+    best-quality row that meets the deadline wins; when no row meets the deadline at all, the fastest row that
+    meets the profile's constraints wins - the closest to the deadline, without giving up quality that would
+    not buy it; requests that cannot make it are refused at once by the daemon."""
     cur_key = state.current.get(model)
     by_key = {r.key: r for r in rows}
     cur = by_key.get(cur_key) if cur_key else None
+    base_cons, cons = cons, with_demand(cons, demand)
+    note = ""
     viol = {r.key: violations(r, cons, objective, snapshot, cur) for r in rows}
     feasible = sorted((r for r in rows if not viol[r.key]), key=lambda r: rank_key(r, objective))
+    if not feasible and cons.deadline_ms is not None:
+        relaxed = replace(cons, min_quality=demand.min_quality if demand is not None else None)
+        rv = {r.key: violations(r, relaxed, objective, snapshot, cur) for r in rows}
+        rf = sorted((r for r in rows if not rv[r.key]), key=lambda r: rank_key(r, "max_quality"))
+        if rf:
+            note = (f"deadline {cons.deadline_ms:g} ms: no variant at quality >= {base_cons.min_quality} meets it; "
+                    f"best quality that does (request floor {relaxed.min_quality})")
+            cons, viol, feasible, objective = relaxed, rv, rf, "max_quality"
+        else:
+            fastest = min((r for r in rows if r.request_ms(cons.request_tokens) is not None),
+                          key=lambda r: r.request_ms(cons.request_tokens) or 0.0, default=None)
+            note = (f"deadline {cons.deadline_ms:g} ms infeasible on every variant"
+                    + (f" (fastest {fastest.label} {fastest.request_ms(cons.request_tokens):.0f} ms)" if fastest else "")
+                    + "; the fastest at the profile's floor (a lower floor would not buy the deadline)")
+            cons = replace(cons, deadline_ms=None)
+            viol = {r.key: violations(r, cons, objective, snapshot, cur) for r in rows}
+            tok = cons.request_tokens
+
+            def fastest_first(r: VariantRow) -> tuple[Any, ...]:
+                return (r.request_ms(tok) if r.request_ms(tok) is not None else float("inf"), *rank_key(r, objective))
+
+            feasible = sorted((r for r in rows if not viol[r.key]), key=fastest_first)
+            objective = "min_latency"
     verdicts: dict[tuple[str, str], Alternative] = {}
     pin = state.pins.get(model)
     if pin is not None and pin in by_key:
@@ -231,9 +281,13 @@ def _choose(model: str, rows: list[VariantRow], cons: Constraints, objective: st
                                           f"{fig} {getattr(r, fig):.4g} vs {getattr(chosen, fig)}")
     if pin is not None and pin not in by_key:
         why += f" (pin {_lbl(pin)} ignored: not in the variant table)"
+    if note:
+        why = f"{note}; {why}"
+    if chosen.state.compute < 1.0 or chosen.state.load > 0:
+        why += f" [{chosen.state.describe()}]"
     alts = tuple(verdicts[r.key] for r in rows if r.key in verdicts)
     return ModelChoice(model, chosen.variant, chosen.device, chosen.provider, chosen.key != cur_key, cur_key,
-                       why, alts)
+                       why, alts, cons, chosen.request_ms(cons.request_tokens))
 
 
 def _readings(policy: Policy, snapshot: Snapshot, act: Activation) -> dict[str, Any]:
@@ -252,10 +306,16 @@ def _readings(policy: Policy, snapshot: Snapshot, act: Activation) -> dict[str, 
 
 
 def decide(snapshot: Snapshot, state: PolicyState, policy: Policy, table: list[VariantRow],
-           now: float) -> Decision:
-    """Choose (variant, device) for every model in ``table``; pure and deterministic."""
+           now: float, demand: Mapping[str, Demand] | None = None) -> Decision:
+    """Choose (variant, device) for every model in ``table``; pure and deterministic.
+
+    Every row is first read at the snapshot's compute state (CPU quota x thermal factor, competing load:
+    :func:`agent.policy.costs.compute_state`), so latency and energy are the figures of *now*. ``demand``
+    gives per model what the live requests ask for (deadline, quality floor, tokens)."""
+    cs = compute_state(snapshot)
+    table = [r.at(cs) for r in table]
     act = Activation(snapshot)
-    memory, active, errors = _step_rules(policy, act, state, now)
+    memory, active, errors, unknown = _step_rules(policy, act, state, now)
     hold = _winning_hold(policy, state.holds)
     rule_name: str | None = None
     if hold is not None:
@@ -277,14 +337,18 @@ def decide(snapshot: Snapshot, state: PolicyState, policy: Policy, table: list[V
     if objective != profile.objective:
         label += f" (thermal ceiling {cons.thermal_ceiling} reached)"
     for model, rows in sorted(by_model(table).items()):
-        ch = _choose(model, rows, cons, objective, policy, state, snapshot, now, label)
+        ch = _choose(model, rows, cons, objective, policy, state, snapshot, now, label,
+                     (demand or {}).get(model))
         choices[model] = ch
         if ch.change:
             new_state = new_state.with_current(model, ch.variant, ch.device, now)
+    readings = _readings(policy, snapshot, act)
+    readings.update({"compute.factor": round(cs.compute, 4), "compute.quota": round(cs.quota, 4),
+                     "compute.thermal": round(cs.thermal, 4), "compute.load": round(cs.load, 4)})
     return Decision(now=now, profile=profile.name, objective=objective, source=source, rule=rule_name,
                     rules_active=tuple(r.name for r in active), constraints=cons,
-                    readings=_readings(policy, snapshot, act), choices=choices, state=new_state,
-                    errors=tuple(errors), hold=hold.cookie if hold else None)
+                    readings=readings, choices=choices, state=new_state,
+                    errors=tuple(errors), unknown=tuple(unknown), hold=hold.cookie if hold else None)
 
 
 def _objective(profile: Profile, cons: Constraints, snapshot: Snapshot) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -11,7 +11,7 @@ from typing import Any
 from agent.errors import InvalidParams, NotFound, PolicyError
 from agent.policy.decide import Decision, decide
 from agent.policy.loader import load_policy
-from agent.policy.model import Policy, default_policy
+from agent.policy.model import Demand, Policy, default_policy
 from agent.policy.state import Hold, PolicyState
 from agent.policy.table import VariantRow
 from agent.sensors.snapshot import Snapshot
@@ -33,9 +33,10 @@ class PolicyEngine:
     def from_files(cls, paths: Sequence[Path | str]) -> PolicyEngine:
         return cls(load_policy(paths), paths)
 
-    def step(self, snapshot: Snapshot, table: list[VariantRow], now: float) -> Decision:
+    def step(self, snapshot: Snapshot, table: list[VariantRow], now: float,
+             demand: Mapping[str, Demand] | None = None) -> Decision:
         with self._lock:
-            d = decide(snapshot, self.state, self.policy, table, now)
+            d = decide(snapshot, self.state, self.policy, table, now, demand)
             self.state, self.last, self._table = d.state, d, list(table)
             return d
 
@@ -73,6 +74,14 @@ class PolicyEngine:
             had = model in self.state.pins
             self.state = self.state.without_pin(model)
             return had
+
+    def dwell_remaining(self, models: Sequence[str], now: float) -> float:
+        """Seconds until the policy may swap any of ``models`` again (0: at its next decision); a
+        pin ignores dwell, so this is what an unpin or a released hold waits for."""
+        with self._lock:
+            dwell = self.policy.switching.min_dwell_s
+            last = [self.state.last_swap[m] for m in models if m in self.state.last_swap]
+            return max([0.0] + [dwell - (now - t) for t in last])
 
     def set_current(self, model: str, variant: str, device: str, now: float | None = None) -> None:
         """Tell the engine what is really loaded (at start, or after a swap failed)."""

@@ -21,6 +21,9 @@ class Constraints:
     allow_devices: frozenset[str] | None = None  # None = every device
     deny_devices: frozenset[str] = frozenset()
     thermal_ceiling: str | None = None          # at/above this level the objective becomes min_energy
+    # from the live requests (Demand), never from policy files:
+    deadline_ms: float | None = None            # a request must finish within this (p95 at the current state)
+    request_tokens: int | None = None           # tokens per request, to price per-token (causal-lm) rows
 
     def tighten(self, other: Constraints) -> Constraints:
         """The stricter of the two on every axis (rules only ever tighten)."""
@@ -41,6 +44,8 @@ class Constraints:
             max_latency_p95_ms=lo(self.max_latency_p95_ms, other.max_latency_p95_ms),
             memory_headroom_mb=hi(self.memory_headroom_mb, other.memory_headroom_mb),
             allow_devices=allow, deny_devices=self.deny_devices | other.deny_devices, thermal_ceiling=ceil,
+            deadline_ms=lo(self.deadline_ms, other.deadline_ms),
+            request_tokens=self.request_tokens if other.request_tokens is None else other.request_tokens,
         )
 
     def device_ok(self, device: str) -> bool:
@@ -52,7 +57,31 @@ class Constraints:
             "memory_headroom_mb": self.memory_headroom_mb,
             "allow_devices": sorted(self.allow_devices) if self.allow_devices is not None else None,
             "deny_devices": sorted(self.deny_devices), "thermal_ceiling": self.thermal_ceiling,
+            "deadline_ms": self.deadline_ms, "request_tokens": self.request_tokens,
         }
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What the live requests of one model ask for (aggregated by the controller; a workload in the
+    simulator). ``None`` = no request said."""
+
+    deadline_ms: float | None = None   # the tightest deadline among recent requests
+    min_quality: float | None = None   # the requests' own quality floor (the strictest among them)
+    priority: int = 0                  # the highest priority among them (larger = more urgent)
+    tokens: int | None = None          # tokens per request (max_tokens) for causal-lm models
+
+    def describe(self) -> str:
+        parts = []
+        if self.deadline_ms is not None:
+            parts.append(f"deadline {self.deadline_ms:g} ms")
+        if self.min_quality is not None:
+            parts.append(f"min_quality {self.min_quality:g}")
+        if self.tokens is not None:
+            parts.append(f"{self.tokens} tokens")
+        if self.priority:
+            parts.append(f"priority {self.priority}")
+        return ", ".join(parts) or "no demand"
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ import statistics
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from agent.policy.costs import ComputeState, compute_state
 from agent.policy.decide import Decision, decide, violations
-from agent.policy.model import Constraints, Policy
+from agent.policy.model import Constraints, Demand, Policy
 from agent.policy.state import PolicyState
 from agent.policy.table import VariantRow, by_model
 from agent.policy.trace import TraceSource
@@ -75,12 +76,15 @@ class MethodResult:
     energy_j: float = 0.0
     swap_energy_j: float = 0.0
     quality_sum: float = 0.0
+    delivered_quality_sum: float = 0.0   # quality of answers within the deadline/SLO; a late answer counts 0
     slo_met: float = 0.0
     swaps: int = 0
     unmeasured_requests: float = 0.0
     violating_requests: float = 0.0     # served by a row breaking that interval's effective constraints
     time_in: dict[str, float] = field(default_factory=dict)
     timeline: list[dict[str, str]] = field(default_factory=list)   # per interval: model -> "variant@device"
+    per_model: dict[str, MethodResult] = field(default_factory=dict)
+    static: tuple[str, str, str] | None = None      # (model, variant, device) of a static:* baseline
 
     @property
     def energy_per_request_j(self) -> float:
@@ -91,16 +95,51 @@ class MethodResult:
         return self.quality_sum / self.requests if self.requests else 0.0
 
     @property
+    def delivered_quality(self) -> float:
+        return self.delivered_quality_sum / self.requests if self.requests else 0.0
+
+    @property
     def slo_attainment(self) -> float:
         return self.slo_met / self.requests if self.requests else 1.0
 
+    def add(self, other: MethodResult) -> None:
+        for f in ("requests", "energy_j", "swap_energy_j", "quality_sum", "delivered_quality_sum", "slo_met",
+                  "unmeasured_requests", "violating_requests"):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+        self.swaps += other.swaps
+
+    def figures(self) -> dict[str, Any]:
+        return {"requests": round(self.requests, 3), "energy_per_request_j": self.energy_per_request_j,
+                "energy_j": self.energy_j, "swap_energy_j": self.swap_energy_j, "mean_quality": self.mean_quality,
+                "delivered_quality": self.delivered_quality, "slo_attainment": self.slo_attainment,
+                "swaps": self.swaps, "unmeasured_requests": self.unmeasured_requests,
+                "violating_requests": self.violating_requests}
+
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "requests": round(self.requests, 3),
-                "energy_per_request_j": self.energy_per_request_j, "energy_j": self.energy_j,
-                "swap_energy_j": self.swap_energy_j, "mean_quality": self.mean_quality,
-                "slo_attainment": self.slo_attainment, "swaps": self.swaps,
-                "unmeasured_requests": self.unmeasured_requests, "violating_requests": self.violating_requests,
-                "time_in_s": {k: round(v, 3) for k, v in sorted(self.time_in.items())}}
+        d = {"name": self.name, **self.figures(),
+             "time_in_s": {k: round(v, 3) for k, v in sorted(self.time_in.items())}}
+        if len(self.per_model) > 1:
+            d["models"] = {m: r.figures() for m, r in sorted(self.per_model.items())}
+        return d
+
+
+AXES = (("energy_per_request_j", -1), ("mean_quality", +1), ("slo_attainment", +1))
+_EPS = 1e-9   # float noise only
+
+
+def compare(p: MethodResult, s: MethodResult, axes: tuple[tuple[str, int], ...] = AXES) -> dict[str, Any]:
+    """Pareto comparison of ``p`` against ``s``: which axes p is better / worse on, and the verdict."""
+    better, worse = [], []
+    for ax, sign in axes:
+        a, b = getattr(p, ax), getattr(s, ax)
+        tol = _EPS * max(1.0, abs(a), abs(b))
+        if sign * (a - b) > tol:
+            better.append(ax)
+        elif sign * (b - a) > tol:
+            worse.append(ax)
+    verdict = ("dominates" if better and not worse else "equal" if not better and not worse
+               else "dominated" if worse and not better else "trade-off")
+    return {"verdict": verdict, "better": better, "worse": worse}
 
 
 @dataclass
@@ -116,9 +155,21 @@ class SimReport:
     def policy(self) -> MethodResult:
         return self.methods["policy"]
 
+    def pareto(self) -> dict[str, dict[str, Any]]:
+        """The policy against every ``static:*`` baseline on (energy/request, mean quality, deadline/SLO
+        attainment), on the baseline's model only (the other models follow the policy in that baseline)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, m in self.methods.items():
+            if m.static is None:
+                continue
+            model = m.static[0]
+            out[name] = compare(self.policy.per_model[model], m.per_model[model])
+        return out
+
     def acceptance(self) -> dict[str, Any]:
-        """The issue's targets: >=30 % less energy than static best quality at <=1 % quality loss,
-        and energy within 2 % of the oracle's."""
+        """The targets: >=30 % less energy than static best quality at <=1 % quality loss, energy within 2 %
+        of the oracle's (legacy, issue 3); and the policy Pareto-better than every static (variant, device)
+        row (issue 11: at least as good on all three axes, strictly better on one)."""
         p, best = self.methods["policy"], self.methods.get("static-best-quality")
         oracle = self.methods.get("oracle")
         out: dict[str, Any] = {}
@@ -128,15 +179,24 @@ class SimReport:
         if oracle is not None and oracle.energy_per_request_j > 0:
             out["energy_gap_to_oracle"] = p.energy_per_request_j / oracle.energy_per_request_j - 1
             out["quality_delta_vs_oracle"] = p.mean_quality - oracle.mean_quality
+            out["attainment_delta_vs_oracle"] = p.slo_attainment - oracle.slo_attainment
         eps = 1e-9   # float noise only: 1 - 0.99/1.0 is 0.010000000000000009
         out["pass"] = (out.get("energy_saving_vs_best_quality", 0) >= 0.30 - eps
                        and out.get("quality_loss_vs_best_quality", 1) <= 0.01 + eps
                        and out.get("energy_gap_to_oracle", 1) <= 0.02 + eps)
+        par = self.pareto()
+        if par:
+            out["pareto"] = {k: v["verdict"] for k, v in par.items()}
+            out["pareto_pass"] = all(v["verdict"] == "dominates" for v in par.values())
+            out["oracle_pass"] = (abs(out.get("energy_gap_to_oracle", 1)) <= 0.02 + eps
+                                  and out.get("quality_delta_vs_oracle", -1) >= -eps
+                                  and out.get("attainment_delta_vs_oracle", -1) >= -eps)
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"trace": self.trace, "duration_s": self.duration_s, "workload": self.workload,
-                "methods": {k: v.to_dict() for k, v in self.methods.items()}, "acceptance": self.acceptance()}
+                "methods": {k: v.to_dict() for k, v in self.methods.items()}, "pareto": self.pareto(),
+                "acceptance": self.acceptance()}
 
 
 def intervals_of(trace: TraceSource) -> list[Interval]:
@@ -154,51 +214,76 @@ def _swap_j(row: VariantRow, cfg: SimConfig) -> float:
     return (row.load_ms if row.load_ms is not None else cfg.default_load_ms) / 1000.0 * cfg.swap_power_w
 
 
+def met(row: VariantRow, cons: Constraints, demand: Demand) -> bool:
+    """The request is answered in time: p95 within the profile's SLO and the request within its deadline
+    (``row`` at the interval's compute state)."""
+    slo = cons.max_latency_p95_ms
+    if slo is not None and (row.latency_ms_p95 is None or row.latency_ms_p95 > slo):
+        return False
+    if demand.deadline_ms is not None:
+        req = row.request_ms(demand.tokens)
+        return req is not None and req <= demand.deadline_ms
+    return True
+
+
 def _account(name: str, intervals: list[Interval], plan: dict[str, list[VariantRow]], workload: Workload,
-             cons: list[Constraints], cfg: SimConfig) -> MethodResult:
+             cons: dict[str, list[Constraints]], cfg: SimConfig, states: list[ComputeState]) -> MethodResult:
+    """Score a plan (per model, one nominal row per interval). Every method goes through this function."""
     res = MethodResult(name)
+    per = {m: MethodResult(f"{name}:{m}") for m in plan}
+    demands = {m: workload.demand(m) for m in plan}
     for i, iv in enumerate(intervals):
         n = workload.count(iv.t0, iv.t1)
         loaded = sum(_mem(rows[i - 1]) for rows in plan.values()) if i > 0 else 0
         snap = _seen(iv.snapshot, loaded, cfg)
         step: dict[str, str] = {}
         for model, rows in plan.items():
-            row = rows[i]
+            r, d = per[model], demands[model]
+            row = rows[i].at(states[i])
             step[model] = row.label
             key = f"{model}:{row.label}"
             res.time_in[key] = res.time_in.get(key, 0.0) + iv.dt
             if i > 0 and rows[i - 1].key != row.key:
-                res.swaps += 1
-                res.swap_energy_j += _swap_j(row, cfg)
-            res.requests += n
-            if row.energy_j is None:
-                res.unmeasured_requests += n
+                r.swaps += 1
+                r.swap_energy_j += _swap_j(row, cfg)
+            r.requests += n
+            j = row.request_j(d.tokens)
+            if j is None:
+                r.unmeasured_requests += n
             else:
-                res.energy_j += n * row.energy_j
-            res.quality_sum += n * (row.quality_rel or 0.0)
-            if violations(row, cons[i], "min_energy", snap, rows[i - 1] if i > 0 else None):
-                res.violating_requests += n
-            slo = cons[i].max_latency_p95_ms
-            if slo is None or (row.latency_ms_p95 is not None and row.latency_ms_p95 <= slo):
-                res.slo_met += n
+                r.energy_j += n * j
+            q = row.quality_rel or 0.0
+            r.quality_sum += n * q
+            prev = rows[i - 1].at(states[i]) if i > 0 else None
+            if violations(row, cons[model][i], "min_energy", snap, prev):
+                r.violating_requests += n
+            if met(row, cons[model][i], d):
+                r.slo_met += n
+                r.delivered_quality_sum += n * q
         res.timeline.append(step)
-    res.energy_j += res.swap_energy_j
+    for r in per.values():
+        r.energy_j += r.swap_energy_j
+        res.add(r)
+    res.per_model = per
     return res
 
 
 def _oracle_plan(rows: list[VariantRow], intervals: list[Interval], cons: list[Constraints],
-                 workload: Workload, cfg: SimConfig, others: list[int]) -> list[VariantRow]:
+                 workload: Workload, cfg: SimConfig, others: list[int], states: list[ComputeState],
+                 demand: Demand) -> list[VariantRow]:
     """``others[i]``: bytes other models hold during interval i (taken from the policy's plan)."""
     n_rows = len(rows)
+    at = [[r.at(s) for r in rows] for s in states]
 
     def cost(i: int, r: int, prev: int | None) -> float:
-        row, iv = rows[r], intervals[i]
-        c = workload.count(iv.t0, iv.t1) * (row.energy_j if row.energy_j is not None else _BIG)
-        before = None if prev is None else rows[prev]
+        row, iv = at[i][r], intervals[i]
+        j = row.request_j(demand.tokens)
+        c = workload.count(iv.t0, iv.t1) * (j if j is not None else _BIG)
+        before = None if prev is None else at[i][prev]
         snap = _seen(iv.snapshot, others[i] + _mem(before), cfg)
         v = violations(row, cons[i], "min_energy", snap, before)
-        # graded, as decide()'s fallback; quality, SLO and device limits outweigh memory so that the
-        # oracle is never cheaper by serving below the quality floor
+        # graded, as decide()'s fallback; quality, SLO, deadline and device limits outweigh memory so that
+        # the oracle is never cheaper by serving below the quality floor
         c += _BIG * len(v) + _BIG * 1000 * sum(1 for x in v if not _is_memory(x))
         return c
 
@@ -253,20 +338,23 @@ def simulate(trace: TraceSource, policy: Policy, table: list[VariantRow], worklo
         raise ValueError("the variant table is empty: no measured variants to choose from")
     intervals = intervals_of(trace)
     models = by_model(table)
+    demand = {m: workload.demand(m) for m in models}
     st = state or PolicyState()
     decisions: list[Decision] = []
     plan: dict[str, list[VariantRow]] = {m: [] for m in models}
+    cons: dict[str, list[Constraints]] = {m: [] for m in models}
     index = {(r.model, r.variant, r.device): r for r in table}
     for iv in intervals:
         loaded = sum(_mem(index.get((m, *key))) for m, key in st.current.items())
-        d = decide(_seen(iv.snapshot, loaded, cfg), st, policy, table, iv.t0)
+        d = decide(_seen(iv.snapshot, loaded, cfg), st, policy, table, iv.t0, demand)
         decisions.append(d)
         st = d.state
         for m in models:
             c = d.choices[m]
             plan[m].append(index[(m, c.variant, c.device)])
-    cons = [d.constraints for d in decisions]
-    methods = {"policy": _account("policy", intervals, plan, workload, cons, cfg)}
+            cons[m].append(c.constraints or d.constraints)
+    states = [compute_state(iv.snapshot) for iv in intervals]
+    methods = {"policy": _account("policy", intervals, plan, workload, cons, cfg, states)}
     if baselines:
         n = len(intervals)
         static = {
@@ -277,12 +365,19 @@ def simulate(trace: TraceSource, policy: Policy, table: list[VariantRow], worklo
             "ort-device-policy": {m: [_ort_choice(rs)] * n for m, rs in models.items()},
         }
         for name, p in static.items():
-            methods[name] = _account(name, intervals, p, workload, cons, cfg)
+            methods[name] = _account(name, intervals, p, workload, cons, cfg, states)
         oracle = {}
         for m, rs in models.items():
             others = [0] + [sum(_mem(plan[o][i]) for o in models if o != m) for i in range(n - 1)]
-            oracle[m] = _oracle_plan(rs, intervals, cons, workload, cfg, others)
-        methods["oracle"] = _account("oracle", intervals, oracle, workload, cons, cfg)
+            oracle[m] = _oracle_plan(rs, intervals, cons[m], workload, cfg, others, states, demand[m])
+        methods["oracle"] = _account("oracle", intervals, oracle, workload, cons, cfg, states)
+        for m, rs in models.items():      # one static baseline per (variant, device) row
+            for r in rs:
+                name = f"static:{r.label}" if len(models) == 1 else f"static:{m}/{r.label}"
+                p = {**plan, m: [r] * n}
+                res = _account(name, intervals, p, workload, cons, cfg, states)
+                res.static = (m, r.variant, r.device)
+                methods[name] = res
     duration = intervals[-1].t1 - intervals[0].t0 if intervals else 0.0
     name = str(trace.header.get("name", "trace"))
     return SimReport(name, duration, workload.spec, methods, intervals, decisions)
@@ -290,13 +385,18 @@ def simulate(trace: TraceSource, policy: Policy, table: list[VariantRow], worklo
 
 def format_report(rep: SimReport) -> str:
     best = rep.methods.get("static-best-quality")
+    par = rep.pareto()
+    w = max(24, 2 + max(len(k) for k in rep.methods))
     lines = [f"trace {rep.trace}: {rep.duration_s:.0f} s, workload {rep.workload}",
-             f"{'method':<24}{'J/request':>11}{'vs best-q':>10}{'quality':>9}{'SLO met':>9}{'swaps':>7}{'off-cons':>9}"]
-    for m in rep.methods.values():
+             f"{'method':<{w}}{'J/request':>11}{'vs best-q':>10}{'quality':>9}{'deliv-q':>9}{'SLO met':>9}"
+             f"{'swaps':>7}{'off-cons':>9}  policy vs it"]
+    for k, m in rep.methods.items():
         rel = (f"{m.energy_per_request_j / best.energy_per_request_j - 1:+.1%}"
                if best and best.energy_per_request_j else "n/a")
-        lines.append(f"{m.name:<24}{m.energy_per_request_j:>11.4g}{rel:>10}{m.mean_quality:>9.4f}"
-                     f"{m.slo_attainment:>9.1%}{m.swaps:>7}{m.violating_requests / (m.requests or 1):>9.1%}")
+        verdict = par[k]["verdict"] if k in par else ""
+        lines.append(f"{m.name:<{w}}{m.energy_per_request_j:>11.4g}{rel:>10}{m.mean_quality:>9.4f}"
+                     f"{m.delivered_quality:>9.4f}{m.slo_attainment:>9.1%}{m.swaps:>7}"
+                     f"{m.violating_requests / (m.requests or 1):>9.1%}  {verdict}")
     lines.append("time in each variant (policy): " + ", ".join(
         f"{k} {v:.0f}s" for k, v in sorted(rep.policy.time_in.items())))
     acc = rep.acceptance()
@@ -305,4 +405,9 @@ def format_report(rep: SimReport) -> str:
                      f"quality loss {acc['quality_loss_vs_best_quality']:.2%} (<=1%), "
                      f"gap to oracle {acc.get('energy_gap_to_oracle', float('nan')):+.2%} (<=2%): "
                      f"{'PASS' if acc['pass'] else 'MISS'}")
+    if "pareto_pass" in acc:
+        n_dom = sum(1 for v in acc["pareto"].values() if v == "dominates")
+        lines.append(f"pareto: the policy dominates {n_dom} of {len(acc['pareto'])} static (variant, device) rows: "
+                     f"{'PASS' if acc['pareto_pass'] else 'MISS'}; oracle gap at equal quality and attainment: "
+                     f"{'PASS' if acc['oracle_pass'] else 'MISS'}")
     return "\n".join(lines)

@@ -35,15 +35,16 @@ def smollm2_rows(model: str = "smollm2", npu: bool = False, gpu: bool = False) -
     for vid, prec, ms_tok, ppl, mb, load in SMOLLM2:
         p50 = ms_tok * TOKENS
         rows.append(VariantRow(model, vid, "cpu", "CPUExecutionProvider", prec, round(15.15 / ppl, 5), p50,
-                               round(p50 * 1.1, 1), round(p50 / 1000 * CPU_W, 4), mb * 1_000_000, load))
+                               round(p50 * 1.1, 1), round(p50 / 1000 * CPU_W, 4), mb * 1_000_000, load,
+                               meter="model"))
     if npu:
         rows.append(VariantRow(model, "int8", "npu", "QNNExecutionProvider", "int8", round(15.15 / 15.20, 5),
-                               300.0, 330.0, 1.2, 120_000_000, 900.0))
+                               300.0, 330.0, 1.2, 120_000_000, 900.0, meter="model"))
         rows.append(VariantRow(model, "fp16", "npu", "QNNExecutionProvider", "fp16", 1.0,
-                               420.0, 470.0, 2.0, 200_000_000, 1200.0))
+                               420.0, 470.0, 2.0, 200_000_000, 1200.0, meter="model"))
     if gpu:
         rows.append(VariantRow(model, "fp16", "gpu", "CUDAExecutionProvider", "fp16", 1.0,
-                               160.0, 190.0, 3.5, 250_000_000, 1500.0))
+                               160.0, 190.0, 3.5, 250_000_000, 1500.0, meter="model"))
     return sorted(rows, key=lambda r: (r.model, r.variant, r.device))
 
 

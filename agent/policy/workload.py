@@ -1,8 +1,14 @@
-"""Request workloads for the simulator: ``rate=2/s`` (also ``/min``, ``/h``) or ``file=PATH``.
+"""Request workloads for the simulator: ``rate=2/s`` (also ``/min``, ``/h``) or ``file=PATH``, then
+optional per-request QoS, comma-separated: ``rate=1/s,deadline_ms=2000,min_quality=0.8,tokens=32``.
 
 A rate is a deterministic fluid arrival: an interval of d seconds carries ``rate * d`` requests (a
 fraction is fine; energy and quality are request-weighted). A file lists request times in seconds since
 the trace began, one number per line (``#`` starts a comment), applied to every model.
+
+QoS keys (what every request of the workload asks, as ``Demand`` in decide()): ``deadline_ms`` (> 0),
+``min_quality`` (0..1, the request's own floor), ``tokens`` (generated tokens per causal-lm request;
+default 32), ``priority`` (integer). Prefix a key with a model name to set it for that model only:
+``smollm2.deadline_ms=1500``.
 """
 
 from __future__ import annotations
@@ -14,9 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import InvalidParams
+from agent.policy.model import Demand
 
 _RATE = re.compile(r"^rate=([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)/(s|min|h)$")
 _PER = {"s": 1.0, "min": 60.0, "h": 3600.0}
+DEFAULT_TOKENS = 32
+_QOS = {"deadline_ms": (1e-3, 1e9), "min_quality": (0.0, 1.0), "tokens": (1, 1e6), "priority": (-1e6, 1e6)}
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,17 @@ class Workload:
     spec: str
     rate_per_s: float | None = None
     times: tuple[float, ...] = ()
+    qos: tuple[tuple[str, str, float], ...] = ()    # (model or "", key, value)
+
+    def demand(self, model: str) -> Demand:
+        """What every request for ``model`` asks (model-specific keys override the general ones)."""
+        vals: dict[str, float] = {}
+        for scope in ("", model):
+            for m, k, v in self.qos:
+                if m == scope:
+                    vals[k] = v
+        return Demand(deadline_ms=vals.get("deadline_ms"), min_quality=vals.get("min_quality"),
+                      priority=int(vals.get("priority", 0)), tokens=int(vals.get("tokens", DEFAULT_TOKENS)))
 
     def count(self, t0: float, t1: float) -> float:
         """Requests arriving in [t0, t1)."""
@@ -33,7 +53,29 @@ class Workload:
 
 
 def parse_workload(spec: str) -> Workload:
-    spec = spec.strip()
+    full = spec.strip()
+    base, *opts = full.split(",")      # (a file path cannot contain a comma)
+    qos: list[tuple[str, str, float]] = []
+    for o in opts:
+        key, eq, val = o.strip().partition("=")
+        model, _, name = key.rpartition(".")
+        if not eq or name not in _QOS:
+            raise InvalidParams(f"--workload: expected QoS key=value with key one of {', '.join(_QOS)} "
+                                f"(optionally MODEL.key), got {o.strip()!r}")
+        try:
+            v = float(val)
+        except ValueError:
+            raise InvalidParams(f"--workload: {key}: expected a number, got {val!r}") from None
+        lo, hi = _QOS[name]
+        if not (lo <= v <= hi) or (name in ("tokens", "priority") and v != int(v)):
+            raise InvalidParams(f"--workload: {key}: expected {'an integer' if name in ('tokens', 'priority') else 'a number'} "
+                                f"in {lo:g}..{hi:g}, got {val}")
+        qos.append((model, name, v))
+    w = _base_workload(base.strip())
+    return Workload(full, w.rate_per_s, w.times, tuple(qos))
+
+
+def _base_workload(spec: str) -> Workload:
     m = _RATE.match(spec)
     if m:
         rate = float(m.group(1)) / _PER[m.group(2)]

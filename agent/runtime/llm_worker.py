@@ -5,7 +5,9 @@ Methods added to the worker when it loads a ``causal-lm`` variant:
 * ``generate`` {prompt | messages, max_tokens, temperature, top_p, top_k, seed, stop}: validated at once
   (a bad request fails before any token), then run on a small thread pool; every token is sent as an
   ``event`` frame ``{"id": <request id>, "text", "token_id", "index"}`` and the last one as the response
-  ``{"text", "finish_reason", "usage", "tokens"}``.
+  ``{"text", "finish_reason", "usage", "tokens", "cpu_s"}``. ``cpu_s`` is the process's CPU time
+  (``time.process_time``: ORT's threads included) over the generation, each step's share divided by the
+  number of generations running then.
 * ``cancel`` {id}: stops that generation at its next step; its KV memory is freed.
 * ``llm_stats``: the engine's counters (prefix-cache hits/misses, live KV bytes, ...).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +36,7 @@ class LLMHost:
         self.pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="gen")
         self.cancels: dict[Any, threading.Event] = {}
         self._lock = threading.Lock()
+        self.running = 0
 
     def methods(self) -> dict[str, Callable[[dict[str, Any], memoryview], Any]]:
         return {"generate": self.generate, "cancel": self.cancel, "llm_stats": self.stats}
@@ -55,8 +59,14 @@ class LLMHost:
 
     def _stream(self, rid: Any, it: Any) -> None:
         parts: list[str] = []
+        cpu, last = 0.0, time.process_time()
+        with self._lock:
+            self.running += 1
         try:
             for t in it:
+                now = time.process_time()
+                cpu += (now - last) / max(1, self.running)
+                last = now
                 if t.finish_reason is None:
                     parts.append(t.text)
                     self.worker.send({"jsonrpc": "2.0", "method": "event",
@@ -65,7 +75,7 @@ class LLMHost:
                     parts.append(t.text)
                     usage = t.usage.__dict__ if t.usage is not None else None
                     self.worker.send(P.response(rid, {"text": "".join(parts), "finish_reason": t.finish_reason,
-                                                      "usage": usage, "tail": t.text}))
+                                                      "usage": usage, "tail": t.text, "cpu_s": round(cpu, 6)}))
         except OSError:
             return  # the daemon is gone
         except Exception as e:
@@ -78,6 +88,7 @@ class LLMHost:
         finally:
             with self._lock:
                 self.cancels.pop(rid, None)
+                self.running -= 1
 
     def cancel(self, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         with self._lock:
@@ -101,7 +112,6 @@ def load_llm(path: Path, params: dict[str, Any], worker: Worker) -> tuple[LLMHos
         from agent.llm.engine import LLMEngine
     except ImportError as e:
         raise LoadError(f"causal-lm support is not installed ({e}); install the 'llm' extra") from None
-    import time
 
     from agent.runtime.session import file_sha256
 

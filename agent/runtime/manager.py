@@ -37,7 +37,7 @@ from agent.ipc import protocol as P
 from agent.runtime.deadlines import DeadlinePolicy, timeout_error, watch_progress
 from agent.runtime.handle import HANG_AFTER_S, HEARTBEAT_S, WorkerHandle
 from agent.runtime.slots import InferResult, Slot, VariantState  # noqa: F401  (re-exported)
-from agent.zoo.manifest import Manifest, Variant
+from agent.zoo.manifest import Manifest, Variant, safe_join
 
 log = logging.getLogger("agent.runtime")
 swaplog = logging.getLogger("agent.swap")
@@ -158,6 +158,7 @@ class Runtime:
     def _load_params(self, m: Manifest, v: Variant, device: str) -> dict[str, Any]:
         return {"path": str(m.path_of(v)), "sha256": v.sha256, "device": device, "threads": self.threads,
                 "warmup_runs": self.warmup_runs, "kind": m.kind, "llm": m.llm,
+                "warmup_file": str(safe_join(m.folder, m.warmup)) if m.warmup else None,
                 "signature": {"inputs": [s.to_toml() for s in m.inputs],
                               "outputs": [s.to_toml() for s in m.outputs]}}
 
@@ -209,7 +210,7 @@ class Runtime:
                      "from_device": old.device if old else None, "to": variant, "device": device,
                      "reason": reason, "load_ms": round(load_ms, 2), "warmup_ms": round(warm_ms, 2),
                      "swap_ms": round(total_ms, 2), "assignment": info.get("assignment"),
-                     "peak_rss_bytes": info.get("peak_rss_bytes")}
+                     "peak_rss_bytes": info.get("peak_rss_bytes"), "warmup": info.get("warmup")}
             swaplog.info("swap", extra={"fields": {k: v_ for k, v_ in event.items() if k != "event"}})
             self.emit(event)
             if old is not None:
@@ -476,6 +477,7 @@ class Runtime:
                 "active": {"variant": a.variant, "device": a.device, **a.describe()} if a else None,
                 "pinned": {"variant": s.pinned[0], "device": s.pinned[1]} if s.pinned else None,
                 "requests": s.requests, "errors": s.errors,
-                "variants": {v.id: {"precision": v.precision, **vars(s.state(v.id))} for v in s.manifest.variants},
+                "variants": {v.id: {"precision": v.precision, **vars(s.state(v.id)),
+                                    **({"unfit": v.unfit} if v.unfit else {})} for v in s.manifest.variants},
             }
         return out

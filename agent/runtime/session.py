@@ -81,12 +81,12 @@ def assignment(sess: Any) -> dict[str, int]:
     return counts
 
 
-def sample_inputs(sess: Any) -> dict[str, np.ndarray]:
-    """Deterministic warm-up inputs from the session's signature (symbolic dims = 1)."""
+def sample_inputs(sess: Any, dim: int = 1) -> dict[str, np.ndarray]:
+    """Deterministic warm-up inputs from the session's signature (symbolic dims = ``dim``)."""
     rng = np.random.default_rng(0)
     out = {}
     for i in sess.get_inputs():
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in (i.shape or [])]
+        shape = [d if isinstance(d, int) and d > 0 else dim for d in (i.shape or [])]
         dt = np.dtype(ORT_TYPES.get(i.type, "float32"))
         if dt.kind == "f":
             out[i.name] = rng.standard_normal(shape).astype(dt)
@@ -95,3 +95,42 @@ def sample_inputs(sess: Any) -> dict[str, np.ndarray]:
         else:
             out[i.name] = np.zeros(shape, dtype=dt)
     return out
+
+
+# symbolic dims tried in turn: 1 suits most graphs; shape-sensitive ops (a reflect Pad over time, a
+# window) need more, so a graph that fails at 1 gets 16 and then 512 before warm-up gives up
+GUESSED_DIMS = (1, 16, 512)
+
+
+def warmup_feeds(sess: Any, samples: str | Path | None = None) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Candidate warm-up feeds, best first: the model's own samples (an .npz with one array per input,
+    the manifest's ``warmup``), then guessed inputs with growing symbolic dims."""
+    out: list[tuple[str, dict[str, np.ndarray]]] = []
+    if samples:
+        with np.load(str(samples), allow_pickle=False) as z:
+            out.append((f"samples {Path(samples).name}", {k: z[k] for k in z.files}))
+    symbolic = any(not (isinstance(d, int) and d > 0) for i in sess.get_inputs() for d in (i.shape or []))
+    for d in GUESSED_DIMS if symbolic else GUESSED_DIMS[:1]:
+        out.append((f"guessed inputs (symbolic dims = {d})", sample_inputs(sess, d)))
+    return out
+
+
+def warm_up(sess: Any, runs: int, samples: str | Path | None = None) -> str:
+    """Run ``runs`` warm-up inferences on the first candidate feed that works; returns what was used, or
+    ``skipped: ...`` when none did. A load never fails only because warm-up inputs were guessed wrong."""
+    if runs <= 0:
+        return "none"
+    errors = []
+    try:
+        feeds = warmup_feeds(sess, samples)
+    except (OSError, ValueError) as e:   # a bad samples file: say so, fall back to guesses
+        errors.append(f"samples {samples}: {e}")
+        feeds = warmup_feeds(sess, None)
+    for desc, feed in feeds:
+        try:
+            for _ in range(runs):
+                sess.run(None, feed)
+            return desc
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own error types; the next candidate may fit
+            errors.append(f"{desc}: {' '.join(str(e).split())[:160]}")
+    return "skipped: " + "; ".join(errors)

@@ -104,7 +104,7 @@ class Worker:
         return {"pid": os.getpid(), "rss_bytes": _rss(), "loaded": self.sess is not None or self.llm is not None}, []
 
     def load(self, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
-        from agent.runtime.session import open_session, sample_inputs
+        from agent.runtime.session import open_session, warm_up
 
         if self.sess is not None or self.llm is not None:
             raise LoadError("worker already holds a variant")
@@ -122,11 +122,7 @@ class Worker:
         if expect:
             _check_signature(expect, info)
         t0 = time.perf_counter()
-        n = int(params.get("warmup_runs", 3))
-        if n:
-            feed = sample_inputs(sess)
-            for _ in range(n):
-                sess.run(None, feed)
+        info["warmup"] = warm_up(sess, int(params.get("warmup_runs", 3)), params.get("warmup_file"))
         info["warmup_ms"] = (time.perf_counter() - t0) * 1e3
         self.sess, self.info = sess, info
         self.out_names = [o.name for o in sess.get_outputs()]

@@ -7,6 +7,9 @@
 * ``freq_mhz``: mean of ``cpufreq/scaling_cur_freq`` over online cores, else mean ``cpu MHz`` of
   ``<procfs>/cpuinfo`` (VMs often have no cpufreq).
 * ``online`` from ``<sysfs>/devices/system/cpu/online``.
+* ``quota_cores``: the tightest CPU quota along this process's cgroup path (cgroup v2 ``cpu.max`` or v1
+  ``cpu.cfs_quota_us / cpu.cfs_period_us`` under ``<sysfs>/fs/cgroup``, path from ``<procfs>/self/cgroup``);
+  None when there is no limit (see ``agent/cpulimit.py``).
 * ``core_classes``: Intel hybrid parts list their cores in ``<sysfs>/devices/cpu_core/cpus``
   ("performance") and ``…/cpu_atom/cpus`` ("efficiency"); Arm big.LITTLE exposes ``cpu_capacity`` per
   core: the highest capacity is "performance", the lowest "efficiency", anything between "balanced".
@@ -154,6 +157,9 @@ class CpuReader:
         if self._classes is None:
             self._core_classes(online)
         notes.add("cpu.core_classes", self._classes_why)
+        from agent.cpulimit import read_quota_cores
+
+        quota, _ = read_quota_cores(self.sysfs / "fs" / "cgroup", self.procfs / "self" / "cgroup")
         return CpuState(load_1m=load, util_percent=util, freq_mhz=self._freq(online, notes),
                         online=len(online) if online else None, core_classes=self._classes or (),
-                        busy_s_total=busy_s), notes
+                        busy_s_total=busy_s, quota_cores=quota), notes

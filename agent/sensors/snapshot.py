@@ -68,6 +68,8 @@ class CpuState:
     online: int | None = None
     core_classes: tuple[tuple[str, tuple[int, ...]], ...] = ()   # ("performance", (0,1)), ("efficiency", (2,3))
     busy_s_total: float | None = None     # system busy CPU seconds since boot, all cores (for energy sharing)
+    quota_cores: float | None = None      # CPU quota of this process's cgroup, in cores (None = no limit)
+    agent_util_percent: float | None = None  # the agent's own share of util_percent (set by the controller)
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.errors import AgentError, ConfigError, NotFound
+from agent.errors import InvalidParams, NotFound
 from agent.zoo.manifest import MANIFEST, Manifest, load_manifest, manifest_to_toml
 
 
@@ -85,26 +85,53 @@ def _fmt(v: Any, scale: float = 1.0, digits: int = 2) -> str:
     return "-" if v is None else f"{v / scale:.{digits}f}"
 
 
+def _llm_row(m: Manifest, v: Any) -> list[str]:
+    meas = v.measurement("cpu") or (v.measurements[0] if v.measurements else None)
+    q = v.quality
+    em = (f"{q.exact_match:.3f}" + (f" ({q.exact_match_rel:.2f})" if q.exact_match_rel is not None else "")
+          if q is not None and q.exact_match is not None else "-")
+    ppl = q.perplexity if q is not None and q.perplexity is not None else (
+        q.value if q is not None and q.metric == "perplexity" else None)
+    return [
+        v.id + (" *" if v.id == m.reference else "") + (" !" if v.unfit else ""), v.precision,
+        _fmt(v.size_bytes, 1e6, 1), _fmt(ppl), _fmt(q.agreement if q else None, digits=3),
+        _fmt(q.mean_prefix if q else None, digits=1), em, _fmt(q.relative if q else None, digits=3),
+        _fmt(meas.tokens_per_s if meas else None, digits=1), _fmt(meas.ttft_ms if meas else None, digits=1),
+        _fmt(meas.peak_rss_bytes if meas else None, 1e6, 1),
+    ]
+
+
+def _tensor_row(m: Manifest, v: Any) -> list[str]:
+    meas = v.measurement("cpu") or (v.measurements[0] if v.measurements else None)
+    q = v.quality
+    return [
+        v.id + (" *" if v.id == m.reference else "") + (" !" if v.unfit else ""), v.precision, v.derived_from,
+        v.method or "-", _fmt(v.size_bytes, 1e6), f"{q.metric} {q.value:.4g}" if q else "-",
+        _fmt(q.relative if q else None, digits=3),
+        _fmt(meas.latency_ms_p50 if meas else None, digits=3), _fmt(meas.latency_ms_p95 if meas else None, digits=3),
+        _fmt(meas.load_ms if meas else None, digits=1), _fmt(meas.peak_rss_bytes if meas else None, 1e6, 1),
+        _fmt(meas.energy_j * 1000 if meas and meas.energy_j is not None else None, digits=4),
+    ]
+
+
 def table(m: Manifest) -> str:
-    head = ["variant", "precision", "from", "method", "size MB", "quality", "rel", "p50 ms", "p95 ms",
-            "load ms", "peak MB", "mJ/inf"]
-    rows = [head]
-    for v in m.variants:
-        meas = v.measurement("cpu") or (v.measurements[0] if v.measurements else None)
-        q = v.quality
-        rows.append([
-            v.id + (" *" if v.id == m.reference else ""), v.precision, v.derived_from, v.method or "-",
-            _fmt(v.size_bytes, 1e6), f"{q.metric} {q.value:.4g}" if q else "-", _fmt(q.relative if q else None,
-                                                                                  digits=3),
-            _fmt(meas.latency_ms_p50 if meas else None, digits=3), _fmt(meas.latency_ms_p95 if meas else None,
-                                                                        digits=3),
-            _fmt(meas.load_ms if meas else None, digits=1), _fmt(meas.peak_rss_bytes if meas else None, 1e6, 1),
-            _fmt(meas.energy_j * 1000 if meas and meas.energy_j is not None else None, digits=4),
-        ])
+    """The variant table; a causal-lm shows perplexity, greedy agreement, mean matched prefix and exact
+    match (with its ratio to the reference's) next to the relative quality the policy ranks."""
+    if m.kind == "causal-lm":
+        head = ["variant", "precision", "size MB", "perplexity", "agree", "prefix", "exact match (rel)",
+                "quality_rel", "tok/s", "ttft ms", "peak MB"]
+        row = _llm_row
+    else:
+        head = ["variant", "precision", "from", "method", "size MB", "quality", "rel", "p50 ms", "p95 ms",
+                "load ms", "peak MB", "mJ/inf"]
+        row = _tensor_row
+    rows = [head, *(row(m, v) for v in m.variants)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join([f"{m.name} ({m.kind}; * = reference, quality measured against it)", *lines])
+    notes = [f"! {v.id} is unfit (the policy never picks it): {v.unfit}" for v in m.variants if v.unfit]
+    return "\n".join([f"{m.name} ({m.kind}; * = reference, quality measured against it; ! = unfit)", *lines,
+                      *notes])
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -138,56 +165,107 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _maps(specs: list[str]) -> dict[str, str]:
+    out = {}
+    for spec in specs:
+        old, sep, new = spec.partition("=")
+        if not sep or not old or not new:
+            raise InvalidParams(f"--map: expected GRAPH_NAME=MODEL_NAME, got {spec!r}")
+        out[old] = new
+    return out
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from agent.zoo.importer import import_variant
 
     zoo = Path(args.zoo) if args.zoo else default_zoo_dir()
     m = import_variant(zoo, args.model, args.variant, Path(args.path), precision=args.precision,
-                       replace_existing=args.replace)
+                       replace_existing=args.replace, rename=_maps(args.map),
+                       drop_extra_outputs=args.ignore_extra_outputs)
     v = m.variant(args.variant)
-    print(f"imported {m.name}/{v.id} ({v.precision}, {v.size_bytes} bytes, sha256 {v.sha256}) -> {m.folder}")
+    fitted = v.build.get("fitted")
+    print(f"imported {m.name}/{v.id} ({v.precision}, {v.size_bytes} bytes, sha256 {v.sha256}) -> {m.folder}"
+          + (f"; {'; '.join(fitted)}" if fitted else ""))
+    if args.no_measure:
+        print("not measured (--no-measure): the policy cannot choose it until `agentctl zoo measure` runs")
+        return 0
+    from agent.zoo.measure import measure_variants, recipe_of
+
+    try:
+        recipe_of(m, Path(args.recipe) if args.recipe else None)
+    except InvalidParams as e:
+        print(f"not measured: {e}")
+        return 0
+    targets = m.variant_ids() if v.id == m.reference else [v.id]
+    m, _ = measure_variants(zoo, m.name, targets, recipe=Path(args.recipe) if args.recipe else None,
+                            log=lambda line: print(f"      {line}", file=sys.stderr))
+    print(table(m))
     return 0
 
 
-def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Our errors -> one line on stderr and exit status 2 (config/recipe) or 1 (anything else of ours)."""
+def cmd_measure(args: argparse.Namespace) -> int:
+    from agent.zoo.measure import measure_variants
 
-    def call(args: argparse.Namespace) -> int:
-        try:
-            return int(fn(args))
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        except AgentError as e:
-            print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-            return 1
+    zoo = Path(args.zoo) if args.zoo else default_zoo_dir()
+    m, done = measure_variants(zoo, args.model, args.variant, recipe=Path(args.recipe) if args.recipe else None,
+                               log=lambda line: print(f"      {line}", file=sys.stderr))
+    print(f"measured {', '.join(done)}", file=sys.stderr)
+    print(table(m))
+    return 0
 
-    call.__name__ = fn.__name__
-    return call
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from agent.zoo.importer import remove_variant
+
+    zoo = Path(args.zoo) if args.zoo else default_zoo_dir()
+    left = remove_variant(zoo, args.model, args.variant)
+    print(f"removed {args.model}" + (f"/{args.variant}" if args.variant and left is not None else "")
+          + ("" if left is None else f"; left: {', '.join(left.variant_ids())}")
+          + " (a running agentd drops it at its next `agentctl reload`)")
+    return 0
 
 
 def add_parsers(subparsers: Any) -> None:
     """Register ``zoo`` and its sub-commands on an argparse sub-parsers object."""
     zp = subparsers.add_parser("zoo", help="build, import and inspect model variants")
-    zs = zp.add_subparsers(dest="zoo_cmd", required=True, metavar="{build,show,import}")
+    zs = zp.add_subparsers(dest="zoo_cmd", required=True, metavar="{build,show,import,measure,remove}")
     b = zs.add_parser("build", help="build and measure a recipe's variants")
     b.add_argument("recipe", help="recipe.toml or the folder holding it (e.g. model_zoo/silero_vad)")
     b.add_argument("--zoo", help="zoo directory (default: the state directory's zoo)")
     b.add_argument("--only", nargs="+", metavar="VARIANT", help="build only these (and what they derive from)")
-    b.set_defaults(func=_guarded(cmd_build))
+    b.set_defaults(func=cmd_build)
     s = zs.add_parser("show", help="print a model's measured variants")
     s.add_argument("model")
     s.add_argument("--zoo")
     s.add_argument("--json", action="store_true", help="the manifest as JSON")
-    s.set_defaults(func=_guarded(cmd_show))
+    s.set_defaults(func=cmd_show)
     i = zs.add_parser("import", help="add an ONNX file as a variant of a model")
     i.add_argument("model")
     i.add_argument("variant")
     i.add_argument("path", help="the .onnx file")
     i.add_argument("--precision", help="fp32|fp16|bf16|int8|int4|mixed (default: guessed from the graph)")
-    i.add_argument("--replace", action="store_true", help="overwrite an existing variant of that id")
+    i.add_argument("--replace", action="store_true",
+                   help="overwrite an existing variant of that id (the reference too: same signature, and the "
+                        "others are re-measured against it)")
+    i.add_argument("--map", action="append", default=[], metavar="GRAPH_NAME=MODEL_NAME",
+                   help="rename a tensor of this file to the model's name (repeatable)")
+    i.add_argument("--ignore-extra-outputs", action="store_true",
+                   help="drop outputs the model does not have from this variant")
+    i.add_argument("--recipe", help="recipe whose [eval] gives the data to measure on (default: the model's)")
+    i.add_argument("--no-measure", action="store_true", help="import without measuring (the policy skips it)")
     i.add_argument("--zoo")
-    i.set_defaults(func=_guarded(cmd_import))
+    i.set_defaults(func=cmd_import)
+    ms = zs.add_parser("measure", help="measure variants (built or imported) so the policy can choose them")
+    ms.add_argument("model")
+    ms.add_argument("variant", nargs="*", help="variants to measure (default: all)")
+    ms.add_argument("--recipe", help="recipe whose [eval] gives the data (default: the one the model was built from)")
+    ms.add_argument("--zoo")
+    ms.set_defaults(func=cmd_measure)
+    rm = zs.add_parser("remove", help="remove a variant, or a whole model")
+    rm.add_argument("model")
+    rm.add_argument("variant", nargs="?", help="the variant (default: the whole model)")
+    rm.add_argument("--zoo")
+    rm.set_defaults(func=cmd_remove)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -198,7 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     args.argv_echo = argv[2:] if len(argv) > 2 else []
-    return int(args.func(args))
+    from agent.cli import run
+
+    return run(args.func, args)
 
 
 if __name__ == "__main__":

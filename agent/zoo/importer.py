@@ -12,6 +12,7 @@ import datetime as _dt
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -75,34 +76,133 @@ def _external_files(path: Path) -> list[str]:
 
 
 def guess_precision(path: Path) -> str:
-    """A best guess from the graph's ops and weights (fp32 when onnx is not installed)."""
+    """The precision the graph stores its weights in (``agent.zoo.precision``); fp32 without onnx."""
     try:
-        import onnx
+        from agent.zoo.precision import detect
     except ImportError:
         return "fp32"
+    try:
+        return detect(path).label
+    except ImportError:
+        return "fp32"
+
+
+def fit_graph(path: Path, out: Path, model_in: tuple[TensorSpec, ...], model_out: tuple[TensorSpec, ...],
+              rename: dict[str, str], drop_extra_outputs: bool) -> list[str]:
+    """Write ``path`` to ``out`` with its tensors renamed (``rename``: graph name -> model name), outputs
+    the model lacks dropped (only when ``drop_extra_outputs``) and inputs no node reads dropped; returns
+    what changed, one phrase each. LoadError for what cannot be fitted (an extra input that is used)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
     m = onnx.load(str(path), load_external_data=False)
-    ops = {n.op_type for n in m.graph.node}
-    if "MatMulNBits" in ops:
-        bits = {a.i for n in m.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
-        return "int8" if bits == {8} else "int4" if bits == {4} else "mixed"
-    if ops & {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearMatMul"}:
-        return "int8"
-    sizes: dict[int, int] = {}
-    for t in m.graph.initializer:
-        n = 1
-        for d in t.dims:
-            n *= d
-        sizes[t.data_type] = sizes.get(t.data_type, 0) + n
-    if sizes and max(sizes, key=lambda k: sizes[k]) == onnx.TensorProto.FLOAT16:
-        return "fp16"
-    if sizes and max(sizes, key=lambda k: sizes[k]) == onnx.TensorProto.BFLOAT16:
-        return "bf16"
-    return "fp32"
+    if any(uses_external_data(t) for t in m.graph.initializer) and (
+            rename or drop_extra_outputs):
+        raise LoadError(f"{path}: renaming or dropping tensors of a model with external data is not "
+                        "supported; save it as one file first")
+    done: list[str] = []
+    graph_names = {i.name for i in m.graph.input} | {o.name for o in m.graph.output}
+    for old in rename:
+        if old not in graph_names:
+            raise InvalidParams(f"--map {old}=...: the graph has no input or output {old!r} "
+                                f"(it has {sorted(graph_names)})")
+
+    def ren(name: str) -> str:
+        return rename.get(name, name)
+
+    def walk(g: Any) -> None:
+        for coll in (g.input, g.output, g.value_info):
+            for vi in coll:
+                vi.name = ren(vi.name)
+        for n in g.node:
+            n.input[:] = [ren(x) for x in n.input]
+            n.output[:] = [ren(x) for x in n.output]
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    walk(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for sg in a.graphs:
+                        walk(sg)
+
+    if rename:
+        walk(m.graph)
+        done.append("renamed " + ", ".join(f"{a}->{b}" for a, b in rename.items()))
+    want_out = {t.name for t in model_out}
+    extra_out = [o.name for o in m.graph.output if o.name not in want_out]
+    if extra_out:
+        if not drop_extra_outputs:
+            raise InvalidParams(f"{path}: outputs {extra_out} are not the model's; pass --ignore-extra-outputs "
+                                "to drop them from this variant")
+        keep = [o for o in m.graph.output if o.name in want_out]
+        del m.graph.output[:]
+        m.graph.output.extend(keep)
+        done.append(f"dropped outputs {extra_out}")
+    want_in = {t.name for t in model_in}
+    used = {x for n in m.graph.node for x in n.input}
+    for g in _subgraphs(m.graph):
+        used |= {x for n in g.node for x in n.input}
+    extra_in = [i.name for i in m.graph.input if i.name not in want_in and i.name not in
+                {t.name for t in m.graph.initializer}]
+    if extra_in:
+        busy = [n for n in extra_in if n in used]
+        if busy:
+            raise InvalidParams(f"{path}: inputs {busy} are not the model's and the graph reads them")
+        keep_in = [i for i in m.graph.input if i.name not in extra_in]
+        del m.graph.input[:]
+        m.graph.input.extend(keep_in)
+        done.append(f"dropped unused inputs {extra_in}")
+    onnx.save(m, str(out))
+    return done
+
+
+def _subgraphs(g: Any) -> list[Any]:
+    import onnx
+
+    out = []
+    for n in g.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                out += [a.g, *_subgraphs(a.g)]
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sg in a.graphs:
+                    out += [sg, *_subgraphs(sg)]
+    return out
+
+
+def remove_variant(zoo: Path, model: str, variant: str | None = None) -> Manifest | None:
+    """Remove one variant (never the reference while others depend on it) or, with no variant, the whole
+    model; returns the manifest left (None when the model is gone)."""
+    folder = zoo / model
+    if not (folder / MANIFEST).exists():
+        have = sorted(p.name for p in zoo.iterdir() if (p / MANIFEST).exists()) if zoo.is_dir() else []
+        raise InvalidParams(f"no model {model!r} in {zoo}" + (f"; it has {', '.join(have)}" if have else ""))
+    m = load_manifest(folder, check_files=False)
+    if variant is None or (variant == m.reference and len(m.variants) == 1):
+        if variant is not None:
+            m.variant(variant)
+        shutil.rmtree(folder)
+        return None
+    v = m.variant(variant)
+    if variant == m.reference:
+        raise InvalidParams(f"{variant!r} is the reference of {model!r} (quality is measured against it); "
+                            f"import another reference with `zoo import {model} {variant} FILE --replace`, "
+                            f"or remove the whole model with `zoo remove {model}`")
+    left = replace(m, variants=tuple(x for x in m.variants if x.id != variant))
+    save_manifest(left)
+    if "/" in v.file:
+        shutil.rmtree(folder / v.file.split("/")[0], ignore_errors=True)
+    return left
 
 
 def import_variant(zoo: Path, model: str, variant: str, path: Path, *, precision: str | None = None,
-                   replace_existing: bool = False, command: str = "") -> Manifest:
-    """Copy ``path`` into the zoo as ``model/variant``; returns the new manifest."""
+                   replace_existing: bool = False, command: str = "", rename: dict[str, str] | None = None,
+                   drop_extra_outputs: bool = False) -> Manifest:
+    """Copy ``path`` into the zoo as ``model/variant``; returns the new manifest.
+
+    Tensors are matched by name, in any order. ``rename`` (graph name -> model name) and
+    ``drop_extra_outputs`` fit a file from another producer to the model's signature (the copy is
+    rewritten; the source is untouched); inputs no node reads are dropped. Replacing the reference needs
+    the same signature, and marks the other variants' quality stale (re-measure them)."""
     if not _ID.match(model):
         raise InvalidParams(f"model name: expected letters, digits, '_', '-', '.', got {model!r}")
     if not _ID.match(variant):
@@ -110,18 +210,48 @@ def import_variant(zoo: Path, model: str, variant: str, path: Path, *, precision
     if precision is not None and precision not in PRECISIONS:
         raise InvalidParams(f"--precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     path = Path(path)
+    source_path, source_sha = path, None
     inputs, outputs = read_signature(path)
     folder = zoo / model
     old: Manifest | None = load_manifest(folder) if (folder / MANIFEST).exists() else None
-    if old is not None:
-        for what, model_sig, got in (("inputs", old.inputs, inputs), ("outputs", old.outputs, outputs)):
-            why = _signature_mismatch(model_sig, got)
-            if why:
-                raise InvalidParams(f"{path}: {what} do not match model {model!r}: {why}")
-        if variant in old.variant_ids() and not replace_existing:
-            raise InvalidParams(f"model {model!r} already has variant {variant!r} (use --replace to overwrite)")
-        if variant == old.reference and replace_existing:
-            raise InvalidParams(f"{variant!r} is the reference of {model!r}; it cannot be replaced by an import")
+    fitted: list[str] = []
+    work = Path(tempfile.mkdtemp(prefix="agent-import-"))
+    try:
+        if old is not None or rename:
+            ren = rename or {}
+
+            def renamed(ts: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+                return tuple(TensorSpec(ren.get(t.name, t.name), t.dtype, t.shape) for t in ts)
+
+            fit_in = old.inputs if old is not None else renamed(inputs)
+            fit_out = old.outputs if old is not None else renamed(outputs)
+            # without a map or a flag, only inputs that no node reads are dropped on our own
+            extra_in = {t.name for t in inputs} - {t.name for t in fit_in}
+            outputs_fit = {t.name for t in outputs} == {t.name for t in fit_out}
+            if ren or drop_extra_outputs or (extra_in and outputs_fit):
+                source_sha = sha256_file(path)
+                fitted = fit_graph(path, work / path.name, fit_in, fit_out, ren, drop_extra_outputs)
+                path = work / path.name
+                inputs, outputs = read_signature(path)
+        if old is not None:
+            for what, model_sig, got in (("inputs", old.inputs, inputs), ("outputs", old.outputs, outputs)):
+                why = _signature_mismatch(model_sig, got)
+                if why:
+                    raise InvalidParams(f"{source_path}: {what} do not match model {model!r}: {why}; "
+                                        "--map GRAPH_NAME=MODEL_NAME renames a tensor, --ignore-extra-outputs "
+                                        "drops outputs the model lacks")
+            if variant in old.variant_ids() and not replace_existing:
+                raise InvalidParams(f"model {model!r} already has variant {variant!r} (use --replace to overwrite)")
+        return _place(zoo, model, variant, path, old, inputs, outputs, precision, command, source_path,
+                      source_sha, fitted)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _place(zoo: Path, model: str, variant: str, path: Path, old: Manifest | None,
+           inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], precision: str | None, command: str,
+           source_path: Path, source_sha: str | None, fitted: list[str]) -> Manifest:
+    folder = zoo / model
     prec = precision or guess_precision(path)
     extra = _external_files(path)
     sha = sha256_file(path)
@@ -151,12 +281,17 @@ def import_variant(zoo: Path, model: str, variant: str, path: Path, *, precision
         v = Variant(id=variant, file=f"{final.name}/{path.name}", precision=prec, derived_from="source",
                     method="import", sha256=sha, size_bytes=(final / path.name).stat().st_size,
                     inputs=inputs, outputs=outputs,
-                    build={"source": str(path.resolve()), "source_sha256": sha,
-                           "command": command or f"agentctl zoo import {model} {variant} {path}",
-                           "imported_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
+                    build={"source": str(source_path.resolve()), "source_sha256": source_sha or sha,
+                           "command": command or f"agentctl zoo import {model} {variant} {source_path}",
+                           "imported_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                           **({"fitted": fitted} if fitted else {})})
         if old is None:
             m = Manifest(name=model, kind="tensor", reference=variant, inputs=inputs, outputs=outputs,
                          variants=(v,), folder=folder)
+        elif variant == old.reference:
+            # a new reference: every other variant's quality was measured against the old one
+            stale = tuple(replace(x, quality=None) if x.id != variant else x for x in old.variants)
+            m = with_variant(replace(old, variants=stale), v)
         else:
             m = with_variant(old, v)
         save_manifest(m)

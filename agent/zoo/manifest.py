@@ -27,10 +27,17 @@ Format (schema 1)::
     sha256 = "..."                # of the file; checked when the file is loaded
     size_bytes = 1234
     inputs = [...]; outputs = [...]   # optional: the variant's own signature as measured
+    unfit = "agreement 0.82 < floor 0.9"   # optional: failed a recipe floor; the policy never picks it
     [variants.quality]            # measured against the reference on held-out data
-    metric = "agreement"          # e.g. agreement | top1 | perplexity
+    metric = "agreement"          # e.g. agreement | top1 | perplexity | answers
     value = 0.998                 # the metric's raw value
     relative = 0.998              # quality relative to the reference, 1.0 = equal (higher is better)
+    perplexity = 10.2             # optional figures (causal-lm, see docs/LLM.md): perplexity and its
+    perplexity_rel = 0.99         # ratio to the reference's, greedy agreement (share of prompts) and
+    agreement = 0.92              # mean matched prefix (tokens) with the reference, exact match on
+    mean_prefix = 29.5            # the question set and its ratio to the reference's
+    exact_match = 0.41
+    exact_match_rel = 0.98
     [[variants.measurements]]     # one per device/provider measured
     device = "cpu"                # cpu | gpu | npu
     provider = "CPUExecutionProvider"
@@ -118,6 +125,22 @@ class Quality:
     metric: str
     value: float
     relative: float
+    perplexity: float | None = None
+    perplexity_rel: float | None = None
+    agreement: float | None = None
+    mean_prefix: float | None = None
+    exact_match: float | None = None
+    exact_match_rel: float | None = None
+
+    def figure(self, name: str) -> float | None:
+        """A figure by the name a recipe floor uses (``quality_rel`` = ``relative``)."""
+        if name == "quality_rel":
+            return self.relative
+        v = getattr(self, name, None) if name in QUALITY_FIGURES else None
+        return None if v is None else float(v)
+
+
+QUALITY_FIGURES = ("perplexity", "perplexity_rel", "agreement", "mean_prefix", "exact_match", "exact_match_rel")
 
 
 @dataclass(frozen=True)
@@ -134,6 +157,7 @@ class Variant:
     quality: Quality | None = None
     measurements: tuple[Measurement, ...] = ()
     build: dict[str, Any] = field(default_factory=dict)
+    unfit: str | None = None      # why the variant failed its recipe's floors (None = fit)
 
     def measurement(self, device: str) -> Measurement | None:
         for m in self.measurements:
@@ -153,6 +177,7 @@ class Manifest:
     folder: Path
     description: str = ""
     llm: dict[str, Any] | None = None
+    warmup: str | None = None     # warm-up inputs: an .npz in the model's folder (one array per input)
 
     def variant(self, vid: str) -> Variant:
         for v in self.variants:
@@ -223,10 +248,17 @@ def _measurement(c: Checker) -> Measurement:
 
 
 def _signature_mismatch(model: tuple[TensorSpec, ...], got: tuple[TensorSpec, ...]) -> str | None:
-    if [s.name for s in model] != [s.name for s in got]:
-        return f"tensors {[s.name for s in got]} != model's {[s.name for s in model]}"
-    for a, b in zip(model, got):
-        why = a.matches(b)
+    """Why ``got`` does not fit the model's tensors, matched by name (order does not matter: onnxruntime
+    feeds and fetches by name); None when it fits."""
+    want = {s.name: s for s in model}
+    have = {s.name: s for s in got}
+    missing = [n for n in want if n not in have]
+    extra = [n for n in have if n not in want]
+    if missing or extra:
+        parts = ([f"missing {missing}"] if missing else []) + ([f"extra {extra}"] if extra else [])
+        return f"tensors {', '.join(parts)} (model's: {list(want)})"
+    for name, spec in want.items():
+        why = spec.matches(have[name])
         if why:
             return why
     return None
@@ -236,7 +268,8 @@ def load_manifest(folder: Path, *, check_files: bool = True) -> Manifest:
     """Read and strictly validate ``folder/manifest.toml``."""
     doc = TomlDoc.load(folder / MANIFEST, ManifestError)
     c = Checker(doc, doc.data)
-    c.only({"schema", "name", "kind", "reference", "description", "inputs", "outputs", "variants", "llm"})
+    c.only({"schema", "name", "kind", "reference", "description", "inputs", "outputs", "variants", "llm",
+            "warmup"})
     schema = c.num("schema", integer=True)
     if schema != 1:
         raise c.error("schema", f"expected 1, got {schema}")
@@ -256,7 +289,7 @@ def load_manifest(folder: Path, *, check_files: bool = True) -> Manifest:
     seen: set[str] = set()
     for vc in c.array_of_tables("variants", required=True):
         vc.only({"id", "file", "precision", "derived_from", "method", "sha256", "size_bytes", "inputs",
-                 "outputs", "quality", "measurements", "build"})
+                 "outputs", "quality", "measurements", "build", "unfit"})
         vid = vc.str("id")
         if not _ID.match(vid):
             raise vc.error("id", f"expected letters, digits, '_', '-', '.', got {vid!r}")
@@ -283,8 +316,12 @@ def load_manifest(folder: Path, *, check_files: bool = True) -> Manifest:
         q = vc.table_of("quality")
         quality = None
         if q is not None:
-            q.only({"metric", "value", "relative"})
-            quality = Quality(q.str("metric"), float(q.num("value")), float(q.num("relative", lo=0)))
+            q.only({"metric", "value", "relative", *QUALITY_FIGURES})
+            extra = {k: float(q.num(k)) for k in QUALITY_FIGURES if k in q.table}
+            quality = Quality(q.str("metric"), float(q.num("value")), float(q.num("relative", lo=0)), **extra)
+        unfit = vc.str("unfit", required=False)
+        if unfit is not None and not unfit.strip():
+            raise vc.error("unfit", "expected the reason the variant is unfit, got an empty string")
         build = vc.table_of("build")
         variants.append(Variant(
             id=vid, file=rel, precision=vc.str("precision", choices=PRECISIONS),
@@ -293,7 +330,7 @@ def load_manifest(folder: Path, *, check_files: bool = True) -> Manifest:
             sha256=sha, size_bytes=vc.num("size_bytes", required=False, lo=0, integer=True),
             inputs=v_in, outputs=v_out, quality=quality,
             measurements=tuple(_measurement(m) for m in vc.array_of_tables("measurements")),
-            build=dict(build.table) if build else {},
+            build=dict(build.table) if build else {}, unfit=unfit,
         ))
     if not variants:
         raise c.error("variants", "expected at least one [[variants]] table")
@@ -303,9 +340,17 @@ def load_manifest(folder: Path, *, check_files: bool = True) -> Manifest:
         if v.derived_from != "source" and v.derived_from not in seen:
             raise doc.error(["variants", i, "derived_from"],
                             f"expected 'source' or a variant id, got {v.derived_from!r}")
+    warmup = c.str("warmup", required=False)
+    if warmup is not None:
+        try:
+            wpath = safe_join(folder, warmup)
+        except ManifestError as e:
+            raise c.error("warmup", e.message) from None
+        if check_files and not wpath.is_file():
+            raise c.error("warmup", f"expected an .npz file in the model's folder, got missing {warmup!r}")
     return Manifest(name=name, kind=kind, reference=reference, inputs=inputs, outputs=outputs,
                     variants=tuple(variants), folder=folder, description=c.str("description", required=False) or "",
-                    llm=dict(llm_c.table) if llm_c else None)
+                    llm=dict(llm_c.table) if llm_c else None, warmup=warmup)
 
 
 def load_zoo(zoo: Path) -> tuple[dict[str, Manifest], dict[str, str]]:
@@ -324,6 +369,17 @@ def load_zoo(zoo: Path) -> tuple[dict[str, Manifest], dict[str, str]]:
     return models, errors
 
 
+def empty_zoo_hint(zoo: Path) -> str:
+    """Why ``zoo`` gave no loadable model, in words a user can act on."""
+    if not zoo.is_dir():
+        return f"zoo {zoo} does not exist; build one with `agentctl zoo build model_zoo/smollm2 --zoo {zoo}`"
+    if any(zoo.glob("*/recipe.toml")) or (zoo / "recipe.toml").exists():
+        return (f"{zoo} holds build recipes, not built models; build them with "
+                f"`agentctl zoo build {zoo}/NAME --zoo ZOO` and pass --zoo ZOO")
+    return (f"zoo {zoo} has no model folder with a {MANIFEST}; build one with "
+            f"`agentctl zoo build model_zoo/smollm2 --zoo {zoo}`")
+
+
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
@@ -336,18 +392,20 @@ def manifest_to_toml(m: Manifest) -> dict[str, Any]:
     out["outputs"] = [s.to_toml() for s in m.outputs]
     if m.llm:
         out["llm"] = m.llm
+    if m.warmup:
+        out["warmup"] = m.warmup
     vs = []
     for v in m.variants:
         d: dict[str, Any] = _drop_none({
             "id": v.id, "file": v.file, "precision": v.precision, "derived_from": v.derived_from,
-            "method": v.method or None, "sha256": v.sha256, "size_bytes": v.size_bytes,
+            "method": v.method or None, "sha256": v.sha256, "size_bytes": v.size_bytes, "unfit": v.unfit,
         })
         if v.inputs is not None:
             d["inputs"] = [s.to_toml() for s in v.inputs]
         if v.outputs is not None:
             d["outputs"] = [s.to_toml() for s in v.outputs]
         if v.quality:
-            d["quality"] = {"metric": v.quality.metric, "value": v.quality.value, "relative": v.quality.relative}
+            d["quality"] = _drop_none(vars(v.quality).copy())
         if v.measurements:
             d["measurements"] = [_drop_none(vars(x).copy()) for x in v.measurements]
         if v.build:

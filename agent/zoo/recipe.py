@@ -23,6 +23,8 @@ Format (schema 1; full reference in docs/ZOO.md)::
     precision = "int8"           # optional: overrides the builder's
     [variants.params]            # checked against the builder's declared params
     per_channel = true
+    [variants.floors]            # optional: below any of these the variant is recorded as unfit
+    quality_rel = 0.95           # (names: the kind's figures, see agent/zoo/floors.py)
 
     [eval]                       # parsed by the kind plugin (data + quality metric)
     [measure]                    # runs, warmup, cpu_watts, threads
@@ -33,7 +35,7 @@ Errors are :class:`RecipeError` with ``recipe.toml:line: key: expected ..., got 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,7 @@ class VariantSpec:
     precision: str
     params: dict[str, Any]
     builder: BuilderSpec
+    floors: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,17 @@ def _params(vc: Checker, spec: BuilderSpec) -> dict[str, Any]:
     for k in pc.table:
         out[k] = _param(pc, k, spec.params[k])
     return out
+
+
+def _floors(vc: Checker, names: tuple[str, ...], is_reference: bool) -> dict[str, float]:
+    fc = vc.table_of("floors")
+    if fc is None:
+        return {}
+    if is_reference and fc.table:
+        raise fc.error(next(iter(fc.table)), "the reference is what floors are measured against; "
+                                             "give floors to the other variants")
+    fc.only(set(names))
+    return {k: float(fc.num(k, lo=0)) for k in fc.table}
 
 
 def _source(c: Checker, base: Path) -> SourceSpec:
@@ -202,7 +216,7 @@ def load_recipe(path: Path | str) -> Recipe:
     if not vtables:
         raise c.error("variants", "expected at least one [[variants]] table")
     for vc in vtables:
-        vc.only({"id", "method", "derived_from", "precision", "params"})
+        vc.only({"id", "method", "derived_from", "precision", "params", "floors"})
         vid = vc.str("id")
         if not _ID.match(vid):
             raise vc.error("id", f"expected letters, digits, '_', '-', '.', got {vid!r}")
@@ -226,7 +240,8 @@ def load_recipe(path: Path | str) -> Recipe:
         if vid == reference and parent != "source":
             raise vc.error("derived_from", f"expected the reference variant to derive from 'source', got {parent!r}")
         prec = vc.str("precision", required=False, choices=PRECISIONS) or spec.precision
-        variants.append(VariantSpec(vid, method, parent, prec, _params(vc, spec), spec))
+        floors = _floors(vc, plugin.floors, vid == reference)
+        variants.append(VariantSpec(vid, method, parent, prec, _params(vc, spec), spec, floors))
         seen.add(vid)
     if reference not in seen:
         raise c.error("reference", f"expected one of the variant ids {sorted(seen)}, got {reference!r}")

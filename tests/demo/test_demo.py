@@ -42,7 +42,9 @@ def write_trace(path: Path, *, hours: float = 1.0, plug: tuple[float, float] = (
 
 
 def agentctl(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", "demo", *args], capture_output=True, text=True,
+    # the tensor model (Silero VAD) is built and served by the slow fresh-clone test; here only the LLM
+    return subprocess.run([sys.executable, "-m", "agent.cli", "demo", "--no-tensor-model", *args],
+                          capture_output=True, text=True,
                           timeout=timeout, check=False, stdin=subprocess.DEVNULL)
 
 
@@ -242,3 +244,39 @@ def test_without_a_battery_replays_the_workday_so_it_fits_the_duration(tmp_path:
     assert f"at {day / 60:.0f}x" in note and "No battery on this machine" in note
     spec, _, _ = choose_sensors(_args("--sysfs-root", str(tmp_path / "sys"), "--speed", "30"))
     assert spec.endswith(",speed=30")
+
+
+def test_swap_labels_get_lanes_that_never_overlap():
+    from agent.demo_plot import label_lanes
+
+    lanes = label_lanes([0.0, 0.01, 0.02, 0.5, 0.51, 2.0], min_gap=0.1)
+    assert lanes == [0, 1, 2, 0, 1, 0]
+    for lane in set(lanes):
+        xs = [x for x, k in zip([0.0, 0.01, 0.02, 0.5, 0.51, 2.0], lanes) if k == lane]
+        assert all(b - a >= 0.1 for a, b in zip(xs, xs[1:]))
+
+
+def test_swaps_are_placed_at_the_decision_not_at_the_event_arrival():
+    from agent.demo_record import Recorder
+
+    t = [0.0]
+    rec = Recorder("m", clock=lambda: t[0])
+    rec.add_status({"sensors": {"mono_s": 5000.0}, "models": {"m": {"active": {"variant": "int8"}}}})
+    t[0] = 3.0
+    sw = rec.add_event({"event": "swap", "model": "m", "from": "int8", "to": "fp32", "device": "cpu",
+                        "reason": {"why": "policy", "profile": "performance", "decided_t": 4200.0}})
+    assert sw.decided_trace_t == 4200.0 and sw.trace_t == 5000.0   # decided at 4200 s, seen at 5000 s
+    pc = rec.add_event({"event": "decision", "profile": "performance", "rule": "on-ac", "changes": "x", "t": 4190.0})
+    assert pc.trace_t == 4190.0
+
+
+def test_a_variant_without_replies_says_why_in_the_summary():
+    from agent.demo_record import Recorder, Sample
+    from agent.demo_view import summary_table
+
+    rec = Recorder("m")
+    for i, v in enumerate(["int8", "int4", "int8"]):
+        rec.samples.append(Sample(i * 0.5, None, None, None, None, None, None, v, "cpu"))
+    table = summary_table(rec.summary(), [])
+    row = next(line for line in table.splitlines() if line.startswith("int4@cpu"))
+    assert "no reply finished in its 0.5 s active" in row

@@ -116,6 +116,8 @@ tokens = 64
 window = 32
 prompt = "Hello"
 decode_tokens = 8
+agreement_tokens = 4             # the answer-quality runs stay short on the tiny model
+answer_tokens = 4
 
 [measure]
 threads = 1

@@ -56,7 +56,7 @@ def test_ladder_quality_is_monotone_when_built(smollm2):
     ids = smollm2.variant_ids()
     if not {"fp32", "int8", "int4"} <= set(ids):
         pytest.skip("full ladder not built in this zoo")
-    q = {v: smollm2.variant(v).quality.value for v in ids}
+    q = {v: smollm2.variant(v).quality.perplexity for v in ids}
     assert q["int8"] < q["int4"] and abs(q["fp16"] - q["fp32"]) / q["fp32"] < 0.01
     if "pruned6-int8" in q and "pruned6-kd-int8" in q:
         assert q["pruned6-kd-int8"] < q["pruned6-int8"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import BuildError, RecipeError
+from agent.llm.evaluate import outputs_path
 from agent.zoo.build.runner import build_recipe
 from agent.zoo.manifest import load_manifest, sha256_file
 from agent.zoo.recipe import load_recipe
@@ -22,6 +23,12 @@ def write_recipe(d: Path, gguf: Path, variants: str, eval_extra: str = "") -> Pa
     shutil.copy(gguf, d / "tiny.gguf")
     (d / "eval.txt").write_text(TEXT)
     (d / "calib.txt").write_text(TEXT[::-1] + TEXT)
+    (d / "prompts.jsonl").write_text("".join(
+        json.dumps({"id": f"p{i}", "messages": [{"role": "user", "content": t}]}) + "\n"
+        for i, t in enumerate(["hello there", "the fox", "sea shells", "in 1999"])))
+    (d / "questions.jsonl").write_text("".join(
+        json.dumps({"id": f"q{i}", "question": q, "answers": a}) + "\n"
+        for i, (q, a) in enumerate([("What jumps?", ["fox"]), ("How many foxes?", ["42"]), ("Who sells?", ["she"])])))
     r = d / "recipe.toml"
     r.write_text(f"""schema = 1
 name = "tinylm"
@@ -43,6 +50,10 @@ calibration = "calib.txt"
 calibration_tokens = 512
 prompt = "hello"
 decode_tokens = 8
+prompts = "prompts.jsonl"
+questions = "questions.jsonl"
+agreement_tokens = 8
+answer_tokens = 6
 {eval_extra}
 [measure]
 threads = 1
@@ -82,10 +93,16 @@ def test_builds_a_measured_causal_lm_ladder_with_llm_table(tiny, tmp_path):
     for v in m.variants:
         meas = v.measurements[0]
         assert meas.tokens_per_s and meas.tokens_per_s > 0 and meas.ttft_ms and meas.ttft_ms > 0
-        assert v.quality is not None and v.quality.metric == "perplexity" and v.quality.value > 1
+        q = v.quality
+        assert q is not None and q.metric == "answers" and q.perplexity is not None and q.perplexity > 1
+        assert 0 <= q.agreement <= 1 and 0 <= q.mean_prefix <= 8 and 0 <= q.exact_match <= 1
+        assert q.relative == q.value == pytest.approx((q.agreement + q.exact_match_rel) / 2, abs=1e-3)
+        assert outputs_path(m.path_of(v)).is_file()
         assert (m.path_of(v).parent / "tokenizer.json").is_file()
         assert [s.name for s in v.inputs] == [s.name for s in m.inputs]
-    assert m.variant("fp32").quality.relative == 1.0
+    ref = m.variant("fp32").quality
+    assert ref.relative == 1.0 and ref.agreement == 1.0 and ref.mean_prefix == 8 and ref.perplexity_rel == 1.0
+    assert m.variant("int8").build["eval"]["reference_outputs_cached"] is True   # fp32's outputs were reused
     assert 0 <= m.variant("int8").build["eval"]["top1_agreement"] <= 1
     info = m.variant("pruned1").build["info"]
     assert len(info["dropped_layers"]) == 1 and info["dropped_layers"][0] != 0
@@ -155,3 +172,69 @@ def test_llm_sidecar_matches_manifest_table(tiny, tmp_path):
     m, _ = build_recipe(recipe, tmp_path / "zoo")
     side = json.loads((m.path_of(m.variant("fp32")).parent / "llm.json").read_text())
     assert side == m.llm
+
+
+FLOORED = """
+[[variants]]
+id = "fp32"
+method = "gguf-onnx"
+
+[[variants]]
+id = "int8"
+method = "gguf-onnx"
+derived_from = "source"
+precision = "int8"
+[variants.floors]
+mean_prefix = 100.0
+agreement = 0.0
+"""
+
+
+def test_a_variant_below_its_floor_is_built_measured_marked_unfit_and_left_out_of_the_policy_table(tiny, tmp_path):
+    from agent.policy.table import table_from_manifests
+    from agent.zoo.manifest import load_zoo
+
+    path = write_recipe(tmp_path / "r", tiny.path, FLOORED)
+    zoo = tmp_path / "zoo"
+    m, _ = build_recipe(load_recipe(path), zoo)
+    v = m.variant("int8")
+    assert v.measurements and v.quality is not None and (m.path_of(v)).is_file()     # built and measured
+    assert v.unfit is not None and "mean_prefix" in v.unfit and "< floor 100" in v.unfit
+    assert f"{v.quality.mean_prefix:.4g}" in v.unfit and "agreement" not in v.unfit  # only the failed floor
+    assert m.variant("fp32").unfit is None
+    models, errors = load_zoo(zoo)
+    assert not errors and models["tinylm"].variant("int8").unfit == v.unfit            # it survives the manifest
+    assert [r.variant for r in table_from_manifests(models)] == ["fp32"]
+    # lowering the floor needs no re-measurement: the stored figures are checked again
+    path.write_text(path.read_text().replace("mean_prefix = 100.0", "mean_prefix = 0.0"))
+    m2, reports = build_recipe(load_recipe(path), zoo)
+    assert {r.action for r in reports} == {"skipped"} and m2.variant("int8").unfit is None
+    assert [r.variant for r in table_from_manifests(load_zoo(zoo)[0])] == ["fp32", "int8"]
+
+
+@pytest.mark.parametrize("floors, msg", [
+    ("[variants.floors]\nbleu = 0.5\n", r"recipe.toml:\d+: variants.1.floors.bleu: unknown key"),
+    ("[variants.floors]\nagreement = -1\n", r"recipe.toml:\d+: .*agreement"),
+    ("[variants.floors]\nagreement = \"high\"\n", r"recipe.toml:\d+: .*agreement: expected a number"),
+])
+def test_bad_floors_are_recipe_errors_with_line(tiny, tmp_path, floors, msg):
+    path = write_recipe(tmp_path / "r", tiny.path, LADDER.replace('precision = "int8"\n', 'precision = "int8"\n' + floors, 1))
+    with pytest.raises(RecipeError, match=msg):
+        load_recipe(path)
+
+
+def test_a_floor_on_the_reference_is_a_recipe_error(tiny, tmp_path):
+    path = write_recipe(tmp_path / "r", tiny.path, LADDER.replace('method = "gguf-onnx"\n', 'method = "gguf-onnx"\n'
+                                                                  '[variants.floors]\nagreement = 0.9\n', 1))
+    with pytest.raises(RecipeError, match="the reference is what floors are measured against"):
+        load_recipe(path)
+
+
+def test_a_malformed_question_file_fails_the_recipe_naming_both_files(tiny, tmp_path):
+    path = write_recipe(tmp_path / "r", tiny.path, LADDER)
+    (tmp_path / "r" / "questions.jsonl").write_text('{"id": "q1", "question": "Why?", "answers": ["because"]}\n'
+                                                   '{"id": "q2", "question": "What?"}\n')
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    assert "recipe.toml" in str(e.value) and "eval.questions" in str(e.value)
+    assert "questions.jsonl:2: answers: expected a non-empty list of strings" in str(e.value)

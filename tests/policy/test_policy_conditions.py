@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from policy_helpers import make_snap
 
-from agent.policy.conditions import Activation, Condition, ConditionError, rewrite_levels
+from agent.policy.conditions import Activation, Condition, ConditionError, UnknownReading, rewrite_levels
 from agent.sensors.snapshot import THERMAL_LEVELS
 
 
@@ -42,10 +42,16 @@ def test_ordering_thermal_level_against_a_non_literal_is_an_error() -> None:
         Condition.compile("thermal.level > battery.status")
 
 
-def test_unknown_reading_makes_the_condition_false_and_reports_why() -> None:
+def test_unknown_reading_makes_the_condition_false_and_says_which() -> None:
     c = Condition.compile("battery.percent < 20.0")
     value, err = c.evaluate(Activation(make_snap(pct=None)))
-    assert value is False and err
+    assert value is False and isinstance(err, UnknownReading) and err == "unknown battery.percent"
+
+
+def test_a_rule_on_thermal_without_a_thermal_sensor_is_unknown_not_an_error() -> None:
+    c = Condition.compile('thermal.level >= "severe"')
+    value, err = c.evaluate(Activation(make_snap(level=None)))
+    assert value is False and isinstance(err, UnknownReading) and "thermal.level" in err
 
 
 def test_null_guard_short_circuits_without_error() -> None:

@@ -255,7 +255,8 @@ min_quality = 0.999
 def test_unknown_reading_does_not_fire_and_is_reported(pol, rows) -> None:  # type: ignore[no-untyped-def]
     d = decide(make_snap(pct=None, on_ac=None), PolicyState(), pol(LOW_BATTERY.replace(
         "power.on_ac == false && ", "!power.on_ac && ")), rows, 0.0)
-    assert d.rule is None and d.errors and "low-battery" in d.errors[0]
+    assert d.rule is None and d.errors == () and d.unknown and "low-battery" in d.unknown[0]
+    assert "power.on_ac" in d.unknown[0] and "unknown" in d.log_fields()["unknown"]
 
 
 def test_nothing_feasible_keeps_the_current_variant(pol, rows) -> None:  # type: ignore[no-untyped-def]

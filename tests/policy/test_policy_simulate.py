@@ -200,7 +200,10 @@ def test_simulate_cli_prints_a_report_and_json(tmp_path: Path, capsys: pytest.Ca
                  "--workload", "rate=30/min", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert set(doc["methods"]) == {"policy", "static-best-quality", "static-most-efficient", "ort-device-policy",
-                                   "oracle"}
+                                   "oracle"} | {f"static:{r.label}" for r in smollm2_rows()}
+    for name in ("policy", "static:fp32@cpu"):
+        assert {"energy_per_request_j", "mean_quality", "slo_attainment", "swaps"} <= set(doc["methods"][name])
+    assert doc["pareto"]["static:fp32@cpu"]["verdict"] in ("dominates", "equal", "dominated", "trade-off")
     assert doc["methods"]["policy"]["requests"] == pytest.approx(300.0)
 
 

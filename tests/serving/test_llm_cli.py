@@ -21,8 +21,8 @@ def agentctl(daemon, *args: str, stdin: str | None = None) -> subprocess.Complet
                           env=env)
 
 
-def test_generate_streams_the_greedy_text_and_a_summary_line(llm_daemon, reference, fp32_active):
-    r = agentctl(llm_daemon, "generate", MODEL, PROMPTS[0], "--max-tokens", str(MAX_TOKENS))
+def test_generate_raw_streams_the_plain_completion_and_a_summary_line(llm_daemon, reference, fp32_active):
+    r = agentctl(llm_daemon, "generate", MODEL, PROMPTS[0], "--raw", "--max-tokens", str(MAX_TOKENS))
     assert r.returncode == 0, r.stderr
     assert r.stdout.decode() == reference["fp32"][0] + "\n"
     err = r.stderr.decode()
@@ -30,12 +30,22 @@ def test_generate_streams_the_greedy_text_and_a_summary_line(llm_daemon, referen
 
 
 def test_generate_json_prints_the_final_result(llm_daemon, reference, fp32_active):
-    r = agentctl(llm_daemon, "generate", MODEL, "-", "--chat", "--max-tokens", str(MAX_TOKENS), "--json",
+    r = agentctl(llm_daemon, "generate", MODEL, "-", "--max-tokens", str(MAX_TOKENS), "--json",
                  stdin=PROMPTS[3][0]["content"])
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["text"] == reference["fp32"][3] and res["variant"] == "fp32" and res["device"] == "cpu"
     assert res["usage"]["completion_tokens"] == MAX_TOKENS
+
+
+def test_generate_uses_the_chat_template_by_default_and_chat_is_the_same(llm_daemon, reference, fp32_active):
+    q = PROMPTS[3][0]["content"]
+    plain = agentctl(llm_daemon, "generate", MODEL, q, "--max-tokens", str(MAX_TOKENS), "-q")
+    chat = agentctl(llm_daemon, "generate", MODEL, q, "--chat", "--max-tokens", str(MAX_TOKENS), "-q")
+    raw = agentctl(llm_daemon, "generate", MODEL, q, "--raw", "--max-tokens", str(MAX_TOKENS), "-q")
+    assert plain.returncode == chat.returncode == raw.returncode == 0, (plain.stderr, raw.stderr)
+    assert plain.stdout.decode() == chat.stdout.decode() == reference["fp32"][3] + "\n"
+    assert raw.stdout != plain.stdout   # the raw prompt is continued without the template
 
 
 def test_generate_with_a_seed_is_reproducible(llm_daemon):
@@ -48,7 +58,8 @@ def test_generate_with_a_seed_is_reproducible(llm_daemon):
     (("generate", MODEL, "x", "--max-tokens", "0"), 2, "--max-tokens"),
     (("generate", MODEL, "x", "--temperature", "-1"), 2, "temperature"),
     (("generate", MODEL, ""), 2, "prompt"),
-    (("generate", MODEL, "x", "--system", "be nice"), 2, "--system needs --chat"),
+    (("generate", MODEL, "x", "--raw", "--system", "be nice"), 2, "cannot go with --raw"),
+    (("generate", MODEL, "x", "--raw", "--chat"), 2, "not allowed with argument"),
     (("generate", "nope", "x"), 1, "unknown model 'nope'"),
     (("generate", "mlp", "x"), 2, "tensor model"),
     (("chat", "nope"), 1, "unknown model"),
@@ -87,8 +98,8 @@ def test_chat_reset_starts_a_new_conversation(llm_daemon, reference, fp32_active
 
 
 def test_status_shows_the_http_endpoint_and_prefix_cache_hits_and_misses(llm_daemon, http_url):
-    agentctl(llm_daemon, "generate", MODEL, "-", "--chat", "--max-tokens", "2", "-q", stdin="Hello there")
-    r = agentctl(llm_daemon, "generate", MODEL, "-", "--chat", "--max-tokens", "2", "-q", stdin="Hello again")
+    agentctl(llm_daemon, "generate", MODEL, "-", "--max-tokens", "2", "-q", stdin="Hello there")
+    r = agentctl(llm_daemon, "generate", MODEL, "-", "--max-tokens", "2", "-q", stdin="Hello again")
     assert r.returncode == 0
     r = agentctl(llm_daemon, "status")
     assert r.returncode == 0, r.stderr

@@ -43,7 +43,7 @@ def test_build_failure_is_one_line_and_status_1(tmp_path: Path, mlp_file: Path,
     p = write_recipe(tmp_path / "r", mlp_file, variants=SMALL, sha="1" * 64)
     assert main(["zoo", "build", str(p), "--zoo", str(tmp_path / "zoo")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: BuildError: ") and "sha256" in err[-1]
+    assert err[-1].startswith("agentctl: BuildError: ") and "sha256" in err[-1]
 
 
 def test_only_with_an_unknown_variant_is_refused(tmp_path: Path, mlp_file: Path,

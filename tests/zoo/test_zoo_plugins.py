@@ -35,6 +35,39 @@ def _explode(ctx: BuildContext) -> BuildResult:
     raise ValueError("tool broke\n  with a traceback-ish second line")
 
 
+@register_builder("test-long-error", precision="fp32")
+def _long_error(ctx: BuildContext) -> BuildResult:
+    """ORT's style: a long message whose cause is at the very end."""
+    raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Load model from /x/model.onnx failed: " + "x" * 900 +
+                       " [ShapeInferenceError] Unrecognized attribute: axis for operator DequantizeLinear")
+
+
+@register_builder("test-noop-int8", precision="int8")
+def _noop_int8(ctx: BuildContext) -> BuildResult:
+    """Claims int8 and writes its float input unchanged: the runner must notice."""
+    import shutil
+
+    shutil.copyfile(ctx.input_path, ctx.out_dir / "model.onnx")
+    return BuildResult("model.onnx")
+
+
+def test_a_long_tool_error_keeps_its_cause_at_the_end(tmp_path: Path, mlp_file: Path) -> None:
+    v = '[[variants]]\nid = "fp32"\nmethod = "copy"\n[[variants]]\nid = "q"\nmethod = "test-long-error"\n'
+    p = write_recipe(tmp_path / "r", mlp_file, variants=v)
+    with pytest.raises(BuildError) as e:
+        build_recipe(load_recipe(p), tmp_path / "zoo")
+    assert "Unrecognized attribute: axis for operator DequantizeLinear (full cause: " in str(e.value)
+    assert len(str(e.value)) < 900
+
+
+def test_a_quantizing_build_that_changes_nothing_fails(tmp_path: Path, mlp_file: Path) -> None:
+    v = '[[variants]]\nid = "fp32"\nmethod = "copy"\n[[variants]]\nid = "int8"\nmethod = "test-noop-int8"\n'
+    p = write_recipe(tmp_path / "r", mlp_file, variants=v)
+    with pytest.raises(BuildError, match="int8: test-noop-int8: the build changed nothing: declared int8"):
+        build_recipe(load_recipe(p), tmp_path / "zoo")
+    assert load_manifest(tmp_path / "zoo" / "mlp").variant_ids() == ["fp32"]
+
+
 def test_registered_methods_include_the_builtin_ladder() -> None:
     assert {"copy", "fp16", "int8-dynamic", "int8-static", "matmul-nbits", "mixed",
             "magnitude-prune"} <= set(builders())
@@ -62,7 +95,9 @@ def test_a_tool_exception_becomes_one_line_naming_recipe_and_variant(tmp_path: P
     p = write_recipe(tmp_path / "r", mlp_file, variants=v)
     with pytest.raises(BuildError) as e:
         build_recipe(load_recipe(p), tmp_path / "zoo")
+    log = tmp_path / "zoo" / "mlp" / ".build-logs" / "boom.log"
     assert str(e.value) == (f"{p}: boom: test-explode failed: ValueError: tool broke with a traceback-ish "
-                            "second line")
+                            f"second line (full cause: {log})")
+    assert "Traceback" in log.read_text() and "ValueError: tool broke" in log.read_text()
     assert SEEN["explode_reference"] is not None   # non-reference builders get the reference's file
     assert load_manifest(tmp_path / "zoo" / "mlp").variant_ids() == ["fp32"]

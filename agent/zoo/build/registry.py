@@ -110,6 +110,7 @@ class KindPlugin:
     measure: Callable[[MeasureContext], MeasureResult]
     eval_fingerprint: Callable[[Any], str]                # stable text that changes when the eval data does
     calibration: Callable[[Recipe, Path], list[dict[str, Any]]] | None = None  # (recipe, model) -> feeds
+    floors: tuple[str, ...] = ("quality_rel",)           # figure names a recipe's [variants.floors] may bound
 
 
 _BUILDERS: dict[str, BuilderSpec] = {}

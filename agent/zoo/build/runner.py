@@ -29,6 +29,7 @@ from agent.zoo.build.registry import (
     get_kind,
     tool_versions,
 )
+from agent.zoo.floors import unfit_reason
 from agent.zoo.manifest import (
     MANIFEST,
     Manifest,
@@ -40,6 +41,7 @@ from agent.zoo.manifest import (
     sha256_file,
     with_variant,
 )
+from agent.zoo.precision import verify as verify_precision
 from agent.zoo.recipe import Recipe, VariantSpec
 
 _OURS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*-[0-9a-f]{8}$")
@@ -205,14 +207,21 @@ class Builder:
         if old is not None and manifest is not None and old.build.get("key") == bkey and _files_ok(manifest, old):
             self.paths[spec.id] = manifest.path_of(old)
             if old.build.get("measure_key") == mkey:
-                self.rep.done(label, 0.0, "up to date, skipped")
+                unfit = unfit_reason(spec.floors, old.quality)   # the recipe's floors may have changed
+                if unfit != old.unfit:
+                    manifest = replace(manifest, variants=tuple(replace(x, unfit=unfit) if x.id == spec.id else x
+                                                                for x in manifest.variants))
+                    save_manifest(manifest)
+                    self._log_unfit(spec.id, unfit)
+                self.rep.done(label, 0.0, "up to date, skipped" + (f"; unfit: {unfit}" if unfit else ""))
                 return manifest, StepReport(spec.id, "skipped")
             t = time.perf_counter()
             res = self._measure(spec, self.paths[spec.id], manifest)
             new = self._variant(spec, manifest.path_of(old), old.file, src_sha, key, old.precision,
                                 old.build.get("build_s", 0.0), time.perf_counter() - t, old.build.get("info"))
-            m2 = self._manifest(manifest, new, None, res)
+            m2 = self._manifest(manifest, new, None, res, spec.floors)
             save_manifest(m2)
+            self._log_unfit(spec.id, m2.variant(spec.id).unfit)
             self.rep.done(label, time.perf_counter() - t, "re-measured")
             return m2, StepReport(spec.id, "measured", measure_s=time.perf_counter() - t)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -236,7 +245,7 @@ class Builder:
             rel = f"{final.name}/{result.main}"
             new = self._variant(spec, main, rel, src_sha, key, result.precision or spec.precision, build_s,
                                 measure_s, result.info)
-            m2 = self._manifest(manifest, new, result, res)
+            m2 = self._manifest(manifest, new, result, res, spec.floors)
             try:
                 save_manifest(m2)
             except BaseException:
@@ -245,11 +254,16 @@ class Builder:
                     os.replace(aside, final)
                 raise
             _rmtree(aside)
+            self._log_unfit(spec.id, m2.variant(spec.id).unfit)
             self.paths[spec.id] = main
             self.rep.done(label, build_s + measure_s, f"build {build_s:.1f}s, measure {measure_s:.1f}s")
             return m2, StepReport(spec.id, "built", build_s, measure_s)
         finally:
             _rmtree(tmp)
+
+    def _log_unfit(self, vid: str, unfit: str | None) -> None:
+        if unfit:
+            self.rep.log(f"{vid} is UNFIT (kept, never picked by the policy): {unfit}")
 
     def _build(self, spec: VariantSpec, out: Path, src_path: Path) -> BuildResult:
         inp = src_path if spec.derived_from == "source" else self.paths[spec.derived_from]
@@ -270,9 +284,8 @@ class Builder:
             result = spec.builder.fn(ctx)
         except AgentError as e:
             raise self.fail(spec.id, f"{spec.method} failed: {e.message}") from e
-        except Exception as e:  # a tool's own exception: map at the boundary, keep it on one line
-            msg = " ".join(str(e).split())[:300] or type(e).__name__
-            raise self.fail(spec.id, f"{spec.method} failed: {type(e).__name__}: {msg}") from e
+        except Exception as e:  # a tool's own exception: map at the boundary, keep its cause
+            raise self.fail(spec.id, f"{spec.method} failed: {self._cause(spec.id, e)}") from e
         finally:
             root.setLevel(level)
         try:
@@ -281,7 +294,31 @@ class Builder:
             raise self.fail(spec.id, f"builder returned a bad file name: {e.message}") from e
         if not main.is_file():
             raise self.fail(spec.id, f"builder wrote no file {result.main!r}")
+        if main.suffix == ".onnx":
+            try:
+                label, _ = verify_precision(result.precision or spec.precision, main)
+            except ImportError:   # no onnx: the declared label stands
+                label = result.precision or spec.precision
+            except AgentError as e:
+                raise self.fail(spec.id, f"{spec.method}: {e.message}") from e
+            result = replace(result, precision=label)
         return result
+
+    def _cause(self, vid: str, e: Exception) -> str:
+        """A tool's error in one line that keeps its cause (ORT puts it at the end of a long message); the
+        whole message and traceback go to ``ZOO/<model>/.build-logs/<variant>.log``."""
+        import traceback
+
+        text = " ".join(str(e).split()) or type(e).__name__
+        line = text if len(text) <= 600 else f"{text[:200]} … {text[-380:]}"
+        logs = self.folder / ".build-logs"
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+            log = logs / f"{vid}.log"
+            log.write_text("".join(traceback.format_exception(e)), encoding="utf-8")
+            return f"{type(e).__name__}: {line} (full cause: {log})"
+        except OSError:
+            return f"{type(e).__name__}: {line}"
 
     def _measure(self, spec: VariantSpec, path: Path, manifest: Manifest | None) -> MeasureResult:
         is_ref = spec.id == self.recipe.reference
@@ -320,9 +357,9 @@ class Builder:
                        size_bytes=main.stat().st_size, build=build)
 
     def _manifest(self, manifest: Manifest | None, v: Variant, result: BuildResult | None,
-                  res: MeasureResult) -> Manifest:
+                  res: MeasureResult, floors: dict[str, float]) -> Manifest:
         v = replace(v, inputs=res.inputs, outputs=res.outputs, quality=res.quality,
-                    measurements=(res.measurement,),
+                    measurements=(res.measurement,), unfit=unfit_reason(floors, res.quality),
                     build={**v.build, **({"eval": _jsonable(res.info)} if res.info else {})})
         if manifest is None or v.id == self.recipe.reference:
             base = manifest or Manifest(name=self.recipe.name, kind=self.recipe.kind, reference=v.id,

@@ -1,0 +1,138 @@
+"""Pieces every HTTP door shares: a bounded body reader, a generation running as a task, disconnect
+watching, and the pseudo-peer the App's IPC handlers get for HTTP requests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from agent.errors import AgentError, Busy, InvalidParams, LoadError, NotFound, Unavailable
+from agent.ipc.server import Peer
+
+
+class DoorError(Exception):
+    """An error already in one door's terms; the ASGI app answers it with :meth:`response`."""
+
+    def response(self) -> Response:
+        raise NotImplementedError
+
+
+class MessageError(DoorError):
+    """``{"error": "message"}`` with an HTTP status: the error shape KServe v2 and Ollama share."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+    def response(self) -> Response:
+        return JSONResponse({"error": self.message}, status_code=self.status)
+
+
+def status_of(e: AgentError) -> int:
+    """The HTTP status for one of our errors (the doors agree on these)."""
+    if isinstance(e, NotFound):
+        return 404
+    if isinstance(e, InvalidParams):
+        return 400
+    if isinstance(e, Busy):
+        return 429
+    if isinstance(e, (Unavailable, LoadError)):
+        return 503
+    return 500
+
+
+class BodyTooLarge(Exception):
+    """The declared or received body is over the door's limit (answered 413 in the door's shape)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes")
+        self.limit = limit
+
+
+class BadEncoding(Exception):
+    """A Content-Encoding we cannot decode (or a corrupt compressed body)."""
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing a declared ``Content-Length`` over ``limit`` before reading anything
+    and stopping as soon as a chunked body passes it (nothing beyond ``limit`` is held in memory)."""
+    size = request.headers.get("content-length")
+    if size is not None and size.strip().isdigit() and int(size) > limit:
+        raise BodyTooLarge(limit)
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise BodyTooLarge(limit)
+    return bytes(buf)
+
+
+def decode_content(raw: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo ``Content-Encoding: gzip|deflate`` (what tritonclient can send), bounded by ``limit``."""
+    enc = (encoding or "identity").strip().lower()
+    if enc in ("", "identity"):
+        return raw
+    if enc not in ("gzip", "deflate"):
+        raise BadEncoding(f"unsupported Content-Encoding {encoding!r}; expected gzip, deflate or identity")
+    d = zlib.decompressobj(wbits=31 if enc == "gzip" else 15)
+    try:
+        out = d.decompress(raw, limit + 1)
+    except zlib.error as e:
+        raise BadEncoding(f"the {enc} body is corrupt: {e}") from None
+    if len(out) > limit:
+        raise BodyTooLarge(limit)
+    return out
+
+
+class Gen:
+    """One generation (``App.generate``) running as a task; tokens and the end arrive on a queue."""
+
+    def __init__(self, run: Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], Any],
+                 params: dict[str, Any]) -> None:
+        self.q: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.task = asyncio.ensure_future(run(params, lambda p: self.q.put_nowait(("token", p))))
+        self.task.add_done_callback(lambda t: self.q.put_nowait(("end", None)))
+
+    async def next(self) -> tuple[str, Any]:
+        kind, p = await self.q.get()
+        if kind == "end":
+            return "end", self.task.result()   # raises the generation's error
+        return kind, p
+
+    def cancel(self) -> None:
+        if not self.task.done():
+            self.task.cancel()
+
+
+async def disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body was already read, so the next message is the end)."""
+    while True:
+        msg = await request.receive()
+        if msg["type"] == "http.disconnect":
+            return
+
+
+async def run_unless_disconnected(request: Request, gen: Gen) -> dict[str, Any] | None:
+    """The generation's result, or None when the client left first (the generation is then cancelled,
+    which frees its KV memory). Raises the generation's own error."""
+    disc = asyncio.ensure_future(disconnected(request))
+    try:
+        await asyncio.wait({gen.task, disc}, return_when=asyncio.FIRST_COMPLETED)
+        if not gen.task.done():
+            return None
+        res: dict[str, Any] = gen.task.result()
+        return res
+    finally:
+        disc.cancel()
+        gen.cancel()
+
+
+def http_peer() -> Peer:
+    """The peer the App's handlers see for an HTTP request (the endpoint is loopback-only, unauthenticated)."""
+    return Peer(pid=-1, uid=os.getuid(), gid=os.getgid(), conn_id=-1)
