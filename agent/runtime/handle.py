@@ -125,6 +125,7 @@ class WorkerHandle:
         self.shm_in: _Shm
         self.shm_out: _Shm
         self.last_seen = time.monotonic()
+        self.last_reply = 0.0                   # when it last answered a call (monotonic)
         self.active_since: float | None = None  # when the manager made it a slot's active worker
         self.hung: str | None = None          # why it was declared hung, once it was
         self._watch_task: asyncio.Task[None] | None = None
@@ -211,6 +212,7 @@ class WorkerHandle:
                 cb(params, f.payload)
             return
         rid = hd.get("id")
+        self.last_reply = time.monotonic()   # it answers: busy with a queue is not hung (manager deadlines)
         fut = self._pending.pop(rid, None) if isinstance(rid, int) else None
         if fut is None or fut.done():
             return

@@ -346,7 +346,7 @@ class Runtime:
             t_run = time.monotonic()
             try:
                 done, out = await watch_progress(
-                    h.run(descs, payload), end=end, gap_s=hang_s, last_progress=functools.partial(float, t_run),
+                    h.run(descs, payload), end=end, gap_s=hang_s, last_progress=functools.partial(self._answered, h, t_run),
                     on_stall=functools.partial(self._stalled, h, hang_s))
                 if not done:   # counted as an error below
                     raise timeout_error(model, h.variant, h.pid, limit, hung=bool(out))
@@ -366,6 +366,11 @@ class Runtime:
             finally:
                 h.inflight -= 1
         raise Unavailable("unreachable")
+
+    @staticmethod
+    def _answered(h: WorkerHandle, since: float) -> float:
+        """Progress of a request queued on ``h``: a worker answering other calls meanwhile is busy, not hung."""
+        return max(since, h.last_reply)
 
     @staticmethod
     def _stalled(h: WorkerHandle, limit_s: float, silent_s: float) -> None:
