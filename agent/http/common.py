@@ -4,6 +4,7 @@ watching, and the pseudo-peer the App's IPC handlers get for HTTP requests."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import zlib
 from collections.abc import Callable
@@ -71,6 +72,18 @@ async def read_body(request: Request, limit: int) -> bytes:
         if len(buf) > limit:
             raise BodyTooLarge(limit)
     return bytes(buf)
+
+
+async def read_json(request: Request, limit: int, error: Callable[[int, str], DoorError]) -> Any:
+    """The body parsed as JSON; ``error(413 | 400, message)`` (the door's own error) otherwise."""
+    try:
+        raw = await read_body(request, limit)
+    except BodyTooLarge as e:
+        raise error(413, str(e)) from None
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(400, f"the request body is not valid JSON: {e}") from None
 
 
 def decode_content(raw: bytes, encoding: str | None, limit: int) -> bytes:

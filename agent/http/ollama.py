@@ -41,7 +41,7 @@ from starlette.routing import Route
 
 from agent import __version__
 from agent.errors import AgentError
-from agent.http.common import BodyTooLarge, Gen, MessageError, read_body, run_unless_disconnected, status_of
+from agent.http.common import Gen, MessageError, read_json, run_unless_disconnected, status_of
 
 MAX_BODY = 4 << 20
 DEFAULT_MAX_TOKENS = 256
@@ -238,18 +238,8 @@ def routes(agent_app: Any) -> list[Route]:
                         "agent": {"variant": h.variant, "device": h.device, "pid": h.pid}})
         return JSONResponse({"models": out})
 
-    async def read_json(request: Request) -> Any:
-        try:
-            raw = await read_body(request, MAX_BODY)
-        except BodyTooLarge as e:
-            raise OllamaError(413, str(e)) from None
-        try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise _bad(f"invalid JSON body: {e}") from None
-
     async def show(request: Request) -> Response:
-        body = await read_json(request)
+        body = await read_json(request, MAX_BODY, OllamaError)
         if not isinstance(body, dict):
             raise _bad("the request body must be a JSON object")
         base, tag = split_name(body.get("model") or body.get("name"))
@@ -272,7 +262,7 @@ def routes(agent_app: Any) -> list[Route]:
             "capabilities": ["completion"], "modified_at": entry(m, None)["modified_at"]})
 
     async def converse(request: Request, chat: bool) -> Response:
-        body = await read_json(request)
+        body = await read_json(request, MAX_BODY, OllamaError)
         model, tag, params, stream, keep_alive = translate(body, chat)
         m = llm(model)
         if tag is not None and tag not in m.variant_ids():

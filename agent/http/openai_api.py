@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from agent.errors import AgentError, Busy, InvalidParams, LoadError, NotFound, Unavailable
-from agent.http.common import BodyTooLarge, DoorError, Gen, read_body, run_unless_disconnected
+from agent.http.common import DoorError, Gen, read_json, run_unless_disconnected
 
 log = logging.getLogger("agent.http")
 
@@ -228,18 +228,8 @@ def routes(agent_app: Any) -> list[Route]:
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def read_json(request: Request) -> Any:
-        try:
-            raw = await read_body(request, MAX_BODY)
-        except BodyTooLarge as e:
-            raise ApiError(413, str(e)) from None
-        try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ApiError(400, f"the request body is not valid JSON: {e}") from None
-
     async def completion(request: Request, chat: bool) -> Response:
-        body = await read_json(request)
+        body = await read_json(request, MAX_BODY, ApiError)
         params, stream, include_usage = translate(body, chat)
         model_name = params["model"]
         cid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)

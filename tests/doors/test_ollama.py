@@ -128,7 +128,7 @@ def test_a_load_request_answers_done_reason_load_and_keep_alive_zero_unloads_not
 
 
 BAD = [
-    ("/api/chat", b"{not json", 400, "invalid JSON"),
+    ("/api/chat", b"{not json", 400, "not valid JSON"),
     ("/api/chat", b"[]", 400, "JSON object"),
     ("/api/chat", json.dumps({"model": "nope", "messages": CHAT}).encode(), 404, "model 'nope' not found"),
     ("/api/generate", json.dumps({"model": "mlp", "prompt": "x"}).encode(), 404, "not found"),
