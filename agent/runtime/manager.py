@@ -335,12 +335,7 @@ class Runtime:
         end = t0 + limit
         last: WorkerHandle | None = None
         for attempt in (0, 1):
-            try:
-                h = await self._active(slot, end)
-            except _Late:
-                slot.errors += 1
-                raise timeout_error(model, last.variant if last else None, last.pid if last else None, limit,
-                                    hung=bool(last and last.hung), what="had no live worker") from None
+            h = await self._active_by(slot, end, last, limit)
             last = h
             h.inflight += 1
             t_run = time.monotonic()
@@ -367,6 +362,15 @@ class Runtime:
                 h.inflight -= 1
         raise Unavailable("unreachable")
 
+    async def _active_by(self, slot: Slot, end: float, last: WorkerHandle | None, limit: float) -> WorkerHandle:
+        """The slot's live worker, or Timeout (naming the worker tried before) when ``end`` passes first."""
+        try:
+            return await self._active(slot, end)
+        except _Late:
+            slot.errors += 1
+            raise timeout_error(slot.manifest.name, last.variant if last else None, last.pid if last else None,
+                                limit, hung=bool(last and last.hung), what="had no live worker") from None
+
     @staticmethod
     def _answered(h: WorkerHandle, since: float) -> float:
         """Progress of a request queued on ``h``: a worker answering other calls meanwhile is busy, not hung."""
@@ -392,12 +396,7 @@ class Runtime:
         limit = deadline_s if deadline_s is not None else gap_s
         last: WorkerHandle | None = None
         for attempt in (0, 1):
-            try:
-                h = await self._active(slot, end)
-            except _Late:
-                slot.errors += 1
-                raise timeout_error(model, last.variant if last else None, last.pid if last else None, limit,
-                                    hung=bool(last and last.hung), what="had no live worker") from None
+            h = await self._active_by(slot, end, last, limit)
             last = h
             h.inflight += 1
             sent = 0
