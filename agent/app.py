@@ -25,6 +25,7 @@ from agent.http.metrics import Metrics
 from agent.ipc import protocol as P
 from agent.ipc.server import REQUEST_ID, Peer, Reply, Server, claim_socket_path
 from agent.policy.engine import PolicyEngine
+from agent.runtime.deadlines import DeadlinePolicy, parse_deadline_ms
 from agent.runtime.manager import Runtime
 from agent.runtime.slots import InferResult
 from agent.sensors.source import make_source
@@ -53,6 +54,10 @@ class Config:
     retention_s: float = 7 * 86400
     devices: dict[str, str] = field(default_factory=dict)   # model -> initial device
     http: str | None = None        # OpenAI-compatible endpoint: "127.0.0.1:8077" | "unix:PATH" (None: off)
+    request_timeout_s: float = 10.0   # floor of every model's default deadline (agent/runtime/deadlines.py)
+    hang_after_s: float = 3.0         # a worker silent this long (no heartbeat) is declared hung
+    frame_timeout_s: float = 5.0      # a client's frame must be complete this long after its first byte
+    stall_timeout_s: float = 5.0      # a client that leaves its replies unread this long is closed
     require_models: bool = False   # a zoo with no loadable model is an error (else a warning)
 
 
@@ -82,8 +87,11 @@ class App:
         self.controller: Controller | None = None
         self.engine: PolicyEngine | None = None
         self.server = Server(self.handlers(), max_frame=cfg.max_frame, max_inflight=cfg.max_inflight,
-                             on_disconnect=self.on_disconnect)
+                             on_disconnect=self.on_disconnect, frame_timeout_s=cfg.frame_timeout_s,
+                             stall_timeout_s=cfg.stall_timeout_s)
         self.server.fast["infer"] = self.infer_nowait
+        # a connection that holds a profile is never closed as idle (its hold ends with it)
+        self.server.is_held = lambda peer: any(h.conn_id == peer.conn_id for h in self.holds.values())
         self.ready = asyncio.Event()
         self.http: Any = None
         self.metrics = Metrics(self)   # Prometheus, fed by telemetry rows (GET /metrics, IPC metrics)
@@ -107,7 +115,9 @@ class App:
         source = make_source(self.cfg.sensors, self.cfg.sysfs_root, self.cfg.procfs_root)
         self.runtime = Runtime(self.manifests, memory_probe=_memory_probe, headroom_bytes=self.cfg.headroom_bytes,
                                threads=self.cfg.threads, spare_workers=self.cfg.spare_workers,
-                               drain_timeout=self.cfg.drain_timeout, emit=self.on_event)
+                               drain_timeout=self.cfg.drain_timeout, emit=self.on_event,
+                               deadlines=DeadlinePolicy(floor_s=self.cfg.request_timeout_s),
+                               hang_after_s=self.cfg.hang_after_s)
         self.controller = Controller(self.runtime, self.engine, source, self.telemetry,
                                      interval_s=self.cfg.sample_interval_s, emit=self.on_event)
         initial = self.controller.initial_choices()
@@ -223,7 +233,7 @@ class App:
                 a = self.rt().slot(model).active
                 self.controller.admit(model, qos, a.variant if a else None, a.device if a else None,
                                       tokens or 16, (time.perf_counter() - t0) * 1e3)
-            res = await self.rt().generate(model, fwd, on_token)
+            res = await self.rt().generate(model, fwd, on_token, parse_deadline_ms(params.get("deadline_ms")))
         except asyncio.CancelledError:
             self.telemetry.record("requests", {"model": model, "ok": False, "error": "cancelled", "kind": "generate",
                                                "latency_ms": (time.perf_counter() - t0) * 1e3})
@@ -268,9 +278,10 @@ class App:
         t0 = time.perf_counter()
         model = _str(params, "model")
         qos = parse_qos(params)
+        deadline_s = parse_deadline_ms(params.get("deadline_ms"))
         try:
             self._admit(model, qos)
-            r = await self.rt().infer(model, params.get("inputs"), payload)  # type: ignore[arg-type]
+            r = await self.rt().infer(model, params.get("inputs"), payload, deadline_s)  # type: ignore[arg-type]
         except AgentError as e:
             return self._infer_done(model, t0, qos, None, e)
         return self._infer_done(model, t0, qos, r, None)
@@ -288,6 +299,8 @@ class App:
                 reply.fail(e)
                 return
             reply.ok(result, bufs)
+        if params.get("deadline_ms") is not None:
+            return False   # the task path enforces a request's own deadline
         try:
             self._admit(model, qos)
             return self.rt().infer_nowait(model, params.get("inputs"), payload, done)

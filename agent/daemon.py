@@ -46,6 +46,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on stop (default: %(default)s)")
     ap.add_argument("--spare-workers", type=int, default=1, help="pre-started idle workers (faster swaps) (default: %(default)s)")
     ap.add_argument("--headroom-mb", type=int, default=256, help="memory kept free when loading a variant (default: %(default)s)")
+    ap.add_argument("--request-timeout", type=float, default=10.0,
+                    help="seconds: floor of each model's default request deadline, else 20x its measured p95 (default: %(default)s)")
+    ap.add_argument("--hang-after", type=float, default=3.0,
+                    help="seconds without a worker heartbeat before it is declared hung and replaced (default: %(default)s)")
+    ap.add_argument("--frame-timeout", type=float, default=5.0,
+                    help="seconds a client has to complete a frame once it started it (default: %(default)s)")
+    ap.add_argument("--stall-timeout", type=float, default=5.0,
+                    help="seconds a client may leave its replies unread before it is disconnected (default: %(default)s)")
     ap.add_argument("--device", action="append", default=[], metavar="MODEL=DEVICE",
                     help="initial device of a model, repeatable (default: the policy's choice)")
     ap.add_argument("--http", metavar="HOST:PORT|unix:PATH",
@@ -66,6 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             ap.error(f"--{name.replace('_', '-')}: expected >= {lo}, got {v}")
     if not a.sample_interval > 0:
         ap.error(f"--sample-interval: expected > 0, got {a.sample_interval}")
+    for name in ("request_timeout", "hang_after", "frame_timeout", "stall_timeout"):
+        if not getattr(a, name) > 0:
+            ap.error(f"--{name.replace('_', '-')}: expected > 0, got {getattr(a, name)}")
     if a.drain_timeout < 0:
         ap.error("--drain-timeout: expected >= 0")
     for d in a.device:
@@ -100,7 +111,8 @@ def config_from(a: argparse.Namespace) -> Config:
                   sample_interval_s=a.sample_interval, threads=a.threads, max_frame=a.max_frame,
                   drain_timeout=a.drain_timeout, spare_workers=a.spare_workers,
                   headroom_bytes=a.headroom_mb << 20, devices=dict(d.split("=", 1) for d in a.device),
-                  http=a.http, require_models=a.require_models)
+                  http=a.http, require_models=a.require_models, request_timeout_s=a.request_timeout,
+                  hang_after_s=a.hang_after, frame_timeout_s=a.frame_timeout, stall_timeout_s=a.stall_timeout)
 
 
 def listen_socket() -> Any:
@@ -120,13 +132,12 @@ def service_status(app: App) -> str:
 
 
 def workers_ok(app: App) -> bool:
-    """False while a model that had a worker has none (died, restart pending); models that never
-    loaded do not count, or a bad zoo entry would make systemd restart the daemon forever."""
+    """False only when the daemon itself failed its workers: a model whose worker is gone with no
+    restart under way. A dead or hung worker being replaced (even one whose variant keeps failing to
+    load, retried with backoff) is the runtime doing its job, so systemd is not asked to restart agentd
+    for one worker; models that never loaded do not count either."""
     rt = app.runtime
-    if rt is None:
-        return True
-    return all(s.active is not None and s.active.alive for s in rt.slots.values()
-               if s.active is not None or s.restarting)
+    return True if rt is None else rt.supervising()
 
 
 async def run(cfg: Config, access_policy: access.AccessPolicy | None = None) -> int:
@@ -149,9 +160,13 @@ async def run(cfg: Config, access_policy: access.AccessPolicy | None = None) -> 
 
     app = App(cfg, listen_sock=listen_socket())
     access.install(app.server, access_policy)
-    supervisor = systemd.Supervisor(lambda: workers_ok(app),
-                                    lambda: app.controller is None or app.controller.healthy(),
-                                    status_text=lambda: service_status(app))
+    def workers_supervised() -> bool:
+        return workers_ok(app)
+
+    def sampler_ticking() -> bool:
+        return app.controller is None or app.controller.healthy()
+
+    supervisor = systemd.Supervisor(workers_supervised, sampler_ticking, status_text=lambda: service_status(app))
     supervisor.start()
     try:
         await app.start()

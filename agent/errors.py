@@ -20,7 +20,9 @@ same class again on the other side::
     ├── LoadError                   -32020  a variant could not be loaded (corrupt file, EP failure)
     │   └── InsufficientMemory      -32021  the variant does not fit in memory
     ├── WorkerError                 -32030  a worker failed while running a request
-    │   └── WorkerDied              -32031  the worker process is gone
+    │   ├── WorkerDied              -32031  the worker process is gone
+    │   │   └── WorkerHung          -32032  it stopped answering (missed heartbeats / its deadline): killed
+    │   └── Timeout                 -32033  a request's deadline passed; names the model/variant that had it
     ├── Unavailable                 -32040  no variant is ready to serve (loading / shutting down)
     │   ├── DeadlineInfeasible      -32041  no variant can meet the request's deadline now (data names the fastest)
     │   └── RemoteUnavailable       -32042  a remote inference server did not answer (runtime fails over)
@@ -129,6 +131,14 @@ class WorkerError(AgentError):
 
 class WorkerDied(WorkerError):
     code = -32031
+
+
+class WorkerHung(WorkerDied):
+    code = -32032
+
+
+class Timeout(WorkerError):
+    code = -32033
 
 
 class Unavailable(AgentError):

@@ -83,8 +83,10 @@ def start_daemon(zoo: Path, tmp: Path, *extra: str, wait: bool = True) -> Daemon
 
 
 @pytest.fixture
-def daemon(tensor_zoo: Path, tmp_path: Path) -> Iterator[Daemon]:
-    d = start_daemon(tensor_zoo, tmp_path)
+def daemon(tensor_zoo: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Daemon]:
+    """agentd on a private zoo copy; extra agentd arguments with
+    ``@pytest.mark.parametrize("daemon", [["--flag", "value"]], indirect=True)``."""
+    d = start_daemon(tensor_zoo, tmp_path, *getattr(request, "param", ()))
     yield d
     d.stop()
 

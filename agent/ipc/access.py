@@ -36,7 +36,8 @@ import pwd
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,27 +230,43 @@ class PeerLimiter:
     :meth:`request` around each request; both raise :class:`Busy` when the peer is over its limit.
     """
 
-    def __init__(self, policy: AccessPolicy) -> None:
+    def __init__(self, policy: AccessPolicy, clock: Callable[[], float] = time.time) -> None:
         self.policy = policy
+        self.clock = clock
         self._lock = threading.Lock()
         self._conns: dict[int, int] = {}
+        self._opened: dict[int, list[float]] = {}   # uid -> when each open connection was opened
         self._inflight: dict[int, int] = {}
 
     def open(self, peer: PeerCred) -> None:
         with self._lock:
             n = self._conns.get(peer.uid, 0)
             if n >= self.policy.max_connections:
-                raise Busy(f"too many connections from uid {peer.uid} (limit {self.policy.max_connections})",
-                           data={"limit": self.policy.max_connections})
+                raise self._too_many(peer.uid, n)
             self._conns[peer.uid] = n + 1
+            self._opened.setdefault(peer.uid, []).append(self.clock())
+
+    def _too_many(self, uid: int, n: int) -> Busy:
+        opened = self._opened.get(uid) or [self.clock()]
+        oldest, newest = min(opened), max(opened)
+        iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(oldest))
+        return Busy(f"too many connections from uid {uid}: {n} open (limit {self.policy.max_connections}), "
+                    f"the oldest since {iso} ({self.clock() - oldest:.0f} s ago), the newest "
+                    f"{self.clock() - newest:.0f} s ago",
+                    data={"limit": self.policy.max_connections, "open": n, "oldest_since": oldest,
+                          "newest_since": newest})
 
     def close(self, peer: PeerCred) -> None:
         with self._lock:
             n = self._conns.get(peer.uid, 0) - 1
+            opened = self._opened.get(peer.uid)
+            if opened:
+                opened.remove(min(opened))   # which one closed is not known here: age the count fairly
             if n > 0:
                 self._conns[peer.uid] = n
             else:
                 self._conns.pop(peer.uid, None)
+                self._opened.pop(peer.uid, None)
 
     def begin(self, peer: PeerCred) -> None:
         with self._lock:
@@ -313,6 +330,8 @@ class AccessGate:
         self.policy = policy
         self.limiter = PeerLimiter(policy)
         self._roles: dict[int, Role] = {}
+        # closes one idle connection of a uid to make room (the server's evict_idle); None: never
+        self.evict: Callable[[int], bool] | None = None
 
     @staticmethod
     def cred(peer: _PeerLike) -> PeerCred:
@@ -332,7 +351,15 @@ class AccessGate:
         try:
             self.limiter.open(cred)
         except Busy as e:
-            return e
+            if self.evict is None:
+                return e
+            if not self.evict(peer.uid):
+                return Busy(e.message + "; none of them is idle (each has a request in flight, a hold or a "
+                            "subscription)", data=e.data)
+            try:   # an idle connection of this uid made room
+                self.limiter.open(cred)
+            except Busy as e2:
+                return e2
         self._roles[peer.conn_id] = role
         return None
 
@@ -362,6 +389,7 @@ def install(server: Any, policy: AccessPolicy) -> AccessGate:
     server.authorize = gate.authorize
     server.on_done = gate.done
     server.on_disconnect = on_disconnect
+    gate.evict = getattr(server, "evict_idle", None)
     server.max_frame = min(server.max_frame, policy.max_frame_bytes)
     return gate
 

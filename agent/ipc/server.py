@@ -6,6 +6,17 @@ protocol callback with a :class:`Reply`, it answers later from a callback with n
 request (tensor ``infer``), or declines and the request takes the task path. A malformed frame gets a JSON-RPC error reply (the connection survives when the frame
 boundary is known, and is closed after the reply when it is not, e.g. an oversized length prefix).
 Peers are identified with SO_PEERCRED; ``authorize(peer, method)`` may refuse a call.
+
+Connection lifecycle (stalled clients cost nothing):
+
+* a frame must be complete within ``frame_timeout_s`` of its first byte, else the connection gets a
+  ``ProtocolError`` and is closed (a client that trickles bytes, or announces a length and stops);
+* a peer that half-closes in the middle of a frame gets a ``ProtocolError`` for it;
+* while a connection's replies pile up unread (its write buffer over the high-water mark) nothing more
+  is read from it, and if it stays so for ``stall_timeout_s`` it is aborted (a stream it stopped reading);
+* a connection with nothing in flight, nothing half-received, no subscription and no hold is *idle*:
+  when its uid reaches the connection limit, :meth:`Server.evict_idle` closes the idle one that has
+  been quiet longest (never-used ones first) to make room, so idle connections do not hold the limit.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +115,13 @@ class _Conn(asyncio.BufferedProtocol):
         self.cancellable: dict[Any, asyncio.Task[Any]] = {}
         self.closed = False
         self.eof = False
+        # lifecycle (see the module docstring); monotonic seconds
+        self.opened = self.last_active = time.monotonic()
+        self.frames = 0
+        self.partial_since: float | None = None   # first byte of a frame not yet complete
+        self.paused_since: float | None = None    # our replies are piling up unread since
+        self.closing_since: float | None = None
+        self.released = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  (uvloop's transports are not asyncio subclasses)
@@ -116,7 +135,12 @@ class _Conn(asyncio.BufferedProtocol):
         self.peer = Peer(pid, uid, gid, self.server._next_id, groups=groups, send=self.send, close=self.close,
                          cancel=self.cancel_request)
         self.server.conns.add(self)
-        deny = self.server.on_connect(self.peer) if self.server.on_connect else None
+        transport.set_write_buffer_limits(high=self.server.write_high)  # type: ignore[attr-defined]
+        self.server._connecting = self   # not a candidate for evict_idle while it is being admitted
+        try:
+            deny = self.server.on_connect(self.peer) if self.server.on_connect else None
+        finally:
+            self.server._connecting = None
         if deny:
             self.send(P.error_response(None, deny.to_jsonrpc()), [])
             self.close()
@@ -127,7 +151,51 @@ class _Conn(asyncio.BufferedProtocol):
 
     def close(self) -> None:
         if self.transport is not None:
+            if self.closing_since is None:
+                self.closing_since = time.monotonic()
             self.transport.close()
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def idle(self) -> bool:
+        """Nothing in flight, half received or unread, no subscription, no hold: safe to close."""
+        p = self.peer
+        if p is None or p.inflight or p.subscribed or self.reader.pending() or self.closing_since is not None:
+            return False
+        if self.transport is not None and self.transport.get_write_buffer_size():
+            return False
+        return not (self.server.is_held is not None and self.server.is_held(p))
+
+    def release(self) -> None:
+        """Give the peer's counts back (on_disconnect) once, whether evicted or disconnected."""
+        if self.released or self.peer is None:
+            return
+        self.released = True
+        if self.server.on_disconnect is not None:
+            try:
+                self.server.on_disconnect(self.peer)
+            except Exception:
+                log.exception("on_disconnect failed")
+
+    def close_with(self, err: AgentError, why: str) -> None:
+        """Answer with ``err`` (id null), then close; logged with the peer and the reason."""
+        p = self.peer
+        log.warning("closing connection", extra={"fields": {
+            "why": why, "pid": p.pid if p else None, "uid": p.uid if p else None,
+            "conn": p.conn_id if p else None, "frames": self.frames}})
+        self.send(P.error_response(None, err.to_jsonrpc()), [])
+        self.close()
+
+    def pause_writing(self) -> None:
+        self.paused_since = time.monotonic()
+        if self.transport is not None:
+            self.transport.pause_reading()   # no new requests while the replies are not read
+
+    def resume_writing(self) -> None:
+        self.paused_since = None
+        if self.partial_since is not None:   # we stopped reading it: the frame's clock starts again
+            self.partial_since = time.monotonic()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def cancel_request(self, rid: Any) -> bool:
         t = self.cancellable.get(rid)
@@ -146,6 +214,13 @@ class _Conn(asyncio.BufferedProtocol):
             self.send(P.error_response(None, e.to_jsonrpc()), [])
             self.close()
             return
+        now = time.monotonic()
+        if frames:
+            self.frames += len(frames)
+            self.last_active = now
+            self.partial_since = now if self.reader.pending() else None
+        elif self.partial_since is None:
+            self.partial_since = now
         for f in frames:
             if isinstance(f, ProtocolError):
                 self.send(P.error_response(None, f.to_jsonrpc()), [])
@@ -155,9 +230,12 @@ class _Conn(asyncio.BufferedProtocol):
     def _dispatch(self, f: P.Frame) -> None:
         h = f.header
         rid = h.get("id")
-        if not isinstance(rid, (int, str)) and rid is not None:
+        bad_id = not isinstance(rid, (int, str)) and rid is not None
+        if bad_id:
             rid = None
         try:
+            if bad_id:   # answered (id null) rather than run silently: its reply could not name it
+                raise ProtocolError("'id' must be a string, an integer or null")
             if h.get("jsonrpc") != "2.0" or not isinstance(h.get("method"), str):
                 raise ProtocolError("expected a JSON-RPC 2.0 request with a string 'method'")
             params = h.get("params", {})
@@ -223,6 +301,7 @@ class _Conn(asyncio.BufferedProtocol):
 
     def _finished(self, t: asyncio.Task[Any]) -> None:
         self.tasks.discard(t)
+        self.last_active = time.monotonic()
         self._settle()
 
     def _settle(self) -> None:
@@ -238,6 +317,12 @@ class _Conn(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         """The peer shut down its write side: answer what it already sent, then close."""
         self.eof = True
+        n = self.reader.pending()
+        if n:
+            self.send(P.error_response(None, ProtocolError(
+                f"connection half-closed in the middle of a frame ({n} bytes of it received)").to_jsonrpc()), [])
+            self.reader = P.FrameAssembler(self.server.max_frame)
+            self.partial_since = None
         return self.peer is not None and self.peer.inflight > 0  # True keeps the transport open
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -245,11 +330,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.server.conns.discard(self)
         for t in list(self.cancellable.values()):   # a client that left does not need its stream
             t.cancel()
-        if self.peer is not None and self.server.on_disconnect is not None:
-            try:
-                self.server.on_disconnect(self.peer)
-            except Exception:
-                log.exception("on_disconnect failed")
+        self.release()
 
 
 async def _ping(peer: Peer, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
@@ -282,9 +363,19 @@ class Server:
                  max_inflight: int = 64,
                  authorize: Callable[[Peer, str], None] | None = None,
                  on_connect: Callable[[Peer], AgentError | None] | None = None,
-                 on_disconnect: Callable[[Peer], None] | None = None) -> None:
+                 on_disconnect: Callable[[Peer], None] | None = None,
+                 frame_timeout_s: float = 5.0, stall_timeout_s: float = 5.0,
+                 write_high: int = 4 << 20) -> None:
         self.handlers = {"ping": _ping, **handlers}
         self.fast: dict[str, FastHandler] = {"ping": _ping_now}   # synchronous fronts of methods (see Reply)
+        self.frame_timeout_s = frame_timeout_s
+        self.stall_timeout_s = stall_timeout_s
+        self.write_high = write_high
+        self.is_held: Callable[[Peer], bool] | None = None   # e.g. the peer holds a profile: never evict it
+        self._sweeper: asyncio.Task[None] | None = None
+        self._connecting: _Conn | None = None
+        self.closed_stalled = 0   # connections closed by the sweeper or evicted (status, tests)
+        self.evicted = 0
         self.max_frame = max_frame
         self.max_inflight = max_inflight
         self.authorize = authorize
@@ -299,6 +390,8 @@ class Server:
 
     async def start(self, path: Path | None = None, sock: socket.socket | None = None, mode: int = 0o660) -> None:
         loop = asyncio.get_running_loop()
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep_forever(), name="ipc-sweeper")
         if sock is not None:  # socket activation: systemd owns the path and its permissions
             sock.setblocking(False)
             self._server = await loop.create_unix_server(lambda: _Conn(self), sock=sock)
@@ -307,10 +400,59 @@ class Server:
         claim_socket_path(path)
         old = os.umask(0o777 & ~mode)
         try:
-            self._server = await loop.create_unix_server(lambda: _Conn(self), path=str(path))
+            self._server = await loop.create_unix_server(lambda: _Conn(self), path=str(path), backlog=1024)
         finally:
             os.umask(old)
         self.path = path
+
+    # -- connection lifecycle -----------------------------------------------------------------------
+    async def _sweep_forever(self, period: float = 0.5) -> None:
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self.sweep(time.monotonic())
+            except Exception:   # the sweeper must outlive a bug in one connection's bookkeeping
+                log.exception("connection sweep failed")
+
+    def sweep(self, now: float) -> None:
+        """Close connections that stalled: a frame not completed in time, replies not read, a close
+        that cannot flush."""
+        for c in list(self.conns):
+            if c.transport is None:
+                continue
+            if c.closing_since is not None:
+                if now - c.closing_since > self.stall_timeout_s:
+                    c.transport.abort()   # it never read its last words
+                continue
+            if c.paused_since is not None and now - c.paused_since > self.stall_timeout_s:
+                self.closed_stalled += 1
+                log.warning("aborting connection", extra={"fields": {
+                    "why": f"replies unread for {now - c.paused_since:.1f} s",
+                    "pid": c.peer.pid if c.peer else None, "uid": c.peer.uid if c.peer else None,
+                    "buffered": c.transport.get_write_buffer_size()}})
+                c.transport.abort()
+            elif (c.paused_since is None and c.partial_since is not None
+                  and now - c.partial_since > self.frame_timeout_s):
+                self.closed_stalled += 1
+                n = c.reader.pending()
+                c.close_with(ProtocolError(
+                    f"no complete frame within {self.frame_timeout_s:g} s ({n} bytes of one received); closing",
+                    data={"received": n, "timeout_s": self.frame_timeout_s}), "frame not completed in time")
+
+    def evict_idle(self, uid: int) -> bool:
+        """Close the idle connection of ``uid`` that has been quiet longest (never-used first), to make
+        room for a new one; False when none is idle."""
+        idle = [c for c in self.conns
+                if c is not self._connecting and c.peer is not None and c.peer.uid == uid and c.idle()]
+        if not idle:
+            return False
+        c = min(idle, key=lambda c: (c.frames > 0, c.last_active))
+        self.evicted += 1
+        c.release()
+        c.close_with(Busy(f"closed: this connection was idle for {time.monotonic() - c.last_active:.1f} s and uid "
+                          f"{uid} needed its place under the connection limit",
+                          data={"idle_s": round(time.monotonic() - c.last_active, 1)}), "idle, evicted")
+        return True
 
     def stop_accepting(self) -> None:
         if self._server is not None:
@@ -336,6 +478,9 @@ class Server:
 
     async def close(self) -> None:
         self.stop_accepting()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         await self.drain(5.0)   # replies still in the write buffers go out first
         for c in list(self.conns):
             c.close()

@@ -8,6 +8,15 @@ the worker runs requests in arrival order, so small ones are pipelined (the next
 the socket when a run ends). The two shared buffers are one *token*: the request holding it may put
 its inputs in ``shm_in`` and get its outputs back in ``shm_out``; others travel inline. A request with
 large inputs waits for the token; a small one takes it when free, else goes inline both ways.
+
+Hang detection: the worker sends a ``heartbeat`` notification every ``heartbeat_s`` from a thread
+(ONNX Runtime releases the GIL while it loads and runs, so a busy worker still beats). Any bytes from
+the worker count as a sign of life. A worker that stays silent for ``hang_after_s`` (a SIGSTOPped
+process, a stuck driver holding the GIL), or that the runtime finds past a request's deadline, is
+*declared hung* (:meth:`WorkerHandle.declare_hung`): SIGKILLed, its pending calls and submitted
+requests fail with :class:`~agent.errors.WorkerHung`, and ``on_death`` lets the manager replace it as
+after a crash. A stalled event loop is not blamed on the workers: a watch tick that comes late restarts
+the count.
 """
 
 from __future__ import annotations
@@ -27,11 +36,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.errors import AgentError, WorkerDied, error_from_jsonrpc
+from agent.errors import AgentError, WorkerDied, WorkerHung, error_from_jsonrpc
 from agent.ipc import protocol as P
 
 log = logging.getLogger(__name__)
 INLINE_MAX = 64 * 1024
+HEARTBEAT_S = 0.5     # the worker's beat period
+HANG_AFTER_S = 3.0    # silence after which a worker is declared hung
 
 
 class _Shm:
@@ -91,6 +102,7 @@ class _Proto(asyncio.BufferedProtocol):
         return self.reader.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.h.last_seen = time.monotonic()   # any bytes are a sign of life (see _watch)
         try:
             frames = self.reader.buffer_updated(nbytes)
         except AgentError as e:
@@ -141,9 +153,15 @@ class WorkerHandle:
         self.requests = 0
         self.shm_in: _Shm
         self.shm_out: _Shm
+        self.last_seen = time.monotonic()
+        self.last_reply = 0.0                   # when it last answered a call (monotonic)
+        self.active_since: float | None = None  # when the manager made it a slot's active worker
+        self.hung: str | None = None          # why it was declared hung, once it was
+        self._watch_task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def spawn(cls, shm_size: int = 4 << 20, start_timeout: float = 60.0) -> WorkerHandle:
+    async def spawn(cls, shm_size: int = 4 << 20, start_timeout: float = 60.0, *,
+                    heartbeat_s: float = HEARTBEAT_S, hang_after_s: float = HANG_AFTER_S) -> WorkerHandle:
         h = cls()
         loop = asyncio.get_running_loop()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -155,7 +173,8 @@ class WorkerHandle:
         root = _package_root()
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         cmd = [sys.executable, "-m", "agent.runtime.worker", "--fd", str(child.fileno()),
-               "--shm-in", str(h.shm_in.fd), "--shm-out", str(h.shm_out.fd), "--inline-max", str(INLINE_MAX)]
+               "--shm-in", str(h.shm_in.fd), "--shm-out", str(h.shm_out.fd), "--inline-max", str(INLINE_MAX),
+               "--heartbeat", str(heartbeat_s)]
         h.proc = subprocess.Popen(cmd, pass_fds=(child.fileno(), h.shm_in.fd, h.shm_out.fd), env=env,
                                   stdin=subprocess.DEVNULL, start_new_session=False)
         child.close()
@@ -170,7 +189,44 @@ class WorkerHandle:
         except (TimeoutError, WorkerDied) as e:
             h.kill()
             raise WorkerDied(f"worker did not start: {e or 'timeout'}") from None
+        h.start_watch(heartbeat_s, hang_after_s)
         return h
+
+    # -- hang detection -----------------------------------------------------------------------------
+    def start_watch(self, heartbeat_s: float, hang_after_s: float) -> None:
+        self.last_seen = time.monotonic()
+        self._watch_task = asyncio.get_running_loop().create_task(
+            self._watch(max(0.05, heartbeat_s / 2), hang_after_s), name=f"watch-worker-{self.pid}")
+
+    async def _watch(self, period: float, hang_after_s: float) -> None:
+        last_tick = time.monotonic()
+        while self.alive:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            if now - last_tick > max(4 * period, 1.0):
+                # the daemon's own loop was stalled: the worker's beats may sit unread in the socket
+                self.last_seen = now
+            last_tick = now
+            silent = now - self.last_seen
+            if silent > hang_after_s:
+                self.declare_hung(f"no heartbeat for {silent:.1f} s (limit {hang_after_s:g} s)")
+                return
+
+    def declare_hung(self, why: str) -> None:
+        """The worker stopped answering: SIGKILL it (works on a stopped process too); its pending calls
+        fail with WorkerHung and ``on_death`` runs, so the manager replaces it as after a crash."""
+        if self.hung is not None or not self.alive:
+            return
+        self.hung = why
+        log.error("worker declared hung", extra={"fields": {
+            "pid": self.pid, "model": self.model, "variant": self.variant, "why": why}})
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self._transport is not None:
+            self._transport.close()   # connection_lost -> _on_lost now, not when the kernel notices
 
     # -- protocol callbacks -------------------------------------------------------------------------
     def _on_frame(self, f: P.Frame) -> None:
@@ -186,6 +242,7 @@ class WorkerHandle:
                 cb(params, f.payload)
             return
         rid = hd.get("id")
+        self.last_reply = time.monotonic()   # it answers: busy with a queue is not hung (manager deadlines)
         req = self._runs.pop(rid, None) if isinstance(rid, int) else None
         if req is not None:
             self._ran(req, hd, f.payload)
@@ -201,7 +258,11 @@ class WorkerHandle:
     def _on_lost(self) -> None:
         was_alive = self.alive
         self.alive = False
-        err = WorkerDied(f"worker {self.pid} ({self.model}/{self.variant}) died")
+        if self._watch_task is not None and self._watch_task is not asyncio.current_task():
+            self._watch_task.cancel()
+        err: WorkerDied = (WorkerHung(f"worker {self.pid} ({self.model}/{self.variant}) hung: {self.hung}; killed",
+                                      data={"model": self.model, "variant": self.variant, "pid": self.pid})
+                           if self.hung else WorkerDied(f"worker {self.pid} ({self.model}/{self.variant}) died"))
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(err)
@@ -382,6 +443,7 @@ class WorkerHandle:
 
     def describe(self) -> dict[str, Any]:
         return {"pid": self.pid, "alive": self.alive, "inflight": self.inflight, "requests": self.requests,
+                "silent_s": round(time.monotonic() - self.last_seen, 2),
                 "cpu_s": round(self.cpu_s, 4), "device": self.device,
                 "rss_bytes": self.info.get("rss_bytes"), "providers": self.info.get("providers"),
                 "assignment": self.info.get("assignment")}

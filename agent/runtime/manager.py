@@ -17,12 +17,17 @@ exists. A *remote* variant (KServe v2 server) whose server stops answering is fa
 slot's last local variant (or the reference on CPU) and the request is retried there: one swap line
 with the reason, no failed request. Remote endpoints are probed in the background; :meth:`placeable`
 marks their policy rows ``reachable`` and drops rows for devices this machine does not have.
+Every request has a deadline
+(:mod:`agent.runtime.deadlines`): a worker silent past its heartbeat limit (:mod:`agent.runtime.handle`),
+or past the model's deadline on the task path, is declared hung, killed and replaced the same way, and
+the request is retried once within what is left of its deadline or fails with ``Timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -41,9 +46,10 @@ from agent.errors import (
     WorkerDied,
 )
 from agent.ipc import protocol as P
-from agent.runtime.batching import Done, TensorFront
 from agent.runtime import devices as devmod
-from agent.runtime.handle import WorkerHandle
+from agent.runtime.batching import Done, TensorFront
+from agent.runtime.deadlines import DeadlinePolicy, timeout_error, watch_progress
+from agent.runtime.handle import HANG_AFTER_S, HEARTBEAT_S, WorkerHandle
 from agent.runtime.slots import InferResult, Slot, VariantState  # noqa: F401  (re-exported)
 from agent.zoo.manifest import Manifest, Variant, safe_join
 
@@ -62,6 +68,10 @@ def default_remote_probe(url: str, model: str) -> tuple[bool, str]:
     return probe(url, model, timeout_s=1.0)
 
 
+class _Late(Exception):
+    """Internal: a request's deadline passed while it waited for a live worker."""
+
+
 def default_memory_probe() -> int:
     import psutil
 
@@ -76,12 +86,16 @@ class Runtime:
                  backoff: tuple[float, float] = (0.2, 10.0),
                  emit: Callable[[dict[str, Any]], None] | None = None,
                  devices: DeviceProbe = devmod.available, remote_probe: RemoteProbe = default_remote_probe,
-                 probe_interval_s: float = 2.0) -> None:
+                 probe_interval_s: float = 2.0, deadlines: DeadlinePolicy | None = None,
+                 heartbeat_s: float = HEARTBEAT_S, hang_after_s: float = HANG_AFTER_S) -> None:
         self.slots = {name: Slot(m) for name, m in manifests.items()}
         # cache + dynamic batching + the callback path, per tensor model (runtime/batching.py)
         self.fronts = {name: self._front(s) for name, s in self.slots.items() if s.manifest.kind == "tensor"}
         self._valid: dict[tuple[str, bytes], int] = {}   # (model, descriptions as JSON) -> payload bytes
-        self.spawner = spawner or WorkerHandle.spawn
+        self.spawner = spawner or functools.partial(WorkerHandle.spawn, heartbeat_s=heartbeat_s,
+                                                    hang_after_s=hang_after_s)
+        self.deadlines = deadlines or DeadlinePolicy()
+        self.stable_s = 30.0   # a worker that served this long before dying resets the restart backoff
         self.memory_probe = memory_probe
         self.headroom = headroom_bytes
         self.threads = threads
@@ -132,6 +146,7 @@ class Runtime:
             if h.alive:
                 self._refill_spares()
                 return h
+            h.kill()   # a spare that died idle: give back its shared memory
         h = await self.spawner()
         self._refill_spares()
         return h
@@ -332,7 +347,7 @@ class Runtime:
             if model in self.fronts:
                 self.fronts[model].on_swap()
             slot.ready.set()
-            slot.failures = 0
+            h.active_since = time.monotonic()
             st.status, st.device, st.load_ms, st.warmup_ms, st.last_change = "active", device, load_ms, warm_ms, time.time()
             total_ms = (time.perf_counter() - t0) * 1e3
             if old is not None and old.variant is not None and old.variant != variant:
@@ -367,14 +382,28 @@ class Runtime:
         if self.closing or h.model is None:
             return
         slot = self.slots[h.model]
-        log.warning("worker %s for %s/%s died", h.pid, h.model, h.variant)
-        self.emit({"event": "worker_died", "model": h.model, "variant": h.variant, "pid": h.pid})
+        lived = time.monotonic() - (h.active_since or h.started)
+        if lived >= self.stable_s:
+            slot.failures = 0   # it served for a while: restart at once; a crash loop backs off
+        kind = "worker_hung" if h.hung else "worker_died"
+        log.warning("%s", kind, extra={"fields": {"pid": h.pid, "model": h.model, "variant": h.variant,
+                                                  "why": h.hung or "exited", "lived_s": round(lived, 1),
+                                                  "active": slot.active is h, "failures": slot.failures}})
+        self.emit({"event": "worker_died", "model": h.model, "variant": h.variant, "pid": h.pid, "hung": h.hung})
+        self._bg(self._reap(h))
         if slot.active is h:
             slot.active = None
             slot.ready.clear()
             if not slot.restarting:
                 slot.restarting = True
                 self._bg(self._restart(slot, h.variant or slot.manifest.reference, h.device or "cpu"))
+
+    async def _reap(self, h: WorkerHandle) -> None:
+        """A dead worker's handle keeps its memfds until the requests that were on it have unwound."""
+        end = time.monotonic() + self.drain_timeout
+        while h.inflight > 0 and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        h.kill()
 
     async def _restart(self, slot: Slot, variant: str, device: str) -> None:
         try:
@@ -413,19 +442,29 @@ class Runtime:
         if missing:
             raise InvalidParams(f"missing inputs: {', '.join(sorted(missing))}")
 
-    async def _active(self, slot: Slot) -> WorkerHandle:
+    async def _active(self, slot: Slot, end: float | None = None) -> WorkerHandle:
+        """The slot's live worker, waiting (at most until ``end``, monotonic) while one is restarted."""
         if self.closing:
             raise Unavailable("the agent is shutting down")
         h = slot.active
         if h is not None and h.alive:
             return h
+        wait = self.ready_timeout if end is None else min(self.ready_timeout, end - time.monotonic())
         try:
-            await asyncio.wait_for(slot.ready.wait(), self.ready_timeout)
+            if wait <= 0:
+                raise TimeoutError
+            await asyncio.wait_for(slot.ready.wait(), wait)
         except TimeoutError:
+            if end is not None and time.monotonic() >= end:
+                raise _Late from None
             raise Unavailable(f"no variant of {slot.manifest.name!r} is ready") from None
-        if slot.active is None:
+        if slot.active is None or not slot.active.alive:
             raise Unavailable(f"no variant of {slot.manifest.name!r} is ready")
         return slot.active
+
+    def deadline_s(self, model: str) -> float:
+        """The model's default deadline in seconds (see agent.runtime.deadlines)."""
+        return self.deadlines.default_s(self.slot(model).manifest)
 
     def infer_nowait(self, model: str, descs: Any, payload: memoryview, done: Done) -> bool:
         """The callback path: validate, then serve from the cache, a batch or the active worker and call
@@ -452,8 +491,22 @@ class Runtime:
         slot.requests += 1
         return True
 
-    async def infer(self, model: str, descs: list[dict[str, Any]], payload: memoryview) -> InferResult:
-        """Wait for a serving variant if none is ready, then take the callback path; the result owns its bytes."""
+    async def infer(self, model: str, descs: list[dict[str, Any]], payload: memoryview,
+                    deadline_s: float | None = None) -> InferResult:
+        """Wait for a serving variant if none is ready, then take the callback path; the result owns its
+        bytes. Within ``deadline_s`` (default: the model's), else Timeout naming the variant; a worker
+        that dies or is declared hung (heartbeat) meanwhile costs one retry (runtime/batching.py)."""
+        limit = self.deadline_s(model) if deadline_s is None else deadline_s
+        try:
+            return await asyncio.wait_for(self._infer(model, descs, payload, deadline_s), limit)
+        except TimeoutError:
+            a = self.slot(model).active
+            self.slot(model).errors += 1
+            raise timeout_error(model, a.variant if a else None, a.pid if a else None, limit,
+                                hung=bool(a and a.hung)) from None
+
+    async def _infer(self, model: str, descs: list[dict[str, Any]], payload: memoryview,
+                     deadline_s: float | None) -> InferResult:
         slot = self.slot(model)
         fut: asyncio.Future[InferResult] = asyncio.get_running_loop().create_future()
 
@@ -469,7 +522,7 @@ class Runtime:
                 fut.set_result(r)
         for _ in range(3):
             if self._remote_active(slot):
-                return await self._infer_remote(slot, model, descs, payload)
+                return await self._infer_remote(slot, model, descs, payload, deadline_s)
             if self.infer_nowait(model, descs, payload, done):
                 return await fut
             await self._active(slot)
@@ -482,17 +535,29 @@ class Runtime:
         return slot.manifest.variant(h.variant).remote is not None
 
     async def _infer_remote(self, slot: Slot, model: str, descs: list[dict[str, Any]],
-                            payload: memoryview) -> InferResult:
+                            payload: memoryview, deadline_s: float | None = None) -> InferResult:
         """A remote variant: the task path, which fails over to a local variant when its server is gone."""
         self.check_inputs(slot.manifest, descs)
         if P.iter_nbytes(descs) != len(payload):
             raise InvalidParams("payload length does not match the described inputs")
         slot.requests += 1
+        hang_s = self.deadlines.default_s(slot.manifest)
+        limit = hang_s if deadline_s is None else deadline_s
+        t0 = time.monotonic()
+        end = t0 + limit
+        last: WorkerHandle | None = None
         for attempt in (0, 1):
-            h = await self._active(slot)
+            h = await self._active_by(slot, end, last, limit)
+            last = h
             h.inflight += 1
+            t_run = time.monotonic()
             try:
-                result, data = await h.run(descs, payload)
+                done, out = await watch_progress(
+                    h.run(descs, payload), end=end, gap_s=hang_s, last_progress=functools.partial(self._answered, h, t_run),
+                    on_stall=functools.partial(self._stalled, h, hang_s))
+                if not done:   # counted as an error below
+                    raise timeout_error(model, h.variant, h.pid, limit, hung=bool(out))
+                result, data = out
                 return InferResult(result["outputs"], data, model, h.variant or "?", h.device or "?",
                                    float(result.get("run_ms", 0.0)), float(result.get("cpu_s", 0.0)),
                                    retried=attempt > 0, providers=devmod.providers_ran(h.info))
@@ -505,11 +570,12 @@ class Runtime:
                     await self._failover(slot, h, e)
                 finally:
                     h.inflight += 1
-            except WorkerDied:
+            except WorkerDied as e:
                 if attempt == 1:
                     slot.errors += 1
                     raise
-                log.warning("retrying a %s request after worker %s died", model, h.pid)
+                log.warning("retrying a %s request after worker %s %s", model, h.pid,
+                            "hung" if h.hung else "died", extra={"fields": {"error": str(e)}})
             except AgentError:
                 slot.errors += 1
                 raise
@@ -517,26 +583,58 @@ class Runtime:
                 h.inflight -= 1
         raise Unavailable("unreachable")
 
+    async def _active_by(self, slot: Slot, end: float, last: WorkerHandle | None, limit: float) -> WorkerHandle:
+        """The slot's live worker, or Timeout (naming the worker tried before) when ``end`` passes first."""
+        try:
+            return await self._active(slot, end)
+        except _Late:
+            slot.errors += 1
+            raise timeout_error(slot.manifest.name, last.variant if last else None, last.pid if last else None,
+                                limit, hung=bool(last and last.hung), what="had no live worker") from None
+
+    @staticmethod
+    def _answered(h: WorkerHandle, since: float) -> float:
+        """Progress of a request queued on ``h``: a worker answering other calls meanwhile is busy, not hung."""
+        return max(since, h.last_reply)
+
+    @staticmethod
+    def _stalled(h: WorkerHandle, limit_s: float, silent_s: float) -> None:
+        h.declare_hung(f"no answer for {silent_s:.1f} s (the model's deadline is {limit_s:g} s)")
+
     async def generate(self, model: str, params: dict[str, Any],
-                       on_token: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+                       on_token: Callable[[dict[str, Any]], None],
+                       deadline_s: float | None = None) -> dict[str, Any]:
         """Stream a generation from the active variant; it finishes on the variant it started on
         (a swap meanwhile drains this worker after it). Retried once if the worker dies before the
-        first token."""
+        first token. ``deadline_s`` bounds the whole generation (Timeout past it); without it, only
+        the model's per-token deadline applies: a worker silent that long is declared hung."""
         slot = self.slot(model)
         if slot.manifest.kind != "causal-lm":
             raise InvalidParams(f"model {model!r} is a {slot.manifest.kind} model; use infer")
         slot.requests += 1
+        gap_s = self.deadlines.default_s(slot.manifest)
+        end = time.monotonic() + (deadline_s if deadline_s is not None else 10 * 365 * 86400.0)
+        limit = deadline_s if deadline_s is not None else gap_s
+        last: WorkerHandle | None = None
         for attempt in (0, 1):
-            h = await self._active(slot)
+            h = await self._active_by(slot, end, last, limit)
+            last = h
             h.inflight += 1
             sent = 0
+            mark = [time.monotonic()]   # when the last token (or the request) went out
 
-            def cb(p: dict[str, Any], payload: memoryview, h: WorkerHandle = h) -> None:
+            def cb(p: dict[str, Any], payload: memoryview, h: WorkerHandle = h, mark: list[float] = mark) -> None:
                 nonlocal sent
                 sent += 1
+                mark[0] = time.monotonic()
                 on_token({**p, "variant": h.variant, "device": h.device})
             try:
-                res = await h.stream("generate", params, cb)
+                done, res = await watch_progress(
+                    h.stream("generate", params, cb), end=end, gap_s=gap_s, last_progress=functools.partial(mark.__getitem__, 0),
+                    on_stall=functools.partial(self._stalled, h, gap_s))
+                if not done:   # counted as an error below
+                    raise timeout_error(model, h.variant, h.pid, limit, hung=bool(res),
+                                        what=f"did not finish ({sent} tokens sent)")
                 h.requests += 1
                 return {**res, "model": model, "variant": h.variant, "device": h.device, "retried": attempt > 0}
             except WorkerDied:
@@ -589,6 +687,11 @@ class Runtime:
         await asyncio.gather(*(h.stop() for h in hs), return_exceptions=True)
         for t in list(self._tasks):
             t.cancel()
+
+    def supervising(self) -> bool:
+        """Every model that had a worker has a live one or a restart under way (the watchdog's check)."""
+        return all((s.active is not None and s.active.alive) or s.restarting
+                   for s in self.slots.values() if s.active is not None or s.restarting)
 
     def workers_healthy(self) -> bool:
         return all(s.active is not None and s.active.alive for s in self.slots.values() if s.states)

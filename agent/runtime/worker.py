@@ -216,19 +216,43 @@ def _peak_rss() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def start_heartbeat(worker: Worker, period_s: float) -> threading.Thread | None:
+    """Send a ``heartbeat`` notification every ``period_s`` from a daemon thread, so the daemon can tell
+    a busy worker (ONNX Runtime releases the GIL) from a hung one (stopped, or stuck holding the GIL)."""
+    if period_s <= 0:
+        return None
+    beat = P.encode_bytes({"jsonrpc": "2.0", "method": "heartbeat"})
+
+    def loop() -> None:
+        while True:
+            time.sleep(period_s)
+            try:
+                with worker._send_lock:
+                    worker.sock.sendall(beat)
+            except OSError:
+                return  # the daemon is gone
+
+    t = threading.Thread(target=loop, name="heartbeat", daemon=True)
+    t.start()
+    return t
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="agent-worker")
     ap.add_argument("--fd", type=int, required=True)
     ap.add_argument("--shm-in", type=int, required=True)
     ap.add_argument("--shm-out", type=int, required=True)
     ap.add_argument("--inline-max", type=int, default=64 * 1024)
+    ap.add_argument("--heartbeat", type=float, default=0.0, help="seconds between heartbeats (0: none)")
     a = ap.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when a worker stops
     import onnxruntime  # noqa: F401  (imported before 'hello' so a spare worker is warm)
 
     sock = socket.socket(fileno=a.fd)
     sock.setblocking(True)
-    Worker(sock, Shm(a.shm_in), Shm(a.shm_out), a.inline_max).serve()
+    w = Worker(sock, Shm(a.shm_in), Shm(a.shm_out), a.inline_max)
+    start_heartbeat(w, a.heartbeat)
+    w.serve()
     return 0
 
 

@@ -69,6 +69,8 @@ def start_agentd(workdir: Path, zoo: Path, notify: NotifySocket, *, activate: bo
         cmd = [SOCKET_ACTIVATE, "-l", str(sock), "--fdname=agent", "-E", "NOTIFY_SOCKET"]
         if watchdog_usec is not None:
             cmd += ["-E", "WATCHDOG_USEC"]
+        if env.get("PYTHONPATH"):   # it passes only the variables named: a checkout's agent must win
+            cmd += ["-E", "PYTHONPATH"]
         cmd += args
     else:
         cmd = [*args, "--socket", str(sock)]

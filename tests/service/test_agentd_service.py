@@ -7,6 +7,7 @@ Runtime's quantizer).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -106,22 +107,38 @@ def test_watchdog_pings_at_half_the_interval(
     assert a.stop() == 0
 
 
-def test_dead_worker_that_cannot_be_restarted_stops_the_watchdog(
+def test_a_dead_or_hung_worker_does_not_stop_the_watchdog_while_the_runtime_replaces_it(
         tmp_path: Path, zoo: Path, notify_socket: NotifySocket, agentd_factory: list[Agentd]) -> None:
-    """A worker dies and its variant can no longer load: pings stop, so systemd would restart agentd."""
+    """One worker is not the daemon: a worker that died and whose variant can no longer load, and then
+    a hung (SIGSTOPped) one, are the runtime's to replace; only a stuck daemon stops the pings."""
     own_zoo = shutil.copytree(zoo, tmp_path / "zoo")
     a = _launch(agentd_factory, tmp_path, own_zoo, notify_socket, watchdog_usec=600_000)
     client, _ = _connect_and_wait_ready(a)
     assert [m for _, m in notify_socket.drain(0.8)].count("WATCHDOG=1") >= 2
     worker = client.status()["models"]["mlp"]["active"]["pid"]
+    saved = (own_zoo / "mlp" / "fp32.onnx").read_bytes()
     (own_zoo / "mlp" / "fp32.onnx").write_bytes(b"not an onnx model")
     os.kill(worker, signal.SIGKILL)
-    time.sleep(0.5)  # the death is noticed, the restart starts failing
+    time.sleep(0.5)  # the death is noticed, the restarts start failing (and back off)
     later = [m for _, m in notify_socket.drain(1.5)]
-    assert "WATCHDOG=1" not in later, later
-    assert "worker_died" in a.log_text() or "died" in a.log_text()
+    assert later.count("WATCHDOG=1") >= 2, later
+    mlp = client.status()["models"]["mlp"]
+    assert mlp["active"] is None and mlp["variants"]["fp32"]["status"] in ("failed", "loading"), mlp  # retrying
+    (own_zoo / "mlp" / "fp32.onnx").write_bytes(saved)   # the next restart attempt succeeds
+    end = time.monotonic() + 30
+    while (client.status()["models"]["mlp"]["active"] or {}).get("alive") is not True:
+        assert time.monotonic() < end, client.status()["models"]["mlp"]
+        time.sleep(0.2)
+    hung = client.status()["models"]["mlp"]["active"]["pid"]
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        assert [m for _, m in notify_socket.drain(4.0)].count("WATCHDOG=1") >= 5
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung, signal.SIGCONT)
     client.close()
     assert a.stop() == 0
+    assert "worker_died" in a.log_text() and "worker declared hung" in a.log_text()
 
 
 def test_sighup_gives_reloading_with_monotonic_time_then_ready(
