@@ -190,3 +190,14 @@ def error_from_jsonrpc(err: dict[str, Any]) -> AgentError:
     exc = AgentError.__new__(by_code)
     AgentError.__init__(exc, message, data=data)
     return exc
+
+
+def error_payload(e: BaseException) -> dict[str, Any]:
+    """The JSON-RPC error object for any exception: ours as they are; a third-party one (an execution
+    provider, the OS) as a WorkerError carrying its first line and the traceback's tail."""
+    import traceback
+
+    if isinstance(e, AgentError):
+        return e.to_jsonrpc()
+    msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:500]
+    return WorkerError(f"{type(e).__name__}: {msg}", data={"trace": traceback.format_exc()[-2000:]}).to_jsonrpc()

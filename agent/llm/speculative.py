@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -23,7 +24,16 @@ from agent.errors import LoadError
 
 if TYPE_CHECKING:
     from agent.llm.decoder import DecodeState
-    from agent.llm.engine import LLMEngine
+
+
+class LLMEngine(Protocol):
+    """What speculation needs of an engine (agent.llm.engine.LLMEngine, which owns a Speculator)."""
+
+    decoder: Any
+    tokenizer: Any
+    model_path: Path
+
+    def close(self) -> None: ...
 
 MAX_K = 16
 

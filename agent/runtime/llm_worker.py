@@ -20,13 +20,18 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from agent.errors import InvalidParams, LoadError
 from agent.ipc import protocol as P
 
-if TYPE_CHECKING:
-    from agent.runtime.worker import Worker
+
+class Worker(Protocol):
+    """What an LLM host needs of the worker's frame loop (agent.runtime.worker.Worker)."""
+
+    current_id: Any
+
+    def send(self, header: dict[str, Any], bufs: list[Any] | None = None) -> None: ...
 
 
 class LLMHost:
@@ -79,7 +84,7 @@ class LLMHost:
         except OSError:
             return  # the daemon is gone
         except Exception as e:
-            from agent.runtime.worker import error_payload
+            from agent.errors import error_payload
 
             try:
                 self.worker.send(P.error_response(rid, error_payload(e)))

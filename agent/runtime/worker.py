@@ -18,12 +18,11 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.errors import AgentError, InvalidParams, LoadError, WorkerError
+from agent.errors import AgentError, InvalidParams, LoadError, WorkerError, error_payload
 from agent.ipc import protocol as P
 
 
@@ -187,13 +186,6 @@ def batch_invariant(sess: Any) -> bool:
         return False
     return all(b.shape[:1] == (2,) and a.shape[:1] == (1,) and np.allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
                for a, b in zip(alone, both))
-
-
-def error_payload(e: BaseException) -> dict[str, Any]:
-    if isinstance(e, AgentError):
-        return e.to_jsonrpc()
-    msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:500]
-    return WorkerError(f"{type(e).__name__}: {msg}", data={"trace": traceback.format_exc()[-2000:]}).to_jsonrpc()
 
 
 def _check_signature(expect: dict[str, Any], info: dict[str, Any]) -> None:
