@@ -476,7 +476,12 @@ class Runtime:
             raise InvalidParams(f"model {model!r} is a {slot.manifest.kind}; use generate")
         if self._remote_active(slot):
             return False   # the task path: it fails over when the remote server is gone
-        dkey = orjson.dumps(descs)   # descriptions repeat: validate each distinct one once
+        if not isinstance(descs, list):
+            raise InvalidParams("inputs: expected a list of tensor descriptions")
+        try:
+            dkey = orjson.dumps(descs)   # descriptions repeat: validate each distinct one once
+        except TypeError as e:          # deeper than orjson's nesting limit, or not JSON-like
+            raise InvalidParams(f"inputs: not a list of tensor descriptions ({e})") from None
         nbytes = self._valid.get((model, dkey))
         if nbytes is None:
             self.check_inputs(slot.manifest, descs)
