@@ -100,3 +100,12 @@ def shared_daemon(tensor_zoo_src: Path, tmp_path_factory: pytest.TempPathFactory
     d = start_daemon(zoo, tmp)
     yield d
     d.stop()
+
+
+def ctl(daemon: Daemon, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``agentctl --socket DAEMON ARGS``; AssertionError with its stderr when ``check`` and it fails."""
+    p = subprocess.run([sys.executable, "-m", "agent.cli", "--socket", str(daemon.socket), *args],
+                       capture_output=True, text=True, timeout=60)
+    if check and p.returncode != 0:
+        raise AssertionError(p.stderr)
+    return p

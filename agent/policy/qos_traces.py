@@ -22,13 +22,11 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
-from pathlib import Path
 from typing import Any
 
 from agent.sensors.snapshot import BatteryState, CpuState, EnergyState, MemoryState, PowerState, Snapshot
 from agent.sensors.trace import snapshot_to_record
-from agent.sensors.tracegen import GIB, START_WALL, _header, _thermal
+from agent.sensors.tracegen import GIB, START_WALL, _header, _thermal, write_traces
 
 
 def _dump(header: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -150,13 +148,7 @@ def render(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    out = Path(args[0] if args else Path(__file__).parents[1] / "sensors" / "traces")
-    out.mkdir(parents=True, exist_ok=True)
-    for name in TRACES:
-        (out / f"{name}.jsonl").write_text(render(name), encoding="utf-8")
-        print(out / f"{name}.jsonl")
-    return 0
+    return write_traces(TRACES, render, argv)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import json
 import math
 import random
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -256,14 +257,19 @@ def render(name: str) -> str:
     return "".join(json.dumps(x, separators=(",", ":")) + "\n" for x in [header, *rows])
 
 
-def main(argv: list[str] | None = None) -> int:
+def write_traces(names: Iterable[str], render_one: Callable[[str], str], argv: list[str] | None) -> int:
+    """Write each named trace as ``OUT/<name>.jsonl`` (OUT: ``argv[0]``, else the shipped traces folder)."""
     args = sys.argv[1:] if argv is None else argv
     out = Path(args[0] if args else Path(__file__).with_name("traces"))
     out.mkdir(parents=True, exist_ok=True)
-    for name in TRACES:
-        (out / f"{name}.jsonl").write_text(render(name), encoding="utf-8")
+    for name in names:
+        (out / f"{name}.jsonl").write_text(render_one(name), encoding="utf-8")
         print(out / f"{name}.jsonl")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return write_traces(TRACES, render, argv)
 
 
 if __name__ == "__main__":

@@ -7,15 +7,9 @@ import sys
 import numpy as np
 import pytest
 
+from tests.conftest import ctl
+
 pytestmark = pytest.mark.integration
-
-
-def ctl(daemon, *args, check=True):
-    p = subprocess.run([sys.executable, "-m", "agent.cli", "--socket", str(daemon.socket), *args],
-                       capture_output=True, text=True, timeout=60)
-    if check and p.returncode != 0:
-        raise AssertionError(p.stderr)
-    return p
 
 
 def test_status_models_infer_pin_unpin_history_through_agentctl(daemon, tmp_path):

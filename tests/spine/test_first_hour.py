@@ -10,17 +10,9 @@ import numpy as np
 import pytest
 
 from agent import cli_format as F
-from tests.conftest import start_daemon
+from tests.conftest import ctl, start_daemon
 
 pytestmark = pytest.mark.integration
-
-
-def ctl(daemon, *args, check=True):
-    p = subprocess.run([sys.executable, "-m", "agent.cli", "--socket", str(daemon.socket), *args],
-                       capture_output=True, text=True, timeout=60)
-    if check and p.returncode != 0:
-        raise AssertionError(p.stderr)
-    return p
 
 
 def agentd(*args, timeout=60):
