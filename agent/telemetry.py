@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -26,15 +27,18 @@ TABLES = ("requests", "swaps", "decisions", "samples", "events")
 
 
 class Telemetry:
-    def __init__(self, path: Path, *, retention_s: float = 7 * 86400, flush_s: float = 1.0, batch: int = 500) -> None:
+    def __init__(self, path: Path, *, retention_s: float = 7 * 86400, flush_s: float = 1.0, batch: int = 500,
+                 max_queued: int = 100_000) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.retention_s = retention_s
         self.flush_s = flush_s
         self.batch = batch
+        self.max_queued = max_queued
         self._q: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
         self._n = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()          # guards the queue
+        self._write = threading.Lock()         # one flush at a time: take + commit is one step
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._last_prune = 0.0
@@ -51,7 +55,7 @@ class Telemetry:
         self._thread.start()
 
     def _open(self) -> sqlite_utils.Database:
-        db = sqlite_utils.Database(self.path)
+        db = sqlite_utils.Database(sqlite3.connect(self.path, timeout=10.0, check_same_thread=False))
         db.enable_wal()
         db.execute("PRAGMA synchronous=NORMAL")
         return db
@@ -79,22 +83,41 @@ class Telemetry:
         db.conn.close()
 
     def _flush(self, db: sqlite_utils.Database) -> None:
+        # Holding the write lock from taking the rows until their commit is what makes history() see
+        # every row recorded before it: its own flush waits for a background flush in progress.
+        with self._write:
+            with self._lock:
+                q, self._q = self._q, {t: [] for t in TABLES}
+                self._n = 0
+            try:
+                with db.conn:
+                    for t, rows in q.items():
+                        if rows:
+                            db.table(t).insert_all((_flat(r) for r in rows), alter=True,
+                                                   batch_size=1000)
+                    now = time.time()
+                    if now - self._last_prune > 60:
+                        self._last_prune = now
+                        for t in TABLES:
+                            db.execute(f"DELETE FROM [{t}] WHERE ts < ?", [now - self.retention_s])
+            except Exception as e:  # telemetry must never take serving down, and loses no rows it can keep
+                kept = self._requeue(q)
+                log.error("telemetry flush failed (%d rows kept for the next try): %s", kept, e)
+
+    def _requeue(self, q: dict[str, list[dict[str, Any]]]) -> int:
+        """Put rows that failed to commit back in front of the queue (up to ``max_queued`` in all)."""
         with self._lock:
-            q, self._q = self._q, {t: [] for t in TABLES}
-            self._n = 0
-        try:
-            with db.conn:
-                for t, rows in q.items():
-                    if rows:
-                        db.table(t).insert_all(({"ts": r.pop("ts"), **_flat(r)} for r in rows), alter=True,
-                                         batch_size=1000)
-                now = time.time()
-                if now - self._last_prune > 60:
-                    self._last_prune = now
-                    for t in TABLES:
-                        db.execute(f"DELETE FROM [{t}] WHERE ts < ?", [now - self.retention_s])
-        except Exception as e:  # telemetry must never take serving down
-            log.error("telemetry flush failed: %s", e)
+            kept = 0
+            for t, rows in q.items():
+                merged = rows + self._q[t]
+                if len(merged) > self.max_queued:
+                    log.warning("telemetry dropped %d oldest %s rows (queue over %d)",
+                                len(merged) - self.max_queued, t, self.max_queued)
+                    merged = merged[-self.max_queued:]
+                self._q[t] = merged
+                kept += len(merged)
+            self._n = kept
+            return kept
 
     def flush(self) -> None:
         """Write everything queued now (blocking)."""

@@ -47,3 +47,45 @@ def test_durations(text, secs):
 def test_bad_durations(text):
     with pytest.raises(InvalidParams):
         parse_duration(text)
+
+
+def test_history_sees_a_row_the_writer_thread_has_taken_but_not_yet_committed(tmp_path):
+    # read-your-writes: a row recorded before history() is in its answer, even while the background
+    # writer holds it in an open transaction (here: stuck behind another connection's write lock)
+    import threading
+
+    t = Telemetry(tmp_path / "t.db", flush_s=0.05)
+    t.record("swaps", {"to": "fp32", "reason": {"why": "startup"}})
+    t.history(60)   # the columns exist now: the next insert waits for the lock instead of altering
+    blocker = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        t.record("swaps", {"to": "remote", "reason": {"why": "failover"}})
+        time.sleep(0.4)   # the writer has taken the row and waits for the lock
+        got: list[dict] = []
+        reader = threading.Thread(target=lambda: got.extend(t.history(60, ["swaps"])["swaps"]))
+        reader.start()
+        time.sleep(0.3)
+        blocker.execute("COMMIT")
+        reader.join(10)
+        assert [r["to"] for r in got] == ["remote", "fp32"]
+    finally:
+        blocker.close()
+        t.close()
+
+
+def test_a_flush_that_fails_keeps_its_rows_for_the_next_one(tmp_path):
+    t = Telemetry(tmp_path / "t.db", flush_s=60)
+    blocker = sqlite3.connect(tmp_path / "t.db", isolation_level=None, timeout=0)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        t.record("swaps", {"to": "int8"})
+        db = sqlite3.connect(tmp_path / "t.db", timeout=0.1)
+        import sqlite_utils
+
+        t._flush(sqlite_utils.Database(db))   # the lock is held: this flush fails
+        blocker.execute("COMMIT")
+        assert [r["to"] for r in t.history(60, ["swaps"])["swaps"]] == ["int8"]
+    finally:
+        blocker.close()
+        t.close()
