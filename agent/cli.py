@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from agent import cli_format as F
-from agent.errors import AgentError, ConfigError, InvalidParams
+from agent.errors import AgentError, InvalidParams, exit_code
 from agent.paths import default_socket
 
 # modules that add sub-commands (missing ones are skipped, so a partial install still works)
@@ -318,10 +318,7 @@ def no_abbrev(parser: argparse.ArgumentParser) -> None:
                 no_abbrev(child)
 
 
-def exit_status(e: BaseException) -> int:
-    """The one error -> exit code map of every agentctl command: 2 bad usage or input (ours: ConfigError,
-    InvalidParams), 1 any other agent error; anything else is not ours to map."""
-    return 2 if isinstance(e, ConfigError | InvalidParams) else 1
+exit_status = exit_code   # the one error -> exit code map (agent.errors.exit_code), by its CLI name
 
 
 def error_line(e: AgentError, prog: str = "agentctl") -> str:

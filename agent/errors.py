@@ -22,13 +22,21 @@ same class again on the other side::
     ├── WorkerError                 -32030  a worker failed while running a request
     │   ├── WorkerDied              -32031  the worker process is gone
     │   │   └── WorkerHung          -32032  it stopped answering (missed heartbeats / its deadline): killed
-    │   └── Timeout                 -32033  a request's deadline passed; names the model/variant that had it
+    │   ├── Timeout                 -32033  a request's deadline passed; names the model/variant that had it
+    │   └── ExecutionFailed         -32034  the execution provider failed inside ``run`` on inputs that match
+    │                                        the signature (EP error, out of memory, a node failing on these values)
     ├── Unavailable                 -32040  no variant is ready to serve (loading / shutting down)
     │   ├── DeadlineInfeasible      -32041  no variant can meet the request's deadline now (data names the fastest)
     │   └── RemoteUnavailable       -32042  a remote inference server did not answer (runtime fails over)
     ├── BuildError                  -32050  a zoo build step failed
     ├── ConnectionClosed            -32060  client side: the daemon closed the connection
     └── CpuLimitError               -32070  a CPU quota (cgroup / affinity) could not be set
+
+``retryable`` says whether the same request may succeed if sent again (``Busy``, ``Unavailable``, the
+worker errors): it travels as ``data.retryable`` and the HTTP doors answer such errors with a 5xx / 429.
+A bad request (``InvalidParams``, ``NotFound``, ``ConfigError``) is not retryable. Three mappers, one each:
+:func:`error_from_jsonrpc` (client side), :func:`exit_code` (every CLI) and ``agent.http.common.status_of``
+(every HTTP door).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ class AgentError(Exception):
     """Base of every error the agent raises on purpose."""
 
     code: int = -32000
+    retryable: bool = False
 
     def __init__(self, message: str, *, data: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -50,6 +59,7 @@ class AgentError(Exception):
         err: dict[str, Any] = {"code": self.code, "message": self.message}
         data = dict(self.data)
         data.setdefault("type", type(self).__name__)
+        data.setdefault("retryable", self.retryable)
         err["data"] = data
         return err
 
@@ -115,6 +125,7 @@ class PermissionDenied(AgentError):
 
 class Busy(AgentError):
     code = -32005
+    retryable = True
 
 
 class LoadError(AgentError):
@@ -127,6 +138,7 @@ class InsufficientMemory(LoadError):
 
 class WorkerError(AgentError):
     code = -32030
+    retryable = True
 
 
 class WorkerDied(WorkerError):
@@ -141,8 +153,18 @@ class Timeout(WorkerError):
     code = -32033
 
 
+class ExecutionFailed(WorkerError):
+    """The execution provider failed while running a request whose inputs match the model's signature:
+    an EP error, out of memory, or a node that fails on these input *values* (a Reshape to a shape
+    computed from them). Not a malformed request (that is ``InvalidParams``), so a client may retry it,
+    on this variant or after a swap."""
+
+    code = -32034
+
+
 class Unavailable(AgentError):
     code = -32040
+    retryable = True
 
 
 class DeadlineInfeasible(Unavailable):
@@ -165,6 +187,26 @@ class ConnectionClosed(AgentError):
 
 class CpuLimitError(AgentError):
     code = -32070
+
+
+def exit_code(e: BaseException) -> int:
+    """The one error -> exit status map of every command line tool (agentctl and its sub-commands,
+    agentd, the module mains): 2 bad usage or input (ConfigError, InvalidParams), 1 any other error."""
+    return 2 if isinstance(e, ConfigError | InvalidParams) else 1
+
+
+def from_run_error(e: Exception) -> AgentError:
+    """Map an exception from an onnxruntime session's ``run`` to ours: ORT's ``InvalidArgument`` (a wrong
+    dtype, rank or dimension) and its ``ValueError`` (a missing or unknown input) are the request's fault
+    (InvalidParams); anything else (``Fail``, ``RuntimeException``, ``EPFail``, ``MemoryError``) is the
+    execution provider failing on valid inputs (ExecutionFailed). By type, not message text, so no
+    onnxruntime import is needed here."""
+    if isinstance(e, AgentError):
+        return e
+    msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:500]
+    if type(e).__name__ == "InvalidArgument" or isinstance(e, (ValueError, TypeError)):
+        return InvalidParams(f"inference failed: {msg}")
+    return ExecutionFailed(f"inference failed in the execution provider ({type(e).__name__}): {msg}")
 
 
 def _all_subclasses(cls: type[AgentError]) -> list[type[AgentError]]:

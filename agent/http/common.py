@@ -13,7 +13,15 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from agent.errors import AgentError, Busy, InvalidParams, LoadError, NotFound, Unavailable
+from agent.errors import (
+    AgentError,
+    Busy,
+    InvalidParams,
+    LoadError,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from agent.ipc.server import Peer
 
 
@@ -36,16 +44,19 @@ class MessageError(DoorError):
 
 
 def status_of(e: AgentError) -> int:
-    """The HTTP status for one of our errors (the doors agree on these)."""
+    """The HTTP status for one of our errors: the one map every door (OpenAI, Ollama, KServe) uses. A bad
+    request is a 4xx; a failure on our side is a 5xx (503 when it is about readiness: retry later)."""
     if isinstance(e, NotFound):
         return 404
     if isinstance(e, InvalidParams):
         return 400
+    if isinstance(e, PermissionDenied):
+        return 403
     if isinstance(e, Busy):
         return 429
-    if isinstance(e, (Unavailable, LoadError)):
+    if isinstance(e, Unavailable | LoadError):
         return 503
-    return 500
+    return 500   # ExecutionFailed, WorkerDied, Timeout, ...: retryable server errors
 
 
 class BodyTooLarge(Exception):

@@ -32,8 +32,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from agent.errors import AgentError, Busy, InvalidParams, LoadError, NotFound, Unavailable
-from agent.http.common import DoorError, Gen, read_json, run_unless_disconnected
+from agent.errors import AgentError
+from agent.http.common import DoorError, Gen, read_json, run_unless_disconnected, status_of
 
 log = logging.getLogger("agent.http")
 
@@ -61,20 +61,21 @@ class ApiError(DoorError):
 
 
 def from_agent_error(e: AgentError) -> ApiError:
-    """Our exception tree -> HTTP status and OpenAI error type."""
+    """Our exception tree -> OpenAI's error shape; the status is the doors' one map (``status_of``)."""
     param = None
     msg = e.message
     if ":" in msg.split(" ")[0]:   # "temperature: expected ..." names the parameter
         param = msg.split(":", 1)[0]
-    if isinstance(e, NotFound):
+    status = status_of(e)
+    if status == 404:
         return ApiError(404, msg, "invalid_request_error", "model", "model_not_found")
-    if isinstance(e, InvalidParams):
+    if status == 400:
         return ApiError(400, msg, "invalid_request_error", param, "invalid_parameter")
-    if isinstance(e, Busy):
+    if status == 403:
+        return ApiError(403, msg, "permission_error", None, "permission_denied")
+    if status == 429:
         return ApiError(429, msg, "rate_limit_error", None, "busy")
-    if isinstance(e, (Unavailable, LoadError)):
-        return ApiError(503, msg, "server_error", None, type(e).__name__.lower())
-    return ApiError(500, msg, "server_error", None, type(e).__name__.lower())
+    return ApiError(status, msg, "server_error", None, type(e).__name__.lower())
 
 
 # -- request translation -----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.errors import AgentError, InvalidParams, LoadError, WorkerError, error_payload
+from agent.errors import LoadError, WorkerError, error_payload, from_run_error
 from agent.ipc import protocol as P
 
 
@@ -143,11 +143,8 @@ class Worker:
         c0, t0 = time.process_time(), time.perf_counter()
         try:
             outs = self.sess.run(self.out_names, feed)
-        except AgentError:
-            raise           # a remote server that went away (RemoteUnavailable) keeps its type
-        except Exception as e:
-            msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:500]
-            raise InvalidParams(f"inference failed: {msg}") from None
+        except Exception as e:  # noqa: BLE001 - ours keep their type; ORT's: bad input or EP failure
+            raise from_run_error(e) from None
         run_ms = (time.perf_counter() - t0) * 1e3
         cpu_s = time.process_time() - c0
         descs, bufs = P.tensor_descs(dict(zip(self.out_names, outs)))
