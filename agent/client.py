@@ -12,6 +12,7 @@ error code, e.g. ``NotFound`` for an unknown model, ``InvalidParams`` for a wron
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import os
 import socket
@@ -84,14 +85,19 @@ def _sock_path(path: str | os.PathLike[str] | None) -> str:
 
 
 class Client:
-    """Blocking client; one request at a time per instance (thread-safe by a lock)."""
+    """Blocking client. Requests on one connection are matched by id, so a stream may stay open while
+    the same client (or another thread) makes other calls: whoever reads the socket keeps each frame
+    for the request it belongs to."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None, timeout: float | None = 120.0,
                  max_frame: int = P.DEFAULT_MAX_FRAME) -> None:
         self.path = _sock_path(path)
         self.max_frame = max_frame
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._cv = threading.Condition()   # guards _inbox and _reading (one reader of the socket at a time)
+        self._inbox: dict[int, collections.deque[P.Frame]] = {}
+        self._reading = False
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         P.widen(self.sock)
@@ -110,23 +116,70 @@ class Client:
     def close(self) -> None:
         self.sock.close()
 
+    def _open(self) -> int:
+        with self._cv:
+            rid = next(self._ids)
+            self._inbox[rid] = collections.deque()
+            return rid
+
+    def _forget(self, rid: int) -> None:
+        with self._cv:
+            self._inbox.pop(rid, None)
+
+    def _send(self, header: Mapping[str, Any], buffers: list[Any] | tuple[Any, ...] = ()) -> None:
+        with self._send_lock:
+            P.send_frame(self.sock, header, list(buffers))
+
+    def _next(self, rid: int) -> P.Frame:
+        """The next frame of request ``rid`` (its ``token`` notifications, then its reply). Frames of the
+        other open requests read meanwhile are kept for them; an error without an id is raised."""
+        while True:
+            with self._cv:
+                while not self._inbox[rid] and self._reading:
+                    self._cv.wait()
+                if self._inbox[rid]:
+                    return self._inbox[rid].popleft()
+                self._reading = True
+            try:
+                f: P.Frame | None = P.recv_frame(self.sock, self.max_frame)
+            except BaseException:
+                with self._cv:
+                    self._reading = False
+                    self._cv.notify_all()
+                raise
+            assert f is not None
+            hd = f.header
+            to = (hd.get("params") or {}).get("id") if hd.get("method") == "token" else hd.get("id")
+            with self._cv:   # kept for its request before the next reader starts (none waits on a kept frame)
+                self._reading = False
+                if to != rid and isinstance(to, int) and to in self._inbox:
+                    self._inbox[to].append(f)
+                    f = None
+                self._cv.notify_all()
+            if f is None:
+                continue
+            if to == rid:
+                return f
+            if "error" in hd and hd.get("id") is None:
+                raise error_from_jsonrpc(hd["error"])
+            # anything else (an event, a late token of a cancelled stream) belongs to nobody here
+
     def call(self, method: str, params: Mapping[str, Any] | None = None,
              buffers: list[Any] | tuple[Any, ...] = ()) -> tuple[Any, memoryview]:
-        with self._lock:
-            rid = next(self._ids)
-            try:
-                P.send_frame(self.sock, P.request(rid, method, params), list(buffers))
-                while True:
-                    f = P.recv_frame(self.sock, self.max_frame)
-                    if f.header.get("id") == rid:
-                        break
-                    if "error" in f.header and f.header.get("id") is None:
-                        raise error_from_jsonrpc(f.header["error"])
-            except (EOFError, OSError) as e:
-                refusal = self._last_word()
-                if refusal is not None:  # e.g. PermissionDenied: refused at connect, closed before we sent
-                    raise refusal from None
-                raise ConnectionClosed(f"agentd closed the connection: {e}") from None
+        rid = self._open()
+        try:
+            self._send(P.request(rid, method, params), buffers)
+            while True:
+                f = self._next(rid)
+                if "method" not in f.header:
+                    break
+        except (EOFError, OSError) as e:
+            refusal = self._last_word()
+            if refusal is not None:  # e.g. PermissionDenied: refused at connect, closed before we sent
+                raise refusal from None
+            raise ConnectionClosed(f"agentd closed the connection: {e}") from None
+        finally:
+            self._forget(rid)
         if "error" in f.header:
             raise error_from_jsonrpc(f.header["error"])
         return f.header.get("result"), f.payload
@@ -152,35 +205,36 @@ class Client:
     def generate(self, model: str, prompt: str | None = None, *, messages: list[dict[str, Any]] | None = None,
                  **params: Any) -> Iterator[Chunk]:
         """Stream a generation. Stopping the iteration early cancels it in the daemon. ``params`` include the
-        sampling keys and the QoS keys ``deadline_ms``, ``min_quality``, ``priority``."""
-        with self._lock:
-            rid = next(self._ids)
-            done = False
+        sampling keys and the QoS keys ``deadline_ms``, ``min_quality``, ``priority``. Other calls on this
+        client may be made while the stream is open."""
+        rid = self._open()
+        done = False
+        try:
+            self._send(P.request(rid, "generate", _gen_params(model, prompt, messages, params)))
+            while True:
+                hd = self._next(rid).header
+                if hd.get("method") == "token":
+                    p = hd["params"]
+                    yield Chunk(p.get("text", ""), p.get("index"))
+                elif "method" not in hd:
+                    done = True
+                    if "error" in hd:
+                        raise error_from_jsonrpc(hd["error"])
+                    yield _final_chunk(hd.get("result") or {})
+                    return
+        except (EOFError, OSError) as e:
+            done = True
+            raise ConnectionClosed(f"agentd closed the connection: {e}") from None
+        finally:
             try:
-                P.send_frame(self.sock, P.request(rid, "generate", _gen_params(model, prompt, messages, params)))
-                while True:
-                    f = P.recv_frame(self.sock, self.max_frame)
-                    hd = f.header
-                    if hd.get("method") == "token" and (hd.get("params") or {}).get("id") == rid:
-                        p = hd["params"]
-                        yield Chunk(p.get("text", ""), p.get("index"))
-                    elif hd.get("id") == rid:
-                        done = True
-                        if "error" in hd:
-                            raise error_from_jsonrpc(hd["error"])
-                        yield _final_chunk(hd.get("result") or {})
-                        return
-            except (EOFError, OSError) as e:
-                done = True
-                raise ConnectionClosed(f"agentd closed the connection: {e}") from None
-            finally:
                 if not done:   # the caller stopped early: cancel, then read up to the final reply
-                    try:
-                        P.send_frame(self.sock, P.request(None, "cancel", {"id": rid}))
-                        while P.recv_frame(self.sock, self.max_frame).header.get("id") != rid:
-                            pass
-                    except (EOFError, OSError, AgentError):
+                    self._send(P.request(None, "cancel", {"id": rid}))
+                    while "method" in self._next(rid).header:
                         pass
+            except (EOFError, OSError, AgentError):
+                pass
+            finally:
+                self._forget(rid)
 
     def complete(self, model: str, prompt: str | None = None, **kw: Any) -> Chunk:
         """The whole generation at once (the final chunk, whose ``result['text']`` is the full text)."""
