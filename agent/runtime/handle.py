@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 INLINE_MAX = 64 * 1024
 HEARTBEAT_S = 0.5     # the worker's beat period
 HANG_AFTER_S = 3.0    # silence after which a worker is declared hung
+REAP_S = 30.0         # how long a background reaper waits for a killed or disconnected worker to exit
 
 
 class _Shm:
@@ -158,6 +159,7 @@ class WorkerHandle:
         self.active_since: float | None = None  # when the manager made it a slot's active worker
         self.hung: str | None = None          # why it was declared hung, once it was
         self._watch_task: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[bool] | None = None
 
     @classmethod
     async def spawn(cls, shm_size: int = 4 << 20, start_timeout: float = 60.0, *,
@@ -274,11 +276,7 @@ class WorkerHandle:
             req.done(None, None, err)
         if self._hello is not None and not self._hello.done():
             self._hello.set_exception(err)
-        if self.proc is not None:
-            try:
-                self.proc.wait(timeout=0.5)
-            except subprocess.TimeoutExpired:
-                pass
+        self._reap_later()   # never wait for the process here: this runs on the event loop
         if was_alive and not self.stopping and self.on_death is not None:
             self.on_death(self)
 
@@ -411,26 +409,54 @@ class WorkerHandle:
                 await self.call("exit", {}, timeout=timeout)
             except (TimeoutError, AgentError):
                 pass
-        if self.proc is not None:
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, self.proc.wait, timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.proc is not None and not await self.exited(timeout):
+            self.kill()
+            await self.exited(5.0)
         if self._transport is not None:
             self._transport.close()
         self._close_shm()
 
     def kill(self) -> None:
+        """SIGKILL the worker and close its channel. Does not wait: the process is reaped in the
+        background (``await exited()`` to wait for it), so a swap or a restart never blocks the loop."""
         self.stopping = True
         if self.proc is not None and self.proc.poll() is None:
             try:
                 os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
+            except ProcessLookupError:
                 pass
+            self._reap_later()
         if self._transport is not None:
             self._transport.close()
         self._close_shm()
+
+    async def exited(self, timeout: float) -> bool:
+        """Wait (without blocking the loop) up to ``timeout`` s for the process to exit; reaps it."""
+        end = time.monotonic() + timeout
+        step = 0.005
+        while self.proc is not None and self.proc.poll() is None:
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(step, left))
+            step = min(step * 2, 0.25)
+        return True
+
+    def _reap_later(self) -> None:
+        """Collect the exit status once the process is gone (no zombie), from a task on the loop."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if self._reaper is not None and not self._reaper.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:   # no loop (a synchronous caller): nobody's loop to block
+            try:
+                self.proc.wait(timeout=REAP_S)
+            except subprocess.TimeoutExpired:
+                pass
+            return
+        self._reaper = loop.create_task(self.exited(REAP_S), name=f"reap-worker-{self.pid}")
 
     def _close_shm(self) -> None:
         for s in (getattr(self, "shm_in", None), getattr(self, "shm_out", None)):

@@ -1,0 +1,71 @@
+"""A worker's end never blocks the event loop: ``kill()`` (called from a swap, a restart, a failed load)
+and a lost connection hand the process to a background reaper instead of waiting for it on the loop.
+
+Real worker processes. Deterministic, no timing asserts: the old code waited inside the call (kill) or
+gave up after a blocking 0.5 s wait and never reaped (connection lost), and both are visible in
+``proc.returncode``, which only a ``wait``/``poll`` sets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+from agent.runtime.handle import WorkerHandle
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def _until(pred: Any, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def test_kill_returns_at_once_and_the_process_is_reaped_in_the_background():
+    async def go() -> None:
+        h = await WorkerHandle.spawn()
+        other = await WorkerHandle.spawn()
+        try:
+            assert h.proc is not None
+            h.kill()
+            assert h.proc.returncode is None      # kill() did not wait for the process
+            # the loop keeps serving: a call to another worker is answered while h is reaped
+            res, _ = await other.call("ping", {}, timeout=60)
+            assert res["pid"] == other.pid
+            await _until(lambda: h.proc is not None and h.proc.returncode is not None)
+            assert h.proc.returncode == -signal.SIGKILL and not h.alive
+        finally:
+            h.kill()
+            await other.stop()
+    _run(go())
+
+
+def test_a_lost_connection_does_not_wait_for_a_worker_that_is_still_running():
+    async def go() -> None:
+        h = await WorkerHandle.spawn()
+        other = await WorkerHandle.spawn()
+        pid = h.pid
+        assert h.proc is not None and pid is not None
+        try:
+            os.kill(pid, signal.SIGSTOP)      # the worker cannot exit now: a blocking wait would time out
+            assert h._transport is not None
+            h._transport.close()              # connection_lost -> _on_lost, with the process still there
+            await _until(lambda: not h.alive)
+            res, _ = await other.call("ping", {}, timeout=60)
+            assert res["pid"] == other.pid
+            assert h.proc.returncode is None
+            os.kill(pid, signal.SIGKILL)      # now it goes: the handle's reaper collects it, nobody else
+            await _until(lambda: h.proc is not None and h.proc.returncode is not None)
+            assert h.proc.returncode == -signal.SIGKILL
+        finally:
+            if h.proc.returncode is None:
+                os.kill(pid, signal.SIGKILL)
+                h.proc.wait(10)
+            await other.stop()
+    _run(go())
