@@ -63,10 +63,17 @@ class PolicyEngine:
             return gone
 
     def pin(self, model: str, variant: str, device: str) -> None:
+        """Pin ``model`` to a measured ``variant`` on ``device``: checked against the variant table of the
+        last step always (before the first step the table is empty, so every pin is refused: the
+        policy cannot vouch for a variant it has not seen)."""
+        for key, val in (("model", model), ("variant", variant), ("device", device)):
+            if not isinstance(val, str) or not val:
+                raise InvalidParams(f"{key}: expected a non-empty string, got {val!r}")
         with self._lock:
-            if self._table and not any(r.model == model and r.variant == variant and r.device == device
-                                       for r in self._table):
-                raise NotFound(f"no measured variant {variant!r} on {device!r} for model {model!r}")
+            if not any(r.model == model and r.variant == variant and r.device == device for r in self._table):
+                known = sorted({f"{r.variant}@{r.device}" for r in self._table if r.model == model})
+                raise NotFound(f"no measured variant {variant!r} on {device!r} for model {model!r}; measured: "
+                               + (", ".join(known) or "none (the policy has no table for it yet)"))
             self.state = self.state.with_pin(model, variant, device)
 
     def unpin(self, model: str) -> bool:

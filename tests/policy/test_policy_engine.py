@@ -56,6 +56,20 @@ def test_pin_of_unknown_variant_is_refused_once_a_table_is_known(engine: PolicyE
     assert engine.unpin("smollm2") is True
 
 
+def test_pin_is_validated_before_the_first_step_too(engine: PolicyEngine) -> None:
+    with pytest.raises(NotFound, match="no table"):
+        engine.pin("smollm2", "fp32", "cpu")      # nothing measured is known yet: not taken on trust
+    with pytest.raises(NotFound):
+        engine.pin("nope", "int2", "cpu")
+    with pytest.raises(InvalidParams, match="variant"):
+        engine.pin("smollm2", "", "cpu")
+    assert engine.status()["pins"] == {}
+    engine.step(make_snap(), smollm2_rows(), 0.0)
+    with pytest.raises(NotFound, match="fp32@cpu"):
+        engine.pin("smollm2", "int2", "cpu")
+    engine.pin("smollm2", "fp32", "cpu")
+
+
 def test_reload_with_a_broken_file_keeps_the_old_policy_and_shows_the_error(engine: PolicyEngine) -> None:
     path = Path(engine.paths[0])
     old = engine.policy
