@@ -11,6 +11,7 @@ import importlib
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,15 @@ from agent import cli_format as F
 from agent.errors import AgentError, InvalidParams, exit_code
 from agent.paths import default_socket
 
-# modules that add sub-commands (missing ones are skipped, so a partial install still works)
+# modules that add sub-commands
 PLUGIN_MODULES = ("agent.zoo.cli", "agent.sensors.cli", "agent.policy.cli", "agent.service_cli", "agent.llm.cli",
                   "agent.demo", "agent.top")
+# the import names of the optional extras' packages (pyproject.toml [project.optional-dependencies]): a
+# sub-command module that needs a missing one of these is hidden (a partial install still works); any
+# other import error in a sub-command module (a typo, a broken module of ours) raises
+OPTIONAL_IMPORTS = frozenset({"onnx", "onnx_ir", "gguf", "tokenizers", "tqdm", "onnxruntime_genai", "torch",
+                              "transformers", "accelerate", "safetensors", "pynvml", "llama_cpp", "matplotlib",
+                              "starlette", "uvicorn", "rich", "kserve"})
 
 
 def _client(a: argparse.Namespace) -> Any:
@@ -251,7 +258,7 @@ def cmd_history(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins: Sequence[str] = PLUGIN_MODULES) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="agentctl", description="control ondevice-agent", allow_abbrev=False)
     ap.add_argument("--socket", type=Path, default=None,
                     help=f"agentd socket (default: $AGENT_SOCKET or {default_socket()})")
@@ -292,15 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--since", default="1h")
     sp.add_argument("--table", action="append", default=[])
     sp.add_argument("--limit", type=int, default=20)
-    for mod_name in PLUGIN_MODULES:
+    for mod_name in plugins:
         try:
             mod = importlib.import_module(mod_name)
         except ModuleNotFoundError as e:
-            # only a missing optional extra (a third-party package) hides a command; a broken module
-            # of ours is a bug that must show
-            if e.name is None or e.name == "agent" or e.name.startswith("agent."):
+            if (e.name or "").split(".")[0] not in OPTIONAL_IMPORTS:
                 raise
-            continue
+            continue   # an optional extra that is not installed: its commands are not offered
         adder = getattr(mod, "add_parsers", None)
         if adder is not None:
             adder(sub)

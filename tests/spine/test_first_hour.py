@@ -148,14 +148,22 @@ def test_values_are_rounded_for_people():
     assert F.ms(0.4567) == "0.46 ms" and F.ms(426.3) == "426 ms"
 
 
-def test_a_broken_module_of_ours_is_not_hidden_but_a_missing_extra_is(monkeypatch):
+def test_only_a_missing_optional_extra_hides_a_subcommand(tmp_path: Path, monkeypatch):
     import agent.cli as cli
 
-    monkeypatch.setattr(cli, "PLUGIN_MODULES", ("agent.no_such_module",))
+    (tmp_path / "typo_cmds.py").write_text("import nmupy\n")            # a typo: must show, not hide
+    (tmp_path / "extra_cmds.py").write_text(                            # needs the 'demo' extra, absent
+        "raise ModuleNotFoundError(\"No module named 'rich'\", name='rich')\n")
+    (tmp_path / "fine_cmds.py").write_text(
+        "def add_parsers(sub):\n    sub.add_parser('fine-cmd')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="nmupy"):
+        cli.build_parser(("fine_cmds", "typo_cmds"))
     with pytest.raises(ModuleNotFoundError):
-        cli.build_parser()
-    monkeypatch.setattr(cli, "PLUGIN_MODULES", ("no_such_third_party_extra",))
-    assert cli.build_parser() is not None
+        cli.build_parser(("agent.no_such_module",))
+    ap = cli.build_parser(("extra_cmds", "fine_cmds"))
+    assert ap.parse_args(["fine-cmd"]) is not None
+    assert cli.build_parser() is not None   # the shipped sub-commands all import here
 
 
 def test_zoo_errors_use_the_one_exit_code_map(tmp_path: Path):
