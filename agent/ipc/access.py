@@ -51,11 +51,10 @@ log = logging.getLogger(__name__)
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; not exported by Python 3.11
 
 CLIENT_METHODS: frozenset[str] = frozenset({
-    "infer", "generate", "hold", "release", "status", "models", "variants", "subscribe", "unsubscribe", "metrics",
-    "history", "ping", "hello", "cancel",
+    "infer", "generate", "cancel", "hold", "release", "status", "models", "subscribe", "metrics", "history", "ping",
 })
-"""Methods a member of the clients' group may call. Everything else (pin, unpin, reload, zoo.*,
-policy.*, shutdown, …) needs the admin role."""
+"""Methods a member of the clients' group may call (each a real handler: tests/spine/test_access_methods.py).
+Everything else (pin, unpin, reload, zoo.*, policy.*, shutdown, …) needs the admin role."""
 
 ADMIN_METHODS_DOC = ("pin", "unpin", "reload", "zoo.*", "policy.*")  # for docs and error messages
 
