@@ -247,14 +247,14 @@ class App:
                 gate.leave()
         wall = time.perf_counter() - t0
         usage = res.get("usage") or {}
-        # the worker reports the CPU time of the generation (process CPU time, shared out among concurrent
-        # generations); older workers do not: then the busy cores while it ran stand in
+        # the worker measures the CPU time of the generation (process CPU time, shared out among concurrent
+        # generations); a reply without it is unknown CPU (None: no energy attributed), never a guess
         cpu_s = res.get("cpu_s")
-        if not isinstance(cpu_s, (int, float)) or isinstance(cpu_s, bool):
-            cpu_s = wall * min(1.0, float(os.cpu_count() or 1))
+        if not isinstance(cpu_s, (int, float)) or isinstance(cpu_s, bool) or not cpu_s >= 0:
+            cpu_s = None
         toks = usage.get("completion_tokens") or 0
         joules, meter = (self.controller.attribute(model, res["variant"], float(cpu_s), wall, int(toks))
-                         if self.controller else (None, None))
+                         if self.controller and cpu_s is not None else (None, None))
         if qos.deadline_ms is not None:
             res["deadline_met"] = wall * 1e3 <= qos.deadline_ms
         toks = usage.get("completion_tokens") or 0

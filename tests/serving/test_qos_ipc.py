@@ -73,6 +73,16 @@ def test_a_feasible_deadline_is_served_with_cpu_time_and_the_meter_named_in_stat
     assert energy["meter"].startswith("model (worker CPU time")
 
 
+def test_the_recorded_cpu_time_of_a_generation_is_the_workers_measurement(qos_daemon: Any) -> None:
+    with qos_daemon.client() as c:
+        res = c.complete(MODEL, "cpu time", max_tokens=4, deadline_ms=600_000).result
+        rows = [r for r in c.history("1h", ["requests"])["requests"]
+                if r.get("kind") == "generate" and r.get("ok") and r.get("cpu_s") == res["cpu_s"]]
+    # one row carries the worker's own figure (not the wall time standing in for it)
+    assert res["cpu_s"] > 0 and rows, res
+    assert all(r["latency_ms"] != pytest.approx(r["cpu_s"] * 1e3, rel=1e-9) for r in rows)
+
+
 @pytest.mark.parametrize("params, msg", [
     ({"deadline_ms": -5}, "deadline_ms: expected a number > 0"),
     ({"min_quality": 2}, "min_quality: expected a number in 0..1"),
