@@ -18,7 +18,7 @@ from typing import Any
 
 from agent import logs, systemd
 from agent.app import App, Config
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, ConfigError, exit_code
 from agent.ipc import access
 from agent.ipc.protocol import DEFAULT_MAX_FRAME
 from agent.paths import default_socket, default_state_dir, default_zoo
@@ -174,7 +174,7 @@ async def run(cfg: Config, access_policy: access.AccessPolicy | None = None) -> 
         log.error("start failed", extra={"fields": {"error": str(e)}})
         await supervisor.stop()
         await app.stop(timeout=0)
-        return 1
+        return 1   # failed to start (the service manager's "failure"), whatever the error; bad options: exit_code
     supervisor.ready()  # app.start() returned: the default variants are loaded and warmed
     while not stop.is_set():
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(reload_req.wait())]
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         policy = access.policy_for_daemon(a.access_config)
     except ConfigError as e:
         print(f"agentd: {e}", file=sys.stderr)
-        return 2
+        return exit_code(e)
     try:
         return asyncio.run(run(config_from(a), policy))
     except KeyboardInterrupt:

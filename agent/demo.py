@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.demo_agentd import Agentd, DemoError, Plan, follow_events, run_workload
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, ConfigError, exit_code
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = REPO / "model_zoo" / "smollm2" / "recipe.toml"
@@ -191,12 +191,9 @@ def ensure_zoo(recipe_path: Path, zoo: Path, variants: list[str], build: bool) -
 def run_demo(a: argparse.Namespace) -> int:
     try:
         return _run(a)
-    except ConfigError as e:
+    except AgentError as e:   # 2 bad options or files, 1 anything else: the one map of every CLI
         print(f"agentctl demo: {e}", file=sys.stderr)
-        return 2
-    except AgentError as e:
-        print(f"agentctl demo: {e}", file=sys.stderr)
-        return 1
+        return exit_code(e)
     except KeyboardInterrupt:
         print("agentctl demo: interrupted", file=sys.stderr)
         return 130

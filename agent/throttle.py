@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cpulimit import CpuLimiter, make_limiter
-from agent.errors import AgentError, CpuLimitError, DeadlineInfeasible
+from agent.errors import AgentError, CpuLimitError, DeadlineInfeasible, exit_code
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY = REPO / "policies" / "quality-first.toml"
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         res = run(a.zoo, a.model, a.deadline_ms, a.tokens, a.phase_s, a.quota_cores, mechanism=a.mechanism)
     except AgentError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return exit_code(e)
     text = json.dumps(res, indent=2)
     print(text)
     if a.out:

@@ -20,8 +20,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from agent.errors import AgentError
 from agent.http import kserve, ollama, openai_api
-from agent.http.common import DoorError, MessageError
+from agent.http.common import DoorError, MessageError, status_of
 
 log = logging.getLogger("agent.http")
 
@@ -76,6 +77,13 @@ def build_app(agent_app: Any) -> Starlette:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return _error(request.url.path, exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code)
 
+    async def on_agent_error(request: Request, exc: Exception) -> Response:
+        """One of ours a door did not translate itself: the doors' one status map, in the door's shape."""
+        assert isinstance(exc, AgentError)
+        if request.url.path.startswith(("/v2", "/api", "/metrics")):
+            return _error(request.url.path, status_of(exc), exc.message)
+        return openai_api.from_agent_error(exc).response()
+
     async def on_error(request: Request, exc: Exception) -> Response:
         log.error("http handler failed", exc_info=exc)
         return _error(request.url.path, 500, f"internal error: {type(exc).__name__}")
@@ -85,5 +93,5 @@ def build_app(agent_app: Any) -> Starlette:
     from starlette.middleware import Middleware
 
     return Starlette(routes=routes, exception_handlers={DoorError: on_door_error, HTTPException: on_http_error,
-                                                        Exception: on_error},
+                                                        AgentError: on_agent_error, Exception: on_error},
                      middleware=[Middleware(CountResponses, metrics=agent_app.metrics)])

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.errors import AgentError
+from agent.errors import AgentError, InvalidParams, exit_code
 from agent.policy.loader import check_files, load_policy
 from agent.policy.table import VariantRow, table_from_manifests
 from agent.zoo.manifest import MANIFEST, Manifest, load_manifest
@@ -70,10 +70,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         trace = load_trace(args.trace)
         workload = parse_workload(args.workload)
         if not args.swap_power_w >= 0:
-            raise AgentError(f"--swap-power-w: expected a number >= 0, got {args.swap_power_w}")
+            raise InvalidParams(f"--swap-power-w: expected a number >= 0, got {args.swap_power_w}")
     except AgentError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_code(e)
     table, zerrs = zoo_table(Path(args.zoo))
     for name, msg in zerrs.items():
         print(f"warning: zoo model {name} skipped: {msg}", file=sys.stderr)

@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Any
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, exit_code
 from agent.sensors.snapshot import Snapshot
 
 FIELDS = ("battery.percent", "battery.status", "battery.power_w", "power.on_ac", "thermal.level",
@@ -60,7 +60,7 @@ def cmd_sensors(args: argparse.Namespace) -> int:
         src = _source(args)
     except ConfigError as e:
         print(f"agentctl sensors: {e}", file=sys.stderr)
-        return 2
+        return exit_code(e)
     try:
         snap = src.read()
     finally:
@@ -86,7 +86,7 @@ def cmd_trace_record(args: argparse.Namespace) -> int:
         src = _source(args)
     except ConfigError as e:
         print(f"agentctl trace record: {e}", file=sys.stderr)
-        return 2
+        return exit_code(e)
     try:
         n = record(src, args.duration, args.out, args.interval)
     except KeyboardInterrupt:
