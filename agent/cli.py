@@ -21,8 +21,8 @@ from agent.errors import AgentError, ConfigError, InvalidParams
 from agent.paths import default_socket
 
 # modules that add sub-commands (missing ones are skipped, so a partial install still works)
-PLUGIN_MODULES = ("agent.zoo.cli", "agent.sensors.cli", "agent.policy.cli", "agent.service_cli", "agent.llm.cli",
-                  "agent.demo", "agent.top")
+PLUGIN_MODULES = ("agent.zoo.cli", "agent.sensors.cli", "agent.policy.cli", "agent.service.cli", "agent.llm.cli",
+                  "agent.demo.cli", "agent.top")
 
 
 def _client(a: argparse.Namespace) -> Any:

@@ -33,10 +33,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.demo_agentd import Agentd, DemoError, Plan, follow_events, run_workload
+from agent.demo.agentd import Agentd, DemoError, Plan, follow_events, run_workload
 from agent.errors import AgentError, ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_RECIPE = REPO / "model_zoo" / "smollm2" / "recipe.toml"
 # a small tensor model beside the LLM, so `agentctl infer` and the README's snippet have a model
 TENSOR_RECIPE = REPO / "model_zoo" / "silero_vad" / "recipe.toml"
@@ -247,9 +247,9 @@ def _run(a: argparse.Namespace) -> int:
 
 def _serve_and_chat(plan: Plan, a: argparse.Namespace) -> int:
     from agent.client import Client
-    from agent.demo_plot import plot_timeline
-    from agent.demo_record import Recorder
-    from agent.demo_view import LiveView, PlainView, summary_table
+    from agent.demo.plot import plot_timeline
+    from agent.demo.record import Recorder
+    from agent.demo.view import LiveView, PlainView, summary_table
 
     print(f"starting agentd (log: {plan.out / 'agentd.log'}) ...", flush=True)
     d = Agentd(plan, a.socket)
@@ -346,7 +346,7 @@ def _next_steps(plan: Plan, a: argparse.Namespace) -> None:
     policy = " ".join(f"--policy {p}" for p in plan.policy)
     print(f"\nzoo: {plan.zoo}\ndemo outputs: {plan.out}")
     if a.keep_serving:
-        from agent.demo_agentd import serve_in_background
+        from agent.demo.agentd import serve_in_background
 
         state = a.state_dir or default_state_dir()
         pid, log_path = serve_in_background(plan.zoo, plan.policy, default_socket(), state)
