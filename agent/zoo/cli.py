@@ -219,7 +219,8 @@ def _floors(args: argparse.Namespace, kind: str) -> dict[str, float] | None:
     from agent.zoo.build.registry import get_kind
     from agent.zoo.measure import parse_floors
 
-    return parse_floors(args.floor, get_kind(kind).floors) if args.floor else None
+    plugin = get_kind(kind)
+    return parse_floors(args.floor, plugin.floors if plugin else ("quality_rel",)) if args.floor else None
 
 
 FLOOR_HELP = ("NAME=MIN: below it a measured variant is recorded unfit (repeatable; default: the recipe's "

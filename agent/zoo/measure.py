@@ -82,6 +82,8 @@ def measure_variants(zoo: Path, model: str, variants: Sequence[str] = (), *, rec
     if rec.kind != m.kind:
         raise InvalidParams(f"recipe {rec.path} is for a {rec.kind} model; {model!r} is {m.kind}")
     plugin = get_kind(m.kind)
+    if plugin is None:
+        raise InvalidParams(f"model {model!r} is of kind {m.kind!r}, which no installed plugin measures")
     ref = m.variant(m.reference)
     todo = list(variants) or m.variant_ids()
     if not ref.measurements and m.reference not in todo:
