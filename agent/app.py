@@ -29,6 +29,7 @@ from agent.runtime.deadlines import DeadlinePolicy, parse_deadline_ms
 from agent.runtime.manager import Runtime
 from agent.runtime.slots import InferResult
 from agent.sensors.source import make_source
+from agent.sensors.trace import TraceReplay
 from agent.telemetry import Telemetry, parse_duration
 from agent.zoo.manifest import Manifest, empty_zoo_hint, load_zoo
 
@@ -140,6 +141,8 @@ class App:
             await http.start()
             self.http = http
         await self.server.start(self.cfg.socket, sock=self.listen_sock)
+        if isinstance(source, TraceReplay):   # a replay starts when deciding starts, not when loading did
+            source.rewind()
         self.controller.start()
         self.ready.set()
         log.info("ready", extra={"fields": {"socket": str(self.cfg.socket), "models": sorted(self.manifests),

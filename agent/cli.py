@@ -22,8 +22,8 @@ from agent.errors import AgentError, InvalidParams, exit_code
 from agent.paths import default_socket
 
 # modules that add sub-commands
-PLUGIN_MODULES = ("agent.zoo.cli", "agent.sensors.cli", "agent.policy.cli", "agent.service_cli", "agent.llm.cli",
-                  "agent.demo", "agent.top")
+PLUGIN_MODULES = ("agent.zoo.cli", "agent.sensors.cli", "agent.policy.cli", "agent.service.cli", "agent.llm.cli",
+                  "agent.demo.cli", "agent.top")
 # the import names of the optional extras' packages (pyproject.toml [project.optional-dependencies]): a
 # sub-command module that needs a missing one of these is hidden (a partial install still works); any
 # other import error in a sub-command module (a typo, a broken module of ours) raises

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent import logs, systemd
+from agent import logs
+from agent.service import systemd
 from agent.app import App, Config
 from agent.errors import AgentError, ConfigError, exit_code
 from agent.ipc import access

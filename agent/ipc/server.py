@@ -124,7 +124,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.released = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  (uvloop's transports are not asyncio subclasses)
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio subclasses
         sock = transport.get_extra_info("socket")
         if sock is not None:
             P.widen(sock)

@@ -103,7 +103,8 @@ def _only(path: Path, n: int, obj: dict[str, Any], keys: set[str]) -> None:
 def load_prompts(path: Path | None = None) -> list[Prompt]:
     """The chat prompts (ConfigError ``file:line: key: ...`` on a malformed line)."""
     path = path or data_file(PROMPTS)
-    out, seen = [], set()
+    out: list[Prompt] = []
+    seen: set[str] = set()
     for n, obj in _jsonl(path):
         _only(path, n, obj, {"id", "messages"})
         pid = _id(path, n, obj, seen)
@@ -125,7 +126,8 @@ def load_prompts(path: Path | None = None) -> list[Prompt]:
 def load_questions(path: Path | None = None) -> list[Question]:
     """The short-answer questions (ConfigError ``file:line: key: ...`` on a malformed line)."""
     path = path or data_file(QUESTIONS)
-    out, seen = [], set()
+    out: list[Question] = []
+    seen: set[str] = set()
     for n, obj in _jsonl(path):
         _only(path, n, obj, {"id", "question", "answers"})
         qid = _id(path, n, obj, seen)

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from agent.policy.table import VariantRow
-from agent.policy.trace import Trace, TraceSample, write_trace
+from agent.policy.trace import SENSOR_FORMAT, Trace, TraceSample, write_trace
 from agent.sensors.snapshot import BatteryState, MemoryState, PowerState, Snapshot, ThermalState
 
 CPU_W = 12.0
@@ -87,7 +87,7 @@ def scenario(name: str, duration_s: float = 3600.0, step_s: float = 5.0) -> Trac
         else:
             raise ValueError(f"expected one of {', '.join(SCENARIOS)}, got {name!r}")
         samples.append(TraceSample(t, s))
-    header = {"format": "ondevice-agent-trace", "version": 1, "name": name, "interval_s": step_s,
+    header = {"format": SENSOR_FORMAT, "version": 1, "name": name, "interval_s": step_s,
               "synthetic": True}
     return Trace(header=header, samples=tuple(samples), name=name)
 

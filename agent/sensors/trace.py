@@ -242,6 +242,11 @@ class TraceReplay:
     def virtual_time(self) -> float:
         return (self._clock() - self._t0) * self.speed
 
+    def rewind(self) -> None:
+        """Start the trace again from its first sample now (agentd calls this once its models are
+        loaded, so the time spent loading does not eat the start of the trace)."""
+        self._t0 = self._clock()
+
     @property
     def finished(self) -> bool:
         return not self.loop and self.virtual_time() >= self.trace.duration_s

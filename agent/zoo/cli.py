@@ -198,7 +198,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 0
     targets = m.variant_ids() if v.id == m.reference else [v.id]
     m, _ = measure_variants(zoo, m.name, targets, recipe=Path(args.recipe) if args.recipe else None,
-                            log=lambda line: print(f"      {line}", file=sys.stderr))
+                            floors=_floors(args, m.kind), log=lambda line: print(f"      {line}", file=sys.stderr))
     print(table(m))
     return 0
 
@@ -207,11 +207,24 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from agent.zoo.measure import measure_variants
 
     zoo = Path(args.zoo) if args.zoo else default_zoo_dir()
+    kind = load_manifest(zoo / args.model, check_files=False).kind if args.floor else "tensor"
     m, done = measure_variants(zoo, args.model, args.variant, recipe=Path(args.recipe) if args.recipe else None,
-                               log=lambda line: print(f"      {line}", file=sys.stderr))
+                               floors=_floors(args, kind), log=lambda line: print(f"      {line}", file=sys.stderr))
     print(f"measured {', '.join(done)}", file=sys.stderr)
     print(table(m))
     return 0
+
+
+def _floors(args: argparse.Namespace, kind: str) -> dict[str, float] | None:
+    from agent.zoo.build.registry import get_kind
+    from agent.zoo.measure import parse_floors
+
+    plugin = get_kind(kind)
+    return parse_floors(args.floor, plugin.floors if plugin else ("quality_rel",)) if args.floor else None
+
+
+FLOOR_HELP = ("NAME=MIN: below it a measured variant is recorded unfit (repeatable; default: the recipe's "
+              "floors for that variant id, else quality_rel=0.9)")
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
@@ -282,12 +295,14 @@ def add_parsers(subparsers: Any) -> None:
                    help="drop outputs the model does not have from this variant")
     i.add_argument("--recipe", help="recipe whose [eval] gives the data to measure on (default: the model's)")
     i.add_argument("--no-measure", action="store_true", help="import without measuring (the policy skips it)")
+    i.add_argument("--floor", action="append", default=[], metavar="NAME=MIN", help=FLOOR_HELP)
     i.add_argument("--zoo")
     i.set_defaults(func=cmd_import)
     ms = zs.add_parser("measure", help="measure variants (built or imported) so the policy can choose them")
     ms.add_argument("model")
     ms.add_argument("variant", nargs="*", help="variants to measure (default: all)")
     ms.add_argument("--recipe", help="recipe whose [eval] gives the data (default: the one the model was built from)")
+    ms.add_argument("--floor", action="append", default=[], metavar="NAME=MIN", help=FLOOR_HELP)
     ms.add_argument("--zoo")
     ms.set_defaults(func=cmd_measure)
     rm = zs.add_parser("remove", help="remove a variant, or a whole model")

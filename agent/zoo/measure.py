@@ -5,17 +5,49 @@ quality against the reference on the recipe's eval data), so the policy has a ro
 The eval data comes from a recipe: ``--recipe``, else the one the model's reference was built from. For a
 model a user brought (``zoo import``), write a recipe whose ``[eval]`` points at your own samples (for a
 tensor model: ``data = "npz"`` with files, or ``"wav"``); ``source.path`` names the reference file.
+
+Floors: a measured variant below its floors is recorded ``unfit`` with the figure (the policy never picks
+it). The floors are those given (``--floor NAME=MIN``), else the recipe's for a variant of that id, else
+:data:`DEFAULT_FLOORS` (a variant the recipe does not list, e.g. one a user imported).
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.errors import BuildError, InvalidParams
+from agent.zoo.floors import unfit_reason
 from agent.zoo.manifest import MANIFEST, Manifest, Variant, _signature_mismatch, load_manifest, save_manifest
+
+if TYPE_CHECKING:
+    from agent.zoo.recipe import Recipe
+
+# what a variant no recipe lists must keep of the reference's quality to be served
+DEFAULT_FLOORS: dict[str, float] = {"quality_rel": 0.9}
+
+
+def parse_floors(items: Sequence[str], known: Sequence[str]) -> dict[str, float] | None:
+    """``["quality_rel=0.95", ...]`` from ``--floor``; None when none were given."""
+    if not items:
+        return None
+    out: dict[str, float] = {}
+    for item in items:
+        name, eq, val = item.partition("=")
+        name = name.strip()
+        if not eq or name not in known:
+            raise InvalidParams(f"--floor: expected NAME=MIN with NAME one of {', '.join(known)}, got {item!r}")
+        try:
+            lo = float(val)
+        except ValueError:
+            raise InvalidParams(f"--floor {name}: expected a number, got {val.strip()!r}") from None
+        if lo != lo or lo in (float("inf"), float("-inf")):
+            raise InvalidParams(f"--floor {name}: expected a finite number, got {val.strip()!r}")
+        out[name] = lo
+    return out
 
 
 def recipe_of(m: Manifest, recipe: Path | None) -> Path:
@@ -32,9 +64,11 @@ def recipe_of(m: Manifest, recipe: Path | None) -> Path:
 
 
 def measure_variants(zoo: Path, model: str, variants: Sequence[str] = (), *, recipe: Path | None = None,
+                     floors: Mapping[str, float] | None = None,
                      log: Callable[[str], None] = lambda s: None) -> tuple[Manifest, list[str]]:
     """Measure ``variants`` of ``model`` (all when empty; an unmeasured reference first, since quality is
-    relative to it) and save the manifest; returns it and the ids measured."""
+    relative to it), mark the ones below their floors unfit (see the module docstring) and save the
+    manifest; returns it and the ids measured."""
     from agent.zoo.build.registry import MeasureContext, get_kind
     from agent.zoo.recipe import load_recipe
 
@@ -48,6 +82,8 @@ def measure_variants(zoo: Path, model: str, variants: Sequence[str] = (), *, rec
     if rec.kind != m.kind:
         raise InvalidParams(f"recipe {rec.path} is for a {rec.kind} model; {model!r} is {m.kind}")
     plugin = get_kind(m.kind)
+    if plugin is None:
+        raise InvalidParams(f"model {model!r} is of kind {m.kind!r}, which no installed plugin measures")
     ref = m.variant(m.reference)
     todo = list(variants) or m.variant_ids()
     if not ref.measurements and m.reference not in todo:
@@ -74,8 +110,18 @@ def measure_variants(zoo: Path, model: str, variants: Sequence[str] = (), *, rec
         build = {**v.build, "measured_with": str(rec.path)}
         if res.info:
             build["eval"] = res.info
-        nv: Variant = replace(v, quality=res.quality, measurements=(res.measurement,), build=build)
+        unfit = None if is_ref else unfit_reason(_floors_for(rec, vid, floors), res.quality)
+        if unfit:
+            log(f"{vid} is UNFIT (kept, never picked by the policy): {unfit}")
+        nv: Variant = replace(v, quality=res.quality, measurements=(res.measurement,), build=build, unfit=unfit)
         m = replace(m, variants=tuple(nv if x.id == vid else x for x in m.variants))
         save_manifest(m)    # after each variant: a later failure keeps what was measured
         done.append(vid)
     return m, done
+
+
+def _floors_for(rec: Recipe, vid: str, given: Mapping[str, float] | None) -> Mapping[str, float]:
+    if given is not None:
+        return given
+    spec = next((x for x in rec.variants if x.id == vid), None)
+    return spec.floors if spec is not None else DEFAULT_FLOORS

@@ -172,7 +172,7 @@ def test_no_build_with_an_empty_zoo_fails_and_says_how_to_fix(tiny_recipe: Path,
 
 
 def test_summary_splits_time_tokens_and_energy_by_variant() -> None:
-    from agent.demo_record import Generation, Recorder
+    from agent.demo.record import Generation, Recorder
 
     clock = iter([0.0] + [float(i) for i in range(100)])
     rec = Recorder("m", clock=lambda: next(clock))
@@ -188,7 +188,7 @@ def test_summary_splits_time_tokens_and_energy_by_variant() -> None:
 
 
 def test_swap_reasons_read_as_one_line() -> None:
-    from agent.demo_record import describe_reason
+    from agent.demo.record import describe_reason
 
     assert describe_reason({"why": "policy", "profile": "power-saver", "rule": "low-battery",
                             "explanation": "int4 uses 40 % less energy", "readings": {"x": 1}}) == \
@@ -213,7 +213,7 @@ def test_demo_on_the_real_smollm2_zoo(tmp_path: Path) -> None:
 def _args(*argv: str):  # type: ignore[no-untyped-def]
     import argparse
 
-    from agent.demo import add_arguments
+    from agent.demo.cli import add_arguments
 
     p = argparse.ArgumentParser()
     add_arguments(p)
@@ -221,7 +221,7 @@ def _args(*argv: str):  # type: ignore[no-untyped-def]
 
 
 def test_uses_the_live_sensors_when_the_machine_has_a_battery(tmp_path: Path) -> None:
-    from agent.demo import choose_sensors
+    from agent.demo.cli import choose_sensors
 
     bat = tmp_path / "sys" / "class" / "power_supply" / "BAT0"
     bat.mkdir(parents=True)
@@ -234,7 +234,7 @@ def test_uses_the_live_sensors_when_the_machine_has_a_battery(tmp_path: Path) ->
 
 
 def test_without_a_battery_replays_the_workday_so_it_fits_the_duration(tmp_path: Path) -> None:
-    from agent.demo import choose_sensors
+    from agent.demo.cli import choose_sensors
     from agent.sensors.trace import load_trace, shipped
 
     (tmp_path / "sys").mkdir()
@@ -247,7 +247,7 @@ def test_without_a_battery_replays_the_workday_so_it_fits_the_duration(tmp_path:
 
 
 def test_swap_labels_get_lanes_that_never_overlap():
-    from agent.demo_plot import label_lanes
+    from agent.demo.plot import label_lanes
 
     lanes = label_lanes([0.0, 0.01, 0.02, 0.5, 0.51, 2.0], min_gap=0.1)
     assert lanes == [0, 1, 2, 0, 1, 0]
@@ -257,7 +257,7 @@ def test_swap_labels_get_lanes_that_never_overlap():
 
 
 def test_swaps_are_placed_at_the_decision_not_at_the_event_arrival():
-    from agent.demo_record import Recorder
+    from agent.demo.record import Recorder
 
     t = [0.0]
     rec = Recorder("m", clock=lambda: t[0])
@@ -271,8 +271,8 @@ def test_swaps_are_placed_at_the_decision_not_at_the_event_arrival():
 
 
 def test_a_variant_without_replies_says_why_in_the_summary():
-    from agent.demo_record import Recorder, Sample
-    from agent.demo_view import summary_table
+    from agent.demo.record import Recorder, Sample
+    from agent.demo.view import summary_table
 
     rec = Recorder("m")
     for i, v in enumerate(["int8", "int4", "int8"]):

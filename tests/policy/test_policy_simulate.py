@@ -166,21 +166,25 @@ def test_trace_round_trips_through_the_jsonl_format(tmp_path: Path) -> None:
     assert tr.samples[0].snapshot.thermal.level == "severe" and tr.samples[1].snapshot.battery.percent is None
 
 
-def test_trace_accepts_sections_at_the_top_level_and_ignores_unknown_fields(tmp_path: Path) -> None:
+H = '{"format": "ondevice-agent-sensor-trace", "version": 1, "interval_s": 1}\n'
+
+
+def test_the_simulator_reads_the_one_sensor_trace_format(tmp_path: Path) -> None:
     p = tmp_path / "t.jsonl"
-    p.write_text('{"name": "y"}\n{"t_s": 1, "battery": {"percent": 40, "future_field": 1}}\n')
+    p.write_text(H + '{"t": 1, "battery": {"percent": 40}}\n')
     s = load_trace(p).samples[0]
     assert s.t == 1.0 and s.snapshot.battery.percent == 40.0
 
 
 @pytest.mark.parametrize("body,line,frag", [
-    ('{"t": 0}\n', 1, "header"),
-    ('{"h": 1}\nnot json\n', 2, "invalid JSON"),
-    ('{"h": 1}\n[1, 2]\n', 2, "expected a JSON object"),
-    ('{"h": 1}\n{"snapshot": {}}\n', 2, "time offset"),
-    ('{"h": 1}\n{"t": 5}\n{"t": 3}\n', 3, "expected a number >= 5.0, got 3"),
-    ('{"h": 1}\n{"t": 0, "snapshot": {"battery": {"percent": "full"}}}\n', 2, "battery.percent"),
-    ('{"h": 1}\n', None, "no samples"),
+    ('{"t": 0}\n', 1, "header with format"),
+    ('{"name": "old lenient format", "format": "ondevice-agent-trace"}\n{"t": 0, "snapshot": {}}\n', 1, "format"),
+    (H + 'not json\n', 2, "not JSON"),
+    (H + '[1, 2]\n', 2, "expected a JSON object"),
+    (H + '{"battery": {}}\n', 2, "non-negative number"),
+    (H + '{"t": 5}\n{"t": 3}\n', 3, "t goes backwards"),
+    (H + '{"t": 0, "battery": {"percent": "full"}}\n', 2, "percent"),
+    (H, 1, "no samples"),
 ])
 def test_malformed_traces_name_file_and_line(tmp_path: Path, body: str, line: int | None, frag: str) -> None:
     p = tmp_path / "bad.jsonl"

@@ -46,6 +46,16 @@ def test_replay_shows_the_sample_in_force_at_each_virtual_time(tmp_path, clock):
     assert last.source == "trace:t.jsonl"
 
 
+def test_rewind_starts_the_trace_again_from_its_first_sample(tmp_path, clock):
+    rep = TraceReplay(write_trace(tmp_path / "t.jsonl", rows3()), speed=10.0, clock=clock)
+    clock.advance(1.5)                  # e.g. the time agentd spent loading its models
+    assert rep.read().battery.percent == 80.0
+    rep.rewind()
+    assert rep.virtual_time() == 0.0 and rep.read().battery.percent == 90.0
+    clock.advance(1.0)
+    assert rep.read().battery.percent == 80.0
+
+
 def test_replay_holds_the_last_sample_after_the_end_unless_looping(tmp_path, clock):
     p = write_trace(tmp_path / "t.jsonl", rows3())
     rep = TraceReplay(p, speed=1.0, clock=clock)

@@ -19,11 +19,22 @@ from agent.ipc import protocol as P
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="module")
+def slow_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test MLP with a wide hidden layer (~5M weights): a request of a few MB runs for a long time
+    compared with the time its frame takes to arrive, so concurrent requests really overlap."""
+    from agent.testing import make_tensor_zoo
+
+    zoo = tmp_path_factory.mktemp("slow-zoo")
+    make_tensor_zoo(zoo, "mlp", in_features=256, hidden=16384, out_features=64)
+    return zoo
+
+
 @pytest.fixture
-def limited_agentd(tensor_zoo_src: Path, tmp_path: Path, notify_socket: NotifySocket) -> Iterator[Agentd]:
+def limited_agentd(slow_zoo: Path, tmp_path: Path, notify_socket: NotifySocket) -> Iterator[Agentd]:
     cfg = tmp_path / "access.toml"
     cfg.write_text("[access]\nmax_concurrent = 2\nmax_connections = 6\nmax_frame_bytes = 33554432\n")
-    a = start_agentd(tmp_path, tensor_zoo_src, notify_socket, activate=False,
+    a = start_agentd(tmp_path, slow_zoo, notify_socket, activate=False,
                      extra=["--access-config", str(cfg)])
     notify_socket.wait_for("READY=1", 60)
     yield a
@@ -38,7 +49,7 @@ def _open(path: Path) -> socket.socket:
 
 
 def test_requests_over_the_per_uid_concurrency_limit_get_busy(limited_agentd: Agentd) -> None:
-    x = np.ones((20000, 256), np.float32)  # ~20 MB, a few hundred ms per run
+    x = np.ones((4000, 256), np.float32)  # 4 MB in, ~20 GFLOP: hundreds of ms per run, a few ms to arrive
     descs, bufs = P.tensor_descs({"x": x})
     socks = [_open(limited_agentd.socket_path) for _ in range(5)]  # 5 connections, one uid
     for i, s in enumerate(socks):

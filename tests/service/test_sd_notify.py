@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from svc_helpers import NotifySocket, connect_when_listening
 
-from agent import systemd as sd
+from agent.service import systemd as sd
 
 
 def _fields(msg: str) -> dict[str, str]:
@@ -163,7 +163,7 @@ def test_listen_fds_is_empty_without_valid_variables(env: dict[str, str]) -> Non
 
 _CHILD = r"""
 import json, os, sys
-from agent import systemd as sd
+from agent.service import systemd as sd
 fds = sd.listen_fds()
 sock = sd.unix_listener(fds, name=sys.argv[1] if len(sys.argv) > 1 else None)
 out = {"fds": [[f.fd, f.name] for f in fds], "env_left": "LISTEN_FDS" in os.environ,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.service_cli import ServiceInstallError, main, render_service
+from agent.service.cli import ServiceInstallError, main, render_service
 
 ROOT = Path(__file__).resolve().parents[2]
 

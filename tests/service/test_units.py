@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.ipc.access import AccessPolicy
-from agent.service_cli import find_agentd, render_service
+from agent.service.cli import find_agentd, render_service
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"

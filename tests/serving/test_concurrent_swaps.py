@@ -36,8 +36,15 @@ def diverging(llm_zoo):  # type: ignore[no-untyped-def]
 
 
 def test_twenty_streams_complete_during_pin_flips_and_none_mixes_variants(llm_daemon, diverging, fp32_active):
+    flipped = asyncio.Event()   # set once the first pin (to int8) has swapped
+
     async def one(conn: AsyncClient, i: int) -> tuple[int, str, list, object]:
-        await asyncio.sleep(0.15 * i)   # spread the starts over the flips (a swap takes 0.3-1.5 s here)
+        # spread the starts over the flips (a swap takes 0.3-1.5 s here, more on a loaded machine): the
+        # first ten from the start (fp32), the others from the moment int8 became active, so both
+        # variants serve streams however long the swaps take
+        if i >= 10:
+            await flipped.wait()
+        await asyncio.sleep(0.15 * (i % 10))
         prompt = diverging[i % len(diverging)][0]
         chunks = [ch async for ch in conn.generate(MODEL, prompt, max_tokens=TOKENS)]
         return i, prompt, chunks[:-1], chunks[-1]
@@ -49,6 +56,7 @@ def test_twenty_streams_complete_during_pin_flips_and_none_mixes_variants(llm_da
             v = "int8" if k % 2 == 0 else "fp32"
             await conn.pin(MODEL, v)
             pinned.append(v)
+            flipped.set()
             k += 1
             await asyncio.sleep(0.1)
         return pinned

@@ -3,6 +3,8 @@ the policy can choose them, variants removed, the reference replaced."""
 
 from __future__ import annotations
 
+import re
+
 import subprocess
 import sys
 from pathlib import Path
@@ -98,6 +100,7 @@ def test_an_imported_variant_is_measured_and_gets_a_policy_row(zoo: Path, mlp_fi
     row = next(r for r in rows if r.variant == "int8-other-producer")
     assert row.latency_ms_p50 and row.latency_ms_p50 > 0 and row.energy_j is not None
     assert row.precision == "int8" and 0.5 < row.quality_rel <= 1.0
+    assert m.variant("int8-other-producer").unfit is None          # above the default floor
 
 
 def test_a_different_model_with_a_matching_signature_measures_low_quality(zoo: Path, mlp_file: Path,
@@ -107,6 +110,11 @@ def test_a_different_model_with_a_matching_signature_measures_low_quality(zoo: P
     import_variant(zoo, "mlp", "impostor", make_mlp(tmp_path / "other.onnx", seed=7))
     m, _ = measure_variants(zoo, "mlp", ["impostor"], recipe=recipe)
     assert m.variant("impostor").quality.relative < 0.5    # another network: its answers disagree
+    # below the default floor for a variant no recipe lists: unfit, with the figure, and out of the table
+    assert re.fullmatch(r"quality_rel 0\.\d+ < floor 0\.9", m.variant("impostor").unfit or "")
+    assert "impostor" not in {r.variant for r in table_from_manifests({"mlp": m})}
+    m, _ = measure_variants(zoo, "mlp", ["impostor"], recipe=recipe, floors={"quality_rel": 0.0})
+    assert m.variant("impostor").unfit is None             # the user's own floor wins
 
 
 def test_zoo_remove_a_variant_the_reference_and_the_model(zoo: Path, tmp_path: Path) -> None:
@@ -148,6 +156,10 @@ def test_zoo_cli_measure_remove_and_bad_map(zoo: Path, mlp_file: Path, tmp_path:
     assert load_manifest(zoo / "mlp").variant("fp32").measurements          # import measured it
     p = ctl("import", "mlp", "x", str(mlp_file), "--map", "novalue")
     assert p.returncode == 2 and "expected GRAPH_NAME=MODEL_NAME" in p.stderr
+    for bad, msg in (("quality", "expected NAME=MIN"), ("speed=2", "NAME one of quality_rel"),
+                     ("quality_rel=high", "expected a number, got 'high'"), ("quality_rel=nan", "finite")):
+        p = ctl("measure", "mlp", "--recipe", str(recipe), "--floor", bad)
+        assert p.returncode == 2 and msg in p.stderr, (bad, p.stderr)
     p = ctl("measure", "mlp", "nope", "--recipe", str(recipe))
     assert p.returncode == 1 and "no variant 'nope'" in p.stderr
     p = ctl("remove", "mlp")

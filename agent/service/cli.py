@@ -42,7 +42,7 @@ class ServiceInstallError(Exception):
 
 def source_dir() -> Path:
     """The directory holding the shipped unit templates."""
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]
     for cand in (here / "systemd", Path(sys.prefix) / "share" / "ondevice-agent" / "systemd"):
         if (cand / SERVICE).is_file() and (cand / SOCKET).is_file():
             return cand

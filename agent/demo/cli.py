@@ -3,8 +3,9 @@
     build the default zoo if missing ─► start agentd (default policy; a shipped trace when there is
     no battery) ─► chat workload through the client ─► live view ─► summary table + timeline PNG
 
-1. The zoo: the SmolLM2 recipe's torch-free variants (``fp32 int8 int4`` by default; the distilled
-   variant needs torch and minutes, so the demo leaves it out) are built into the state directory's zoo
+1. The zoo: the SmolLM2 recipe's quick variants (``fp32 int8 int4`` by default, onnxruntime-genai builder
+   graphs from the GGUF; the pruned and distilled ones take many minutes, so the demo leaves them out) are
+   built into the state directory's zoo
    when missing, with the zoo builder's progress bars.
 2. agentd runs as a child process with ``policies/balanced.toml``. On a machine without a battery the
    sensors replay ``laptop_workday`` (a synthesized 9 h workday) fast enough that the day passes in
@@ -33,10 +34,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.demo_agentd import Agentd, DemoError, Plan, follow_events, run_workload
+from agent.demo.agentd import Agentd, DemoError, Plan, follow_events, run_workload
 from agent.errors import AgentError, ConfigError, exit_code
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_RECIPE = REPO / "model_zoo" / "smollm2" / "recipe.toml"
 # a small tensor model beside the LLM, so `agentctl infer` and the README's snippet have a model
 TENSOR_RECIPE = REPO / "model_zoo" / "silero_vad" / "recipe.toml"
@@ -75,7 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-tensor-model", action="store_true",
                    help="do not build and serve the small tensor model (Silero VAD, ~15 s to build)")
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="VARIANT",
-                   help="variants to build and serve (default: %(default)s, no torch needed)")
+                   help="variants to build and serve (default: %(default)s, a few minutes to build)")
     p.add_argument("--policy", type=Path, action="append", help="policy file, repeatable (default: policies/balanced.toml + policies/workday-demo.toml)")
     p.add_argument("--sensors", help="'live' or 'trace:FILE[,speed=N]' (default: live with a battery, "
                                      "else the shipped workday trace)")
@@ -178,8 +179,8 @@ def ensure_zoo(recipe_path: Path, zoo: Path, variants: list[str], build: bool) -
     from agent.zoo.build.runner import build_recipe
     from agent.zoo.cli import make_reporter, table
 
-    print(f"zoo: building {recipe.name} {', '.join(missing)} into {zoo} (torch-free variants; "
-          "a few minutes the first time)", flush=True)
+    print(f"zoo: building {recipe.name} {', '.join(missing)} into {zoo} "
+          "(a few minutes the first time)", flush=True)
     t0 = time.perf_counter()
     m, _ = build_recipe(recipe, zoo, only=variants, reporter=make_reporter(sys.stderr),
                         command=f"agentctl demo (zoo build {recipe_path} --only {' '.join(variants)})")
@@ -244,9 +245,9 @@ def _run(a: argparse.Namespace) -> int:
 
 def _serve_and_chat(plan: Plan, a: argparse.Namespace) -> int:
     from agent.client import Client
-    from agent.demo_plot import plot_timeline
-    from agent.demo_record import Recorder
-    from agent.demo_view import LiveView, PlainView, summary_table
+    from agent.demo.plot import plot_timeline
+    from agent.demo.record import Recorder
+    from agent.demo.view import LiveView, PlainView, summary_table
 
     print(f"starting agentd (log: {plan.out / 'agentd.log'}) ...", flush=True)
     d = Agentd(plan, a.socket)
@@ -343,7 +344,7 @@ def _next_steps(plan: Plan, a: argparse.Namespace) -> None:
     policy = " ".join(f"--policy {p}" for p in plan.policy)
     print(f"\nzoo: {plan.zoo}\ndemo outputs: {plan.out}")
     if a.keep_serving:
-        from agent.demo_agentd import serve_in_background
+        from agent.demo.agentd import serve_in_background
 
         state = a.state_dir or default_state_dir()
         pid, log_path = serve_in_background(plan.zoo, plan.policy, default_socket(), state)

@@ -141,7 +141,7 @@ class Agentd:
 def run_workload(sock: Path, model: str, rec: Any, stop: threading.Event, max_tokens: int) -> None:
     """Chat prompts in a loop until ``stop``; each reply is one Generation in ``rec``."""
     from agent.client import Client
-    from agent.demo_record import Generation
+    from agent.demo.record import Generation
 
     i = 0
     try:

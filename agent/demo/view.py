@@ -6,7 +6,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from agent.demo_record import Generation, PolicyChange, Recorder, Sample, Swap, VariantSummary
+from agent.demo.record import Generation, PolicyChange, Recorder, Sample, Swap, VariantSummary
 
 
 def fmt_clock(trace_t: float | None) -> str:
