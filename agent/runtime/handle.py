@@ -443,8 +443,9 @@ class WorkerHandle:
         return True
 
     def _reap_later(self) -> None:
-        """Collect the exit status once the process is gone (no zombie), from a task on the loop."""
-        if self.proc is None or self.proc.poll() is not None:
+        """Collect the exit status once the process is gone (no zombie), from a task on the loop: nothing
+        here waits or even polls, the task does on the loop's next turns."""
+        if self.proc is None or self.proc.returncode is not None:
             return
         if self._reaper is not None and not self._reaper.done():
             return
