@@ -76,7 +76,7 @@ def test_history_sees_a_row_the_writer_thread_has_taken_but_not_yet_committed(tm
 
 def test_a_flush_that_fails_keeps_its_rows_for_the_next_one(tmp_path):
     t = Telemetry(tmp_path / "t.db", flush_s=60)
-    blocker = sqlite3.connect(tmp_path / "t.db", isolation_level=None, timeout=0)
+    blocker = sqlite3.connect(tmp_path / "t.db", isolation_level=None, timeout=10)
     try:
         blocker.execute("BEGIN IMMEDIATE")
         t.record("swaps", {"to": "int8"})
