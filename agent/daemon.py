@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from agent import logs
-from agent.service import systemd
 from agent.app import App, Config
 from agent.errors import AgentError, ConfigError, exit_code
 from agent.ipc import access
 from agent.ipc.protocol import DEFAULT_MAX_FRAME
 from agent.paths import default_socket, default_state_dir, default_zoo
+from agent.service import systemd
 
 log = logging.getLogger("agent.daemon")
 

@@ -143,7 +143,7 @@ class Telemetry:
                 rows = db.execute(f"SELECT * FROM [{t}] WHERE ts >= ? ORDER BY ts DESC LIMIT ?",
                                   [time.time() - since_s, limit])
                 cols = [c[0] for c in rows.description]
-                out[t] = [dict(zip(cols, r)) for r in rows.fetchall()]
+                out[t] = [dict(zip(cols, r, strict=True)) for r in rows.fetchall()]
             return out
         finally:
             db.conn.close()

@@ -87,7 +87,7 @@ def start_agentd(lim: CpuLimiter, zoo: Path, workdir: Path, extra: list[str]) ->
            "--state-dir", str(workdir / "state"), "--policy", str(POLICY), "--sample-interval", "0.5", *extra]
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    log = open(workdir / "agentd.log", "wb")   # noqa: SIM115 - kept open for the daemon's lifetime
+    log = open(workdir / "agentd.log", "wb")
     p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     from agent.client import wait_for_socket
 

@@ -64,7 +64,7 @@ def locate(text: str, path: PathKey) -> int | None:
 
 def _prefix_len(have: list[str | int], want: list[str | int]) -> int:
     n = 0
-    for a, b in zip(have, want):
+    for a, b in zip(have, want, strict=False):
         if a != b:
             break
         n += 1

@@ -63,7 +63,7 @@ def bare_run(e: LLMEngine, n: int) -> float:
     for _ in range(n):
         tok = int(res[0][0, -1].argmax())
         feeds = {"input_ids": np.asarray([[tok]], np.int64), "attention_mask": np.ones((1, pos + 1), np.int64),
-                 "position_ids": np.asarray([[pos]], np.int64), **dict(zip(names, res[1:]))}
+                 "position_ids": np.asarray([[pos]], np.int64), **dict(zip(names, res[1:], strict=True))}
         res = sess.run(outs, feeds)
         pos += 1
     return n / (time.perf_counter() - t)

@@ -211,7 +211,7 @@ def start_agentd(zoo: Path, tmp: Path, threads: int) -> tuple[subprocess.Popen[b
     from agent.client import wait_for_socket
 
     sock = Path(tempfile.mkdtemp(prefix="bench", dir="/tmp")) / "a.sock"
-    log = open(tmp / "agentd.log", "wb")  # noqa: SIM115 - lives as long as the daemon
+    log = open(tmp / "agentd.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "agent.daemon", "--zoo", str(zoo), "--socket", str(sock),
                              "--state-dir", str(tmp / "state"), "--threads", str(threads)],
                             stdout=log, stderr=subprocess.STDOUT)
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         def ratio(x: str, y: str, key: str) -> float | None:
             if x not in rows or y not in rows:
                 return None
-            return med([(p[key] / q[key]) if p[key] and q[key] else None for p, q in zip(rows[x], rows[y])])
+            return med([(p[key] / q[key]) if p[key] and q[key] else None for p, q in zip(rows[x], rows[y], strict=False)])
         res["ratios"] = {
             "agentd int4 / llama.cpp decode": ratio("agentd int4", "llama.cpp", "tok_s"),
             "agentd int8 / llama.cpp decode": ratio("agentd int8", "llama.cpp", "tok_s"),

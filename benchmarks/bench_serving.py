@@ -89,7 +89,7 @@ def bench_ipc(c: Any, zoo: Path, rounds: int, n: int) -> dict[str, Any]:
             daemon99.append(pct(b, 99))
         r = {"input_bytes": x.nbytes, "n_per_round": k, "inproc_p50_us": med(inproc), "daemon_p50_us": med(daemon),
              "inproc_p99_us": med(inproc99), "daemon_p99_us": med(daemon99),
-             "round_ratios": [round(b / a, 3) for a, b in zip(inproc, daemon)]}
+             "round_ratios": [round(b / a, 3) for a, b in zip(inproc, daemon, strict=True)]}
         r["added_p50_us"] = r["daemon_p50_us"] - r["inproc_p50_us"]
         r["ratio_p50"] = r["daemon_p50_us"] / r["inproc_p50_us"]
         out[label] = r
@@ -108,7 +108,7 @@ def bench_cache(c: Any, rounds: int, n: int) -> dict[str, Any]:
         hit.append(med(timed(lambda: c.infer("mlp_cached", {"x": x}), n)))
         miss.append(med(timed(lambda: c.infer("mlp", {"x": x}), n)))
     return {"ping_p50_us": med(ping), "hit_p50_us": med(hit), "uncached_p50_us": med(miss),
-            "hit_vs_ping": med(hit) / med(ping), "round_ratios": [round(h / p, 3) for p, h in zip(ping, hit)]}
+            "hit_vs_ping": med(hit) / med(ping), "round_ratios": [round(h / p, 3) for p, h in zip(ping, hit, strict=True)]}
 
 
 def load_phase(sock: Path, model: str, seconds: float) -> dict[str, Any]:
@@ -157,7 +157,7 @@ def load_phase(sock: Path, model: str, seconds: float) -> dict[str, Any]:
         t.join(30)
     all_lat = [v for x in lat for v in x]
     all_b = [v for x in batch for v in x]
-    all_runs = [r for rs, bs in zip(runs, batch) for r, b in zip(rs, bs) if b >= 2]
+    all_runs = [r for rs, bs in zip(runs, batch, strict=True) for r, b in zip(rs, bs, strict=True) if b >= 2]
     return {"rps": len(all_lat) / wall, "p50_us": pct(all_lat, 50), "p99_us": pct(all_lat, 99),
             "mean_batch": float(np.mean(all_b)) if all_b else 0.0, "max_batch": max(all_b, default=0),
             "batch_run_ms_p50": pct(all_runs, 50) if all_runs else None, "errors": len(errors)}
@@ -168,7 +168,7 @@ def bench_batching(sock: Path, rounds: int, seconds: float) -> dict[str, Any]:
     for _ in range(rounds):
         un.append(load_phase(sock, "wide", seconds))
         ba.append(load_phase(sock, "wide_batched", seconds))
-    speed = [b["rps"] / u["rps"] for u, b in zip(un, ba)]
+    speed = [b["rps"] / u["rps"] for u, b in zip(un, ba, strict=True)]
     out: dict[str, Any] = {"clients": CLIENTS, "max_batch": MAX_BATCH, "max_queue_delay_ms": DELAY_MS,
                            "model": "mlp 768->3072->768 fp32 (one transformer FFN block, 19 MB)", "seconds_per_phase": seconds}
     for name, rs in (("unbatched", un), ("batched", ba)):

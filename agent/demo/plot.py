@@ -135,7 +135,7 @@ def plot_timeline(rec: Recorder, path: Path, *, title: str, trace: bool) -> Path
         decided = sw.decided_trace_t / 3600 if use_trace and sw.decided_trace_t is not None else done
         spans.append((min(decided, done), done))
     for i, (sw, (decided, done), lane) in enumerate(zip(swaps, spans, label_lanes([d for d, _ in spans],
-                                                                                    0.035 * span)), 1):
+                                                                                    0.035 * span), strict=False), 1):
         for ax in axes:
             ax.axvline(decided, color="black", ls="--", lw=0.9, alpha=0.7)
         if done > decided:

@@ -57,7 +57,7 @@ class PlainView:
         self.rec, self.out, self.every_s = rec, out, every_s
         self._last = -1e9
 
-    def __enter__(self) -> PlainView:  # noqa: PYI034
+    def __enter__(self) -> PlainView:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -95,11 +95,11 @@ class LiveView:
         self.lines: list[str] = []
         self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
 
-    def __enter__(self) -> LiveView:  # noqa: PYI034
+    def __enter__(self) -> LiveView:
         self.live.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:  # noqa: PYI036
+    def __exit__(self, *exc: Any) -> None:
         self.live.update(self._render())
         self.live.__exit__(*exc)
 
@@ -158,7 +158,7 @@ def summary_table(rows: list[VariantSummary], swaps: list[Swap]) -> str:
                  "", "", _f(sum(js) if js else None, ".2f"), "", ""])
     table = [head, *body]
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in table]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.insert(-1, "  ".join("-" * w for w in widths))
     lines.append("")

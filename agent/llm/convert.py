@@ -144,7 +144,7 @@ def cross_check(model_path: Path, cfg: LlamaConfig, w: LlamaWeights, tokens: Seq
         feeds[f"past_key_values.{i}.key"] = np.zeros((1, nkv, 0, hd), np.float32)
         feeds[f"past_key_values.{i}.value"] = np.zeros((1, nkv, 0, hd), np.float32)
     names = [o.name for o in sess.get_outputs()]
-    out = dict(zip(names, sess.run(None, feeds)))
+    out = dict(zip(names, sess.run(None, feeds), strict=True))
     feeds2 = {"input_ids": np.asarray([last], np.int64), "attention_mask": np.ones((1, len(toks)), np.int64),
               "position_ids": np.asarray([[len(head)]], np.int64)}
     for i in range(cfg.num_layers):

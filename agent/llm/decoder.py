@@ -96,7 +96,7 @@ class Decoder:
             feeds["position_ids"] = np.arange(start, start + n, dtype=np.int64)[None]
         if self.has_logits_to_keep:
             feeds["logits_to_keep"] = np.asarray([n], dtype=np.int64)
-        for name, arr in zip(self.past_names, past):
+        for name, arr in zip(self.past_names, past, strict=True):
             feeds[name] = arr
         try:
             out = self.session.run(["logits", *self.present_names], feeds)
@@ -158,7 +158,7 @@ class BuilderDecoder(Decoder):
         kv = [np.zeros((1, self.kv_heads, capacity, self.head_dim), np.float32) for _ in self.past_names]
         values = [ort.OrtValue.ortvalue_from_numpy(a) for a in kv]
         b = self.session.io_binding()
-        for pn, on, v in zip(self.past_names, self.present_names, values):
+        for pn, on, v in zip(self.past_names, self.present_names, values, strict=True):
             b.bind_ortvalue_input(pn, v)
             b.bind_ortvalue_output(on, v)
         if self._ones.shape[1] < capacity:
@@ -193,7 +193,7 @@ class BuilderDecoder(Decoder):
         st.length = min(n, st.length)
 
     def load_prefix(self, st: DecodeState, kv: KV, n: int) -> None:
-        for dst, src in zip(st.kv, kv):
+        for dst, src in zip(st.kv, kv, strict=True):
             dst[:, :, :n] = src[:, :, :n]
         st.length = n
 

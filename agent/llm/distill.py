@@ -82,7 +82,7 @@ class _Model:
     def export(self, base: LlamaWeights) -> LlamaWeights:
         out = copy.copy(base)
         out.layers = list(base.layers)
-        for i, L in zip(self.keep, self.layers):
+        for i, L in zip(self.keep, self.layers, strict=True):
             layer = copy.copy(base.layers[i])
             for k, p in L.items():
                 setattr(layer, k, p.detach().float().numpy().copy())

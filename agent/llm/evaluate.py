@@ -46,7 +46,7 @@ def window_logits(engine: Any, windows: list[list[int]]) -> list[np.ndarray]:
 def nll_and_argmax(engine: Any, windows: list[list[int]]) -> tuple[float, int, list[np.ndarray]]:
     """Sum of next-token negative log-likelihoods, token count, and argmax per window."""
     total, count, tops = 0.0, 0, []
-    for w, logits in zip(windows, window_logits(engine, windows)):
+    for w, logits in zip(windows, window_logits(engine, windows), strict=True):
         x = logits[:-1].astype(np.float64)
         m = x.max(-1, keepdims=True)
         lse = (m[:, 0] + np.log(np.exp(x - m).sum(-1)))
@@ -214,7 +214,7 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
         ref = LLMEngine(req["reference"], req["tokenizer"], req["llm"], threads=req.get("threads"),
                         prefix_cache_bytes=0)
         _, _, ref_tops = nll_and_argmax(ref, windows)
-        agree = sum(int((a == b).sum()) for a, b in zip(tops, ref_tops))
+        agree = sum(int((a == b).sum()) for a, b in zip(tops, ref_tops, strict=True))
         out["top1_agreement"] = agree / count
         if answers:
             ref_outs = cached_outputs(req, req["reference"])

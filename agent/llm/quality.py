@@ -173,7 +173,7 @@ def exact_match(replies: Sequence[str], questions: Sequence[Question]) -> float:
         raise ValueError(f"{len(replies)} replies for {len(questions)} questions")
     if not questions:
         raise ValueError("no questions")
-    return sum(answer_correct(r, q.answers) for r, q in zip(replies, questions)) / len(questions)
+    return sum(answer_correct(r, q.answers) for r, q in zip(replies, questions, strict=True)) / len(questions)
 
 
 # -- agreement ----------------------------------------------------------------------------------------
@@ -187,7 +187,7 @@ def padded(tokens: Sequence[int], stopped: bool, n: int) -> list[int]:
 
 def matched_prefix(ref: Sequence[int], var: Sequence[int]) -> int:
     k = 0
-    for a, b in zip(ref, var):
+    for a, b in zip(ref, var, strict=True):
         if a != b:
             break
         k += 1
@@ -205,7 +205,7 @@ def agreement(ref: Sequence[Sequence[int]], var: Sequence[Sequence[int]], n: int
         raise ValueError(f"{len(var)} sequences for {len(ref)} reference sequences")
     if not ref:
         raise ValueError("no sequences")
-    prefixes = [min(n, matched_prefix(a[:n], b[:n])) for a, b in zip(ref, var)]
+    prefixes = [min(n, matched_prefix(a[:n], b[:n])) for a, b in zip(ref, var, strict=True)]
     full = sum(1 for p in prefixes if p == n)
     return full / len(ref), sum(prefixes) / len(ref)
 

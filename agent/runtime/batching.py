@@ -196,7 +196,7 @@ class TensorFront:
             except AgentError as e:
                 self._fail(batch, e)
                 return
-        for p, (descs, bufs) in zip(batch, parts):
+        for p, (descs, bufs) in zip(batch, parts, strict=True):
             if p.key is not None:
                 self.cache.put(p.key, Entry(descs, b"".join(bufs), variant, device, run_ms))
             r = InferResult(descs, bufs if n > 1 else bufs[0], self.model, variant, device, run_ms, cpu_s / n,
@@ -260,7 +260,7 @@ def _stack(batch: list[Pending]) -> tuple[list[dict[str, Any]], memoryview]:
         sizes.append(P.check_desc(descs[-1])[3])
     buf = bytearray(sum(sizes))
     off = 0
-    for d, size in zip(descs, sizes):
+    for d, size in zip(descs, sizes, strict=True):
         dt = np.dtype(d["dtype"])
         out = np.frombuffer(buf, dtype=dt, count=size // dt.itemsize, offset=off).reshape(d["shape"])
         np.concatenate([f[d["name"]] for f in feeds], axis=0, out=out)

@@ -435,7 +435,7 @@ class Runtime:
             if d["dtype"] != spec.dtype:
                 raise InvalidParams(f"input {name!r}: expected dtype {spec.dtype}, got {dt.name}")
             if len(shape) != len(spec.shape) or any(
-                    isinstance(w, int) and w != g for w, g in zip(spec.shape, shape)):
+                    isinstance(w, int) and w != g for w, g in zip(spec.shape, shape, strict=False)):
                 raise InvalidParams(f"input {name!r}: expected shape {list(spec.shape)}, got {list(shape)}")
             got.add(name)
         missing = set(want) - got

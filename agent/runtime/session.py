@@ -182,8 +182,8 @@ class SplitSession:
 
     def run(self, names: list[str] | None, feed: dict[str, Any]) -> list[Any]:
         env = dict(feed)
-        for s, (ins, outs) in zip(self.parts, self.part_io):
-            env.update(zip(outs, s.run(outs, {n: env[n] for n in ins})))
+        for s, (ins, outs) in zip(self.parts, self.part_io, strict=True):
+            env.update(zip(outs, s.run(outs, {n: env[n] for n in ins}), strict=True))
         return [env[n] for n in (names or [o.name for o in self._outputs])]
 
 

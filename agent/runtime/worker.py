@@ -147,7 +147,7 @@ class Worker:
             raise from_run_error(e) from None
         run_ms = (time.perf_counter() - t0) * 1e3
         cpu_s = time.process_time() - c0
-        descs, bufs = P.tensor_descs(dict(zip(self.out_names, outs)))
+        descs, bufs = P.tensor_descs(dict(zip(self.out_names, outs, strict=True)))
         del src, feed
         total = sum(b.nbytes for b in bufs)
         result: dict[str, Any] = {"outputs": descs, "run_ms": run_ms, "cpu_s": cpu_s}
@@ -182,7 +182,7 @@ def batch_invariant(sess: Any) -> bool:
     except Exception:
         return False
     return all(b.shape[:1] == (2,) and a.shape[:1] == (1,) and np.allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
-               for a, b in zip(alone, both))
+               for a, b in zip(alone, both, strict=True))
 
 
 def _check_signature(expect: dict[str, Any], info: dict[str, Any]) -> None:

@@ -189,7 +189,7 @@ class EnergyAccountant:
         var = sum((x - mx) ** 2 for x in xs)
         if var < 0.05 * len(xs):           # busy level barely varied: slope is not identifiable
             return None
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
         if not 0.2 <= slope <= 200.0:
             return None
         self.watts_per_busy_core = slope

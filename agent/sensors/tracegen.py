@@ -210,7 +210,7 @@ def memory_pressure_bursts(seed: int = 3) -> tuple[dict[str, Any], list[dict[str
     for i in range(int(minutes * 60 / dt) + 1):
         t = i * dt
         used = 0.0
-        for (start, gib), hold in zip(bursts, holds):
+        for (start, gib), hold in zip(bursts, holds, strict=True):
             ramp = 20.0
             if start <= t < start + ramp:
                 used += gib * (t - start) / ramp

@@ -127,7 +127,7 @@ def table(m: Manifest) -> str:
         row = _tensor_row
     rows = [head, *(row(m, v) for v in m.variants)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     notes = [f"! {v.id} is unfit (the policy never picks it): {v.unfit}" for v in m.variants if v.unfit]
     return "\n".join([f"{m.name} ({m.kind}; * = reference, quality measured against it; ! = unfit)", *lines,

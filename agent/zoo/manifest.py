@@ -119,7 +119,7 @@ class TensorSpec:
             return f"{self.name}: dtype {other.dtype} != {self.dtype}"
         if len(self.shape) != len(other.shape):
             return f"{self.name}: rank {len(other.shape)} != {len(self.shape)}"
-        for i, (a, b) in enumerate(zip(self.shape, other.shape)):
+        for i, (a, b) in enumerate(zip(self.shape, other.shape, strict=False)):
             if isinstance(a, int) and isinstance(b, int) and a != b:
                 return f"{self.name}: dim {i} is {b}, expected {a}"
         return None

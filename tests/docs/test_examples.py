@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from docs_examples import REPO, all_examples, find_examples  # noqa: E402
-from docs_runner import base_env, check_output, check_sketch, check_synopsis, run  # noqa: E402
+from docs_examples import REPO, all_examples, find_examples
+from docs_runner import base_env, check_output, check_sketch, check_synopsis, run
 
 EXAMPLES = all_examples()
 
@@ -94,7 +94,7 @@ def demo_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     sock_dir = Path(tempfile.mkdtemp(prefix="agtdoc", dir="/tmp"))
     env["AGENT_SOCKET"] = str(sock_dir / "agent.sock")
     env["AGENT_ZOO"] = str(zoo)
-    log = open(tmp / "agentd.log", "wb")   # noqa: SIM115 - closed below
+    log = open(tmp / "agentd.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "agent.daemon", "--policy", "policies/balanced.toml",
                              "--http", "127.0.0.1:8077"],   # the port docs/SERVING.md's examples use
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -69,7 +69,7 @@ def main(argv: list[str]) -> int:
             outs = self.sess.run(self.out_names, feed)
             binary = bool(payload.request_outputs and any(o.binary_data for o in payload.request_outputs))
             result = []
-            for name, arr in zip(self.out_names, outs):
+            for name, arr in zip(self.out_names, outs, strict=True):
                 arr = np.ascontiguousarray(arr)
                 o = InferOutput(name=name, shape=list(arr.shape), datatype=ORT_TO_V2[f"tensor({_ort_name(arr)})"])
                 o.set_data_from_numpy(arr, binary_data=binary)

@@ -271,7 +271,7 @@ def test_agentd_offloads_on_low_battery_returns_on_ac_and_fails_over_when_the_se
         swaps = sorted(hist["swaps"], key=lambda s: s["ts"])
         reasons = [json.loads(s["reason"]) for s in swaps]
         assert [r.get("why") for r in reasons].count("failover") == 1, (reasons, d.log_text()[-6000:])
-        first = next(r for s, r in zip(swaps, reasons) if s["to"] == "remote")
+        first = next(r for s, r in zip(swaps, reasons, strict=False) if s["to"] == "remote")
         assert first["rule"] == "low-battery" and first["profile"] == "power-saver"
         assert d.log_text().count('"failover"') == 1
     finally:

@@ -140,10 +140,10 @@ def test_costs_file_round_trips_and_bad_files_name_file_line_key(tmp_path: Path)
 
 
 def test_table_reads_curves_and_ignores_one_measured_on_another_build(tmp_path: Path) -> None:
+    from agent.policy.synthetic import smollm2_rows
     from agent.policy.table import table_from_manifests
     from agent.zoo.manifest import load_manifest
     from tests.policy.test_policy_simulate import write_zoo
-    from agent.policy.synthetic import smollm2_rows
 
     zoo = write_zoo(tmp_path / "zoo", smollm2_rows())
     folder = zoo / "smollm2"

@@ -96,7 +96,7 @@ def test_heat_guard_moves_off_the_gpu_on_the_shipped_thermal_trace() -> None:
                    smollm2_rows(gpu=True), parse_workload("rate=0.5/s"))
     assert rep.policy.time_in.get("smollm2:int8@cpu", 0) > 0 and rep.policy.violating_requests == 0
     assert rep.methods["static-best-quality"].violating_requests > 0   # stays on the GPU while "severe"
-    swaps = [iv.t0 for iv, d in zip(rep.intervals, rep.decisions)
+    swaps = [iv.t0 for iv, d in zip(rep.intervals, rep.decisions, strict=False)
              if d.choices["smollm2"].change and d.choices["smollm2"].previous]
     assert all(b - a >= 30 for a, b in itertools.pairwise(swaps))
 

@@ -70,7 +70,7 @@ def test_replay_holds_the_last_sample_after_the_end_unless_looping(tmp_path, clo
 def test_every_sample_of_a_shipped_trace_is_seen_at_its_time(clock):
     tr = load_trace(shipped("thermal_sustained_load"))
     rep = TraceReplay(tr, speed=60.0, clock=clock)
-    for t, want in zip(tr.times, tr.snapshots):
+    for t, want in zip(tr.times, tr.snapshots, strict=True):
         clock.t = 1000.0 + t / 60.0
         got = rep.read()
         assert got.thermal == want.thermal and got.energy == want.energy and got.cpu == want.cpu

@@ -28,7 +28,7 @@ def diverging(llm_zoo):  # type: ignore[no-untyped-def]
     out = []
     for i, p in enumerate(CANDIDATES):
         a, b = refs["fp32"][i], refs["int8"][i]
-        first_diff = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        first_diff = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
         if a != b and first_diff < min(len(a), len(b)) // 2:
             out.append((p, {"fp32": a, "int8": b}))
     assert len(out) >= 4, "the tiny model's variants should diverge early on several prompts"

@@ -23,7 +23,7 @@ from agent.errors import DeadlineInfeasible, InvalidParams
 
 @pytest.fixture(scope="module")
 def qos_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from agent.zoo.manifest import Measurement, load_manifest, save_manifest, Quality
+    from agent.zoo.manifest import Measurement, Quality, load_manifest, save_manifest
     from tests.conftest import start_daemon
 
     zoo = tmp_path_factory.mktemp("qos-zoo")

@@ -59,7 +59,7 @@ def test_agentd_serves_fp32_with_an_int4_draft_token_identical_to_plain_greedy(t
     try:
         with d.client() as c:
             c.pin(MODEL, "fp32")
-            for p, w in zip(PROMPTS, want):
+            for p, w in zip(PROMPTS, want, strict=True):
                 kw = {"messages": p} if isinstance(p, list) else {"prompt": p}
                 chunks = list(c.generate(MODEL, max_tokens=16, **kw))
                 assert chunks[-1].variant == "fp32" and chunks[-1].result["text"] == w

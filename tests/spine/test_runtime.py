@@ -5,7 +5,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from agent.errors import InsufficientMemory, LoadError, NotFound
+from agent.errors import LoadError, NotFound
 from agent.ipc import protocol as P
 from agent.runtime.manager import Runtime
 from agent.zoo.manifest import load_zoo

@@ -45,7 +45,7 @@ def test_batched_outputs_equal_unbatched_outputs_per_request(batch_zoo):
 
     results, status = _serve_all(models, xs)
     assert max(r.batch for r in results) > 1, [r.batch for r in results]
-    for x, r, want in zip(xs, results, expect):
+    for x, r, want in zip(xs, results, expect, strict=True):
         (got,) = P.tensors_from(r.outputs, memoryview(r.data)).values()
         assert got.shape == (x.shape[0], 64)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -90,7 +90,7 @@ def test_requests_with_different_trailing_shapes_are_batched_apart(tensor_zoo_sr
     xs = [np.arange(n * 2, dtype=np.float32).reshape(2, n) + i for i in range(6) for n in (3, 5)]
 
     results, _ = _serve_all(models, xs, model="scale")
-    for x, r in zip(xs, results):
+    for x, r in zip(xs, results, strict=True):
         (got,) = P.tensors_from(r.outputs, memoryview(r.data)).values()
         np.testing.assert_array_equal(got, x * 2)
     # (no assert on batch sizes here: which requests meet in a queue depends on timing)
@@ -104,7 +104,7 @@ def test_large_and_small_requests_share_one_worker_correctly(tensor_zoo):
     ref = _session(tensor_zoo, "fp32")
 
     results, _ = _serve_all(models, xs)
-    for x, r in zip(xs, results):
+    for x, r in zip(xs, results, strict=True):
         (got,) = P.tensors_from(r.outputs, memoryview(r.data)).values()
         np.testing.assert_allclose(got, ref.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
 
@@ -170,7 +170,7 @@ def test_a_variant_whose_rows_depend_on_their_batch_is_served_unbatched(batch_zo
     results, status = _serve_all(models, xs, "int8")
     assert status["batching"]["active_variant_batches"] is False
     assert all(r.batch == 1 for r in results)
-    for x, r in zip(xs, results):
+    for x, r in zip(xs, results, strict=True):
         (got,) = P.tensors_from(r.outputs, memoryview(r.data)).values()
         np.testing.assert_allclose(got, ref.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
 
@@ -197,6 +197,6 @@ def test_requests_of_a_batch_whose_worker_died_are_retried_once_and_all_answered
     results, restarted = asyncio.run(go())
     assert restarted
     assert any(r.retried for r in results)
-    for x, r in zip(xs, results):
+    for x, r in zip(xs, results, strict=True):
         (got,) = P.tensors_from(r.outputs, memoryview(r.data)).values()
         np.testing.assert_allclose(got, ref.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)

@@ -4,7 +4,6 @@ the policy can choose them, variants removed, the reference replaced."""
 from __future__ import annotations
 
 import re
-
 import subprocess
 import sys
 from pathlib import Path

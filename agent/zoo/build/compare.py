@@ -85,7 +85,7 @@ def compare(candidate: Any, baseline: Any, feeds: list[dict[str, np.ndarray]], *
     n = rounds * runs_per_round
     diff, num, den = 0.0, 0.0, 0.0
     for f in feeds:
-        for a, b in zip(candidate.run(names, f), baseline.run(names, f)):
+        for a, b in zip(candidate.run(names, f), baseline.run(names, f), strict=True):
             a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
             diff = max(diff, float(np.max(np.abs(a64 - b64))) if a64.size else 0.0)
             num += float(np.sum((a64 - b64) ** 2))

@@ -134,7 +134,7 @@ def _excluded(ctx: BuildContext, src: Path, op_types: list[str], quantize: Any) 
         for name in cands:
             quantize(src, probe, [name])
             got = _run_all(probe, feeds)
-            scores[name] = float(np.mean([np.abs(a - b).mean() for a, b in zip(base, got)]))
+            scores[name] = float(np.mean([np.abs(a - b).mean() for a, b in zip(base, got, strict=True)]))
         probe.unlink(missing_ok=True)
         worst = sorted(scores, key=lambda k: -scores[k])[: p["auto_exclude"]]
         out += [w for w in worst if w not in out]

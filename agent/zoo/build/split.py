@@ -140,9 +140,9 @@ def build_split(zoo: Path, model: str, *, at: list[list[str]], devices: list[str
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        parts = tuple(Part(f"{final.name}/{p.name}", d, sha) for p, d, sha in zip(paths, devices, shas))
+        parts = tuple(Part(f"{final.name}/{p.name}", d, sha) for p, d, sha in zip(paths, devices, shas, strict=True))
         req = {"candidate": {"parts": [{"path": str(final / p.name), "device": d, "sha256": sha}
-                                       for p, d, sha in zip(paths, devices, shas)], "threads": threads},
+                                       for p, d, sha in zip(paths, devices, shas, strict=True)], "threads": threads},
                "baseline": str(src_path), "rounds": rounds, "runs": runs, "threads": threads}
         res = run_measurement(req)
     except BaseException:
