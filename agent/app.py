@@ -148,7 +148,7 @@ class App:
         log.info("ready", extra={"fields": {"socket": str(self.cfg.socket), "models": sorted(self.manifests),
                                             "pid": os.getpid()}})
 
-    async def stop(self, timeout: float | None = None) -> bool:
+    async def stop(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - a drain grace period, not a cancel
         """Graceful stop: stop accepting, finish in-flight requests, stop workers, flush telemetry."""
         timeout = self.cfg.drain_timeout if timeout is None else timeout
         self.server.stop_accepting()

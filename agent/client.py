@@ -239,8 +239,8 @@ class Client:
     def complete(self, model: str, prompt: str | None = None, **kw: Any) -> Chunk:
         """The whole generation at once (the final chunk, whose ``result['text']`` is the full text)."""
         last = None
-        for last in self.generate(model, prompt, **kw):
-            pass
+        for chunk in self.generate(model, prompt, **kw):
+            last = chunk
         assert last is not None
         return last
 
@@ -319,7 +319,7 @@ class AsyncClient:
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - best-effort close: futures already failed
                 pass
 
     async def _read_loop(self) -> None:

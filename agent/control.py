@@ -164,6 +164,7 @@ class Controller:
         self.last_tick_mono: float | None = None
         self.last_decision: Decision | None = None
         self._applying = False
+        self._tasks: set[asyncio.Task[None]] = set()   # the _apply tasks in flight (a reference keeps them alive)
         self._pending: Snapshot | None = None
         self._last_key: tuple[Any, ...] | None = None
         self._unknown_logged: set[str] = set()   # rules over missing readings, logged once each
@@ -209,7 +210,7 @@ class Controller:
         self.sampler.stop(wait=True)
         try:
             self.source.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - best-effort cleanup on stop: a sensor source may raise anything on close
             pass
 
     def now(self) -> float:
@@ -248,7 +249,8 @@ class Controller:
         if prev is None or now <= prev[0] or snap.cpu.util_percent is None:
             return snap
         pct = max(0.0, total - prev[1]) / (now - prev[0]) / (snap.cpu.online or os.cpu_count() or 1) * 100
-        return dataclasses.replace(snap, cpu=dataclasses.replace(snap.cpu, agent_util_percent=round(min(100.0, pct), 1)))
+        return dataclasses.replace(snap, cpu=dataclasses.replace(snap.cpu,
+                                                                 agent_util_percent=round(min(100.0, pct), 1)))
 
     def _on_sample(self, snap: Snapshot) -> None:
         if snap.source == "live":
@@ -288,7 +290,9 @@ class Controller:
                    if c.model in self.runtime.slots and self.runtime.slots[c.model].pinned is None]
         if changes:
             self._applying = True
-            asyncio.ensure_future(self._apply(d, changes, snap.mono_s))
+            task = asyncio.ensure_future(self._apply(d, changes, snap.mono_s))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _apply(self, d: Decision, changes: list[Any], decided_t: float) -> None:
         try:

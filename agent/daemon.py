@@ -38,23 +38,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--policy", type=Path, action="append", default=[],
                     help="policy file, repeatable (default: $AGENT_POLICY, else "
                          "$CONFIGURATION_DIRECTORY/policies/*.toml, else the built-in profiles with no rules)")
-    ap.add_argument("--sensors", default="live", help="'live' or 'trace:FILE[,speed=N][,loop=1]' (default: %(default)s)")
-    ap.add_argument("--sysfs-root", default="/sys", help="root of sysfs for the live sensors (tests: a fake tree) (default: %(default)s)")
+    ap.add_argument("--sensors", default="live",
+                    help="'live' or 'trace:FILE[,speed=N][,loop=1]' (default: %(default)s)")
+    ap.add_argument("--sysfs-root", default="/sys",
+                    help="root of sysfs for the live sensors (tests: a fake tree) (default: %(default)s)")
     ap.add_argument("--procfs-root", default="/proc", help="root of procfs for the live sensors (default: %(default)s)")
-    ap.add_argument("--sample-interval", type=float, default=1.0, help="seconds between sensor samples (default: %(default)s)")
+    ap.add_argument("--sample-interval", type=float, default=1.0,
+                    help="seconds between sensor samples (default: %(default)s)")
     ap.add_argument("--threads", type=int, help="intra-op threads per worker (default: ONNX Runtime's choice)")
-    ap.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME, help="largest IPC frame in bytes (default: %(default)s)")
-    ap.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on stop (default: %(default)s)")
-    ap.add_argument("--spare-workers", type=int, default=1, help="pre-started idle workers (faster swaps) (default: %(default)s)")
-    ap.add_argument("--headroom-mb", type=int, default=256, help="memory kept free when loading a variant (default: %(default)s)")
+    ap.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME,
+                    help="largest IPC frame in bytes (default: %(default)s)")
+    ap.add_argument("--drain-timeout", type=float, default=30.0,
+                    help="seconds to finish in-flight requests on stop (default: %(default)s)")
+    ap.add_argument("--spare-workers", type=int, default=1,
+                    help="pre-started idle workers (faster swaps) (default: %(default)s)")
+    ap.add_argument("--headroom-mb", type=int, default=256,
+                    help="memory kept free when loading a variant (default: %(default)s)")
     ap.add_argument("--request-timeout", type=float, default=10.0,
-                    help="seconds: floor of each model's default request deadline, else 20x its measured p95 (default: %(default)s)")
+                    help="seconds: floor of each model's default request deadline, else 20x its measured p95 "
+                         "(default: %(default)s)")
     ap.add_argument("--hang-after", type=float, default=3.0,
-                    help="seconds without a worker heartbeat before it is declared hung and replaced (default: %(default)s)")
+                    help="seconds without a worker heartbeat before it is declared hung and replaced "
+                         "(default: %(default)s)")
     ap.add_argument("--frame-timeout", type=float, default=5.0,
                     help="seconds a client has to complete a frame once it started it (default: %(default)s)")
     ap.add_argument("--stall-timeout", type=float, default=5.0,
-                    help="seconds a client may leave its replies unread before it is disconnected (default: %(default)s)")
+                    help="seconds a client may leave its replies unread before it is disconnected "
+                         "(default: %(default)s)")
     ap.add_argument("--device", action="append", default=[], metavar="MODEL=DEVICE",
                     help="initial device of a model, repeatable (default: the policy's choice)")
     ap.add_argument("--http", metavar="HOST:PORT|unix:PATH",
@@ -108,7 +118,8 @@ def default_policies() -> list[Path]:
 def config_from(a: argparse.Namespace) -> Config:
     state = a.state_dir or default_state_dir()
     return Config(zoo=a.zoo or default_zoo(state), socket=a.socket or default_socket(), state_dir=state,
-                  policy=list(a.policy) or default_policies(), sensors=a.sensors, sysfs_root=a.sysfs_root, procfs_root=a.procfs_root,
+                  policy=list(a.policy) or default_policies(), sensors=a.sensors, sysfs_root=a.sysfs_root,
+                  procfs_root=a.procfs_root,
                   sample_interval_s=a.sample_interval, threads=a.threads, max_frame=a.max_frame,
                   drain_timeout=a.drain_timeout, spare_workers=a.spare_workers,
                   headroom_bytes=a.headroom_mb << 20, devices=dict(d.split("=", 1) for d in a.device),

@@ -100,7 +100,7 @@ class Telemetry:
                         self._last_prune = now
                         for t in TABLES:
                             db.execute(f"DELETE FROM [{t}] WHERE ts < ?", [now - self.retention_s])
-            except Exception as e:  # telemetry must never take serving down, and loses no rows it can keep
+            except Exception as e:  # noqa: BLE001 - telemetry must never take serving down; keeps the rows it can
                 kept = self._requeue(q)
                 log.error("telemetry flush failed (%d rows kept for the next try): %s", kept, e)
 
@@ -132,7 +132,8 @@ class Telemetry:
         self._wake.set()
         self._thread.join(timeout=10)
 
-    def history(self, since_s: float, tables: list[str] | None = None, limit: int = 1000) -> dict[str, list[dict[str, Any]]]:
+    def history(self, since_s: float, tables: list[str] | None = None,
+                limit: int = 1000) -> dict[str, list[dict[str, Any]]]:
         self.flush()
         db = self._open()
         try:

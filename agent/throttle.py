@@ -38,7 +38,8 @@ from agent.errors import AgentError, CpuLimitError, DeadlineInfeasible, exit_cod
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY = REPO / "policies" / "quality-first.toml"
-JOIN = "import os, sys; open(sys.argv[1], 'w').write(str(os.getpid())); os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+JOIN = ("import os, sys; open(sys.argv[1], 'w').write(str(os.getpid())); "
+        "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
 
 
 @dataclass
@@ -163,8 +164,8 @@ def pick_deadline(zoo: Path, model: str, tokens: int, quota_cores: float, slack:
 
 
 def run(zoo: Path, model: str = "smollm2", deadline_ms: float | None = None, tokens: int = 16, phase_s: float = 40.0,
-        quota_cores: float = 0.5, prompt: str = "Tell me a long story about a robot who learns to paint.", workdir: Path | None = None,
-        mechanism: str | None = None, log: Any = print) -> dict[str, Any]:
+        quota_cores: float = 0.5, prompt: str = "Tell me a long story about a robot who learns to paint.",
+        workdir: Path | None = None, mechanism: str | None = None, log: Any = print) -> dict[str, Any]:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="throttle-"))
     if deadline_ms is None:
         deadline_ms = pick_deadline(zoo, model, tokens, quota_cores)

@@ -158,7 +158,8 @@ class Checker:
             return None
         ok = isinstance(v, int) if integer else isinstance(v, (int, float))
         if isinstance(v, bool) or not ok:
-            raise self.doc.error(self.at(key), f"expected {'an integer' if integer else 'a number'}, got {type_name(v)}")
+            raise self.doc.error(self.at(key),
+                                 f"expected {'an integer' if integer else 'a number'}, got {type_name(v)}")
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             rng = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
             raise self.doc.error(self.at(key), f"expected a number in {rng}, got {v}")

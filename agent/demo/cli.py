@@ -77,7 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="do not build and serve the small tensor model (Silero VAD, ~15 s to build)")
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="VARIANT",
                    help="variants to build and serve (default: %(default)s, a few minutes to build)")
-    p.add_argument("--policy", type=Path, action="append", help="policy file, repeatable (default: policies/balanced.toml + policies/workday-demo.toml)")
+    p.add_argument("--policy", type=Path, action="append",
+                   help="policy file, repeatable (default: policies/balanced.toml + policies/workday-demo.toml)")
     p.add_argument("--sensors", help="'live' or 'trace:FILE[,speed=N]' (default: live with a battery, "
                                      "else the shipped workday trace)")
     p.add_argument("--trace", default=DEFAULT_TRACE,
@@ -144,8 +145,8 @@ def choose_sensors(a: argparse.Namespace) -> tuple[str, str, bool]:
     dur = tr.duration_s
     speed = a.speed or max(dur / a.duration, 1.0)
     note = tr.header.get("note") or ""
-    msg = (f"No battery on this machine: replaying the {'' if own else 'shipped '}trace {path.stem!r} ({dur / 3600:.1f} h"
-           f"{'; ' + note if note else ''}) at {speed:.0f}x, so {dur / 3600:.1f} h pass in "
+    msg = (f"No battery on this machine: replaying the {'' if own else 'shipped '}trace {path.stem!r} "
+           f"({dur / 3600:.1f} h{'; ' + note if note else ''}) at {speed:.0f}x, so {dur / 3600:.1f} h pass in "
            f"{dur / speed:.0f} s. Battery, AC and temperature below come from the trace; memory too.")
     return f"trace:{path},speed={speed:g}", msg, True
 

@@ -158,7 +158,8 @@ def summary_table(rows: list[VariantSummary], swaps: list[Swap]) -> str:
                  "", "", _f(sum(js) if js else None, ".2f"), "", ""])
     table = [head, *body]
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in table]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.insert(-1, "  ".join("-" * w for w in widths))
     lines.append("")

@@ -260,7 +260,8 @@ def routes(agent_app: Any) -> list[Route]:
             outs.append(o)
         body: dict[str, Any] = {"model_name": m.name, "model_version": res["variant"], "outputs": outs,
                                 "parameters": {"agent_variant": res["variant"], "agent_device": res["device"],
-                                               "agent_server_ms": res.get("server_ms"), "agent_joules": res.get("joules")}}
+                                               "agent_server_ms": res.get("server_ms"),
+                                               "agent_joules": res.get("joules")}}
         if isinstance(req.get("id"), str):
             body["id"] = req["id"]
         head = json.dumps(body, separators=(",", ":")).encode()

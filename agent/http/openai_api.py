@@ -119,7 +119,8 @@ def translate(body: Any, chat: bool) -> tuple[dict[str, Any], bool, bool]:
                 raise _bad(f"messages[{i}]", "expected an object with role and content")
             role = ROLE_MAP.get(m.get("role"))  # type: ignore[arg-type]
             if role is None:
-                raise _bad(f"messages[{i}].role", f"expected system, developer, user or assistant, got {m.get('role')!r}")
+                raise _bad(f"messages[{i}].role",
+                           f"expected system, developer, user or assistant, got {m.get('role')!r}")
             conv.append({"role": role, "content": _content_text(m.get("content"), i)})
         out["messages"] = conv
     else:
@@ -164,7 +165,8 @@ def translate(body: Any, chat: bool) -> tuple[dict[str, Any], bool, bool]:
     so = body.get("stream_options")
     include_usage = False
     if so is not None:
-        if not isinstance(so, dict) or set(so) - {"include_usage"} or not isinstance(so.get("include_usage", False), bool):
+        if (not isinstance(so, dict) or set(so) - {"include_usage"}
+                or not isinstance(so.get("include_usage", False), bool)):
             raise _bad("stream_options", "expected {\"include_usage\": true|false}")
         if not stream:
             raise _bad("stream_options", "is only allowed when stream is true")
@@ -249,7 +251,8 @@ def routes(agent_app: Any) -> list[Route]:
             finish = _finish(res.get("finish_reason"))
             choice: dict[str, Any] = ({"index": 0, "message": {"role": "assistant", "content": text},
                                        "logprobs": None, "finish_reason": finish}
-                                      if chat else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
+                                      if chat
+                                      else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
             return JSONResponse({"id": cid, "object": obj, "created": created, "model": model_name,
                                  "system_fingerprint": f"{variant}@{device}", "choices": [choice],
                                  "usage": _usage(res), "agent": _agent_info(variant, device, res)},

@@ -3,8 +3,9 @@
 Every request runs as its own task so one connection may have many in flight; replies carry the
 request's id. A method may also have a *fast* handler (``Server.fast``): called synchronously from the
 protocol callback with a :class:`Reply`, it answers later from a callback with no task or future per
-request (tensor ``infer``), or declines and the request takes the task path. A malformed frame gets a JSON-RPC error reply (the connection survives when the frame
-boundary is known, and is closed after the reply when it is not, e.g. an oversized length prefix).
+request (tensor ``infer``), or declines and the request takes the task path. A malformed frame gets a
+JSON-RPC error reply (the connection survives when the frame boundary is known, and is closed after the
+reply when it is not, e.g. an oversized length prefix).
 Peers are identified with SO_PEERCRED; ``authorize(peer, method)`` may refuse a call.
 
 Connection lifecycle (stalled clients cost nothing):
@@ -458,7 +459,7 @@ class Server:
         if self._server is not None:
             self._server.close()
 
-    async def drain(self, timeout: float) -> bool:
+    async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - returns False when it passes (no cancel)
         """Wait until no request is in flight or half-received (True), or the timeout passes (False)."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout

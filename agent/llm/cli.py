@@ -6,11 +6,12 @@
 
 ``generate`` sends the prompt as one user message, so the daemon renders it with the model's chat
 template (a model without one gets the plain text); ``--raw`` sends it as a plain completion prompt
-instead (the text is continued as is). ``generate`` streams the text to stdout as it is produced and ends with one summary line on stderr
-(variant@device, tokens, time to first token, tokens/s, finish reason); ``--json`` prints the final
-result object instead. A prompt of ``-`` is read from stdin. ``chat`` is a REPL: each stdin line is a
-user turn, the conversation is kept as messages (so the prefix cache reuses it), ``/reset`` starts over,
-``/exit`` (or end of input) leaves. Ctrl-C during a reply cancels that reply only.
+instead (the text is continued as is). ``generate`` streams the text to stdout as it is produced and
+ends with one summary line on stderr (variant@device, tokens, time to first token, tokens/s, finish
+reason); ``--json`` prints the final result object instead. A prompt of ``-`` is read from stdin.
+``chat`` is a REPL: each stdin line is a user turn, the conversation is kept as messages (so the prefix
+cache reuses it), ``/reset`` starts over, ``/exit`` (or end of input) leaves. Ctrl-C during a reply
+cancels that reply only.
 """
 
 from __future__ import annotations

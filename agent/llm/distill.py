@@ -36,7 +36,10 @@ class _Model:
     def __init__(self, cfg: LlamaConfig, w: LlamaWeights, keep: Sequence[int], trainable: bool, max_len: int) -> None:
         torch = _torch()
         self.torch, self.cfg, self.keep = torch, cfg, list(keep)
-        t = lambda a, grad=False: torch.tensor(np.ascontiguousarray(a), requires_grad=grad)
+
+        def t(a: Any, grad: bool = False) -> Any:
+            return torch.tensor(np.ascontiguousarray(a), requires_grad=grad)
+
         self.embed = t(w.embed)
         self.lm_head = self.embed if w.lm_head is w.embed else t(w.lm_head)
         self.final_norm = t(w.final_norm, trainable)
@@ -98,8 +101,9 @@ def distill(cfg: LlamaConfig, w: LlamaWeights, keep: Sequence[int], tokens: Sequ
     """Layer-wise (hidden-state) distillation: walk the layers in order keeping the teacher's and the
     student's residual streams on the calibration windows; every kept layer that follows a dropped one
     (and the ``layers_per_gap - 1`` kept layers after it) is trained so that, on the student's actual
-    input, it reproduces the teacher's stream at the same depth (normalised MSE). Later layers therefore see the healed earlier ones. Returns the healed
-    weights and a summary. The time box is shared by all trained layers."""
+    input, it reproduces the teacher's stream at the same depth (normalised MSE). Later layers therefore
+    see the healed earlier ones. Returns the healed weights and a summary. The time box is shared by all
+    trained layers."""
     torch = _torch()
     if threads:
         torch.set_num_threads(threads)

@@ -32,8 +32,8 @@ def load_text(name: str, base: Path | None = None) -> str:
         exe = shutil.which("bible")
         if exe is None:
             raise BuildError(f"{name}: needs the Debian package bible-kjv-text (apt-get install bible-kjv-text)")
-        r = subprocess.run([exe, _KJV_RANGES[name]], capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False,
-                           timeout=60, env={"PATH": "/usr/bin:/bin", "COLUMNS": "100"})
+        r = subprocess.run([exe, _KJV_RANGES[name]], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                           check=False, timeout=60, env={"PATH": "/usr/bin:/bin", "COLUMNS": "100"})
         if r.returncode != 0 or len(r.stdout) < 10000:
             raise BuildError(f"{name}: the bible command failed: {r.stderr.strip()[:200]}")
         return r.stdout

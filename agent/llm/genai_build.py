@@ -213,9 +213,12 @@ def pad_dropped_layers(model_path: Path, keep: list[int], total: int) -> None:
             g.input.append(vin)
             g.output.append(vout)
             g.node.append(helper.make_node("Identity", [a], [b], name=f"/model/layers.{i}/dropped/{kind}"))
-    key = lambda v: (0 if not v.name.startswith(("past_key_values.", "present.")) else 1,
-                     int(v.name.split(".")[1]) if v.name.startswith(("past_key_values.", "present.")) else 0,
-                     v.name.endswith(".value"))
+
+    def key(v: Any) -> tuple[int, int, bool]:
+        return (0 if not v.name.startswith(("past_key_values.", "present.")) else 1,
+                int(v.name.split(".")[1]) if v.name.startswith(("past_key_values.", "present.")) else 0,
+                v.name.endswith(".value"))
+
     for seq in (g.input, g.output):
         items = sorted(seq, key=key)
         del seq[:]

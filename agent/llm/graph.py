@@ -102,7 +102,10 @@ def build_decoder(cfg: LlamaConfig, w: LlamaWeights, *, dtype: str = "fp32", kee
     g = _G(dtype)
     hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
     rep = nh // nkv
-    i64 = lambda name, vals: g.const(name, np.asarray(vals, dtype=np.int64))
+
+    def i64(name: str, vals: Any) -> str:
+        return g.const(name, np.asarray(vals, dtype=np.int64))
+
 
     # shared constants
     cos_t, sin_t = rope_tables(cfg, max_positions or cfg.context_length)

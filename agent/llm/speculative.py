@@ -1,11 +1,12 @@
 """Speculative decoding from our own ladder: a small variant drafts, the served variant verifies.
 
 Greedy only. Each round the draft (e.g. the int4 variant of the same model) proposes up to ``k`` tokens
-one at a time (stopping early when its top probability falls below ``min_p``, if set); the served variant runs the current token and the ``k`` drafts in *one* step and keeps the
-longest prefix of drafts equal to its own argmax, plus its own next token. Every emitted token is the
-served variant's argmax given the tokens before it, so the output equals its own greedy output (up to
-the floating-point difference between scoring k+1 positions at once and one at a time, which a test
-checks on a prompt set). Both KV caches roll back by length only (``Decoder.truncate``).
+one at a time (stopping early when its top probability falls below ``min_p``, if set); the served
+variant runs the current token and the ``k`` drafts in *one* step and keeps the longest prefix of drafts
+equal to its own argmax, plus its own next token. Every emitted token is the served variant's argmax
+given the tokens before it, so the output equals its own greedy output (up to the floating-point
+difference between scoring k+1 positions at once and one at a time, which a test checks on a prompt
+set). Both KV caches roll back by length only (``Decoder.truncate``).
 
     engine.set_draft(LLMEngine(int4_path, tok, table, threads=2), k=4)
     engine.generate(prompt, {"max_tokens": 64})        # greedy requests are now speculative
@@ -110,8 +111,8 @@ class Speculator:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             r = self.rounds
-            return {"draft": str(self.draft.model_path), "k": self.k, "min_p": self.min_p, "rounds": r, "drafted": self.drafted,
-                    "accepted": self.accepted,
+            return {"draft": str(self.draft.model_path), "k": self.k, "min_p": self.min_p, "rounds": r,
+                    "drafted": self.drafted, "accepted": self.accepted,
                     "acceptance": self.accepted / self.drafted if self.drafted else None,
                     "tokens_per_round": (self.accepted + r) / r if r else None}
 

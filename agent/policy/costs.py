@@ -18,8 +18,9 @@ There is no battery-saver reading in the Snapshot, so battery state does not cha
 **Curves** (measured by ``agent/zoo/build/costs.py`` under a CPU quota of 100/50/25 % and with a competing
 load, written to ``<zoo>/<model>/costs.toml``): ``CostCurve.at(state)`` interpolates
 
-* between quota points (latency made non-increasing in compute) linearly in ``1/compute`` (latency of CPU-bound work grows as 1/compute);
-  below the lowest measured point latency is extrapolated as ``× lowest/compute`` and energy held;
+* between quota points (latency made non-increasing in compute) linearly in ``1/compute`` (latency of
+  CPU-bound work grows as 1/compute); below the lowest measured point latency is extrapolated as
+  ``× lowest/compute`` and energy held;
 * the competing-load effect as the ratio of the measured load point to the no-load point at full quota,
   applied in proportion ``min(1, load / load_measured)``.
 
@@ -192,9 +193,11 @@ def load_costs(folder: Path) -> dict[tuple[str, str], CurveEntry]:
             p.only({"compute", "load", "latency_ms_p50", "latency_ms_p95", "energy_j", "cpu_ms", "ttft_ms"})
             pts.append(CostPoint(
                 compute=float(p.num("compute", lo=MIN_COMPUTE, hi=1.0)), load=float(p.num("load", lo=0.0, hi=1.0)),
-                latency_ms_p50=float(p.num("latency_ms_p50", lo=0.0)), latency_ms_p95=float(p.num("latency_ms_p95", lo=0.0)),
+                latency_ms_p50=float(p.num("latency_ms_p50", lo=0.0)),
+                latency_ms_p95=float(p.num("latency_ms_p95", lo=0.0)),
                 energy_j=float(p.num("energy_j", lo=0.0)),
-                cpu_ms=_opt(p.num("cpu_ms", required=False, lo=0.0)), ttft_ms=_opt(p.num("ttft_ms", required=False, lo=0.0))))
+                cpu_ms=_opt(p.num("cpu_ms", required=False, lo=0.0)),
+                ttft_ms=_opt(p.num("ttft_ms", required=False, lo=0.0))))
         if not any(x.load == 0 for x in pts):
             raise c.error("points", "expected at least one point with load = 0")
         info = c.table_of("info")
@@ -220,7 +223,8 @@ def save_costs(folder: Path, model: str, entries: list[CurveEntry], meta: dict[s
     old = load_costs(folder)
     for e in entries:
         old[(e.variant, e.device)] = e
-    doc: dict[str, Any] = {"schema": 1, "model": model, **{k: v for k, v in meta.items() if v is not None}, "curves": []}
+    doc: dict[str, Any] = {"schema": 1, "model": model, **{k: v for k, v in meta.items() if v is not None},
+                           "curves": []}
     for (_, _), e in sorted(old.items()):
         pts = []
         for p in e.curve.points:

@@ -234,7 +234,8 @@ def _choose(model: str, rows: list[VariantRow], cons: Constraints, objective: st
             fastest = min((r for r in rows if r.request_ms(cons.request_tokens) is not None),
                           key=lambda r: r.request_ms(cons.request_tokens) or 0.0, default=None)
             note = (f"deadline {cons.deadline_ms:g} ms infeasible on every variant"
-                    + (f" (fastest {fastest.label} {fastest.request_ms(cons.request_tokens):.0f} ms)" if fastest else "")
+                    + (f" (fastest {fastest.label} {fastest.request_ms(cons.request_tokens):.0f} ms)"
+                       if fastest else "")
                     + "; the fastest at the profile's floor (a lower floor would not buy the deadline)")
             cons = replace(cons, deadline_ms=None)
             viol = {r.key: violations(r, cons, objective, snapshot, cur) for r in rows}

@@ -32,7 +32,7 @@ class PolicyState:
     rules: Mapping[str, RuleMemory] = field(default_factory=dict)
 
     def with_hold(self, hold: Hold) -> PolicyState:
-        return replace(self, holds=tuple(h for h in self.holds if h.cookie != hold.cookie) + (hold,))
+        return replace(self, holds=(*(h for h in self.holds if h.cookie != hold.cookie), hold))
 
     def without_holds(self, cookies: set[str]) -> PolicyState:
         return replace(self, holds=tuple(h for h in self.holds if h.cookie not in cookies))

@@ -1,12 +1,13 @@
 """The variant table: one row per (model, variant, measured device), built from zoo manifests.
 
 Rows are what :func:`agent.policy.decide.decide` ranks. A variant contributes one row per
-``[[variants.measurements]]`` entry (i.e. per device it was measured on); a variant that was never
-measured has no row (nothing says it runs anywhere), and neither has a variant the zoo marked
-``unfit`` (it failed its recipe's quality floors: the policy never picks it; an admin may still pin it). Figures the zoo did not measure stay ``None``:
-a constraint or objective that needs a missing figure treats the row as violating it ("no measured
-energy_j"), so such rows are usable only by a profile that needs nothing they lack (e.g. ``max_quality``
-with no latency SLO). The reference variant's ``quality_rel`` is 1.0 when its manifest gives none.
+``[[variants.measurements]]`` entry (i.e. per device it was measured on); a variant that was never measured
+has no row (nothing says it runs anywhere), and neither has a variant the zoo marked ``unfit`` (it failed
+its recipe's quality floors: the policy never picks it; an admin may still pin it). Figures the zoo did not
+measure stay ``None``: a constraint or objective that needs a missing figure treats the row as violating it
+("no measured energy_j"), so such rows are usable only by a profile that needs nothing they lack (e.g.
+``max_quality`` with no latency SLO). The reference variant's ``quality_rel`` is 1.0 when its manifest gives
+none.
 
 A variant whose manifest marks it ``unfit = "reason"`` has no row. A causal-lm row's figures are per token
 (``unit = "token"``); a request of N tokens takes ``ttft + N x per-token`` and ``N x energy``.

@@ -68,7 +68,8 @@ def parse_workload(spec: str) -> Workload:
             raise InvalidParams(f"--workload: {key}: expected a number, got {val!r}") from None
         lo, hi = _QOS[name]
         if not (lo <= v <= hi) or (name in ("tokens", "priority") and v != int(v)):
-            raise InvalidParams(f"--workload: {key}: expected {'an integer' if name in ('tokens', 'priority') else 'a number'} "
+            raise InvalidParams(f"--workload: {key}: expected "
+                                f"{'an integer' if name in ('tokens', 'priority') else 'a number'} "
                                 f"in {lo:g}..{hi:g}, got {val}")
         qos.append((model, name, v))
     w = _base_workload(base.strip())

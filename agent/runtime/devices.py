@@ -79,7 +79,7 @@ def register_plugins() -> dict[str, str]:
             ep_name = getattr(mod, name_fn)() if hasattr(mod, name_fn) else mod_name
             ort.register_execution_provider_library(ep_name, getattr(mod, lib_fn)())
             _registered[f"{mod_name}:{ep_name}"] = "registered"
-        except Exception as e:  # an EP library that fails to load must not take the process down
+        except Exception as e:  # noqa: BLE001 - an EP library that fails to load must not take the process down
             _registered[f"{mod_name}"] = f"failed: {e}"
             log.warning("plugin EP %s failed to register: %s", mod_name, e)
     return dict(_registered)

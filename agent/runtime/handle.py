@@ -177,8 +177,9 @@ class WorkerHandle:
         cmd = [sys.executable, "-m", "agent.runtime.worker", "--fd", str(child.fileno()),
                "--shm-in", str(h.shm_in.fd), "--shm-out", str(h.shm_out.fd), "--inline-max", str(INLINE_MAX),
                "--heartbeat", str(heartbeat_s)]
-        h.proc = subprocess.Popen(cmd, pass_fds=(child.fileno(), h.shm_in.fd, h.shm_out.fd), env=env,
-                                  stdin=subprocess.DEVNULL, start_new_session=False)
+        h.proc = subprocess.Popen(  # noqa: ASYNC220 - returns once the child is exec'd; exited() polls and reaps it
+            cmd, pass_fds=(child.fileno(), h.shm_in.fd, h.shm_out.fd), env=env,
+            stdin=subprocess.DEVNULL, start_new_session=False)
         child.close()
         h.pid = h.proc.pid
         h._hello = loop.create_future()
@@ -282,7 +283,7 @@ class WorkerHandle:
 
     # -- calls --------------------------------------------------------------------------------------
     async def call(self, method: str, params: dict[str, Any], bufs: list[Any] | None = None,
-                   timeout: float | None = None,
+                   timeout: float | None = None,  # noqa: ASYNC109 - handle API: bounds the reply wait only
                    on_event: Callable[[dict[str, Any], memoryview], None] | None = None) -> tuple[Any, memoryview]:
         if not self.alive or self._transport is None:
             raise WorkerDied(f"worker {self.pid} is not running")
@@ -321,7 +322,8 @@ class WorkerHandle:
             self._pending.pop(rid, None)
             self._streams.pop(rid, None)
 
-    async def load(self, params: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
+    async def load(self, params: dict[str, Any],
+                   timeout: float = 600.0) -> dict[str, Any]:  # noqa: ASYNC109 - passed on to call()
         async with self._lock:
             result, _ = await self.call("load", params, timeout=timeout)
         self.info = result
@@ -401,7 +403,7 @@ class WorkerHandle:
         self.submit(descs, payload, done)
         return await fut
 
-    async def stop(self, timeout: float = 5.0) -> None:
+    async def stop(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - a grace period before SIGKILL
         """Ask the worker to exit; kill it if it does not."""
         self.stopping = True
         if self.alive:
@@ -430,7 +432,7 @@ class WorkerHandle:
             self._transport.close()
         self._close_shm()
 
-    async def exited(self, timeout: float) -> bool:
+    async def exited(self, timeout: float) -> bool:  # noqa: ASYNC109 - returns False when it passes (no cancel)
         """Wait (without blocking the loop) up to ``timeout`` s for the process to exit; reaps it."""
         end = time.monotonic() + timeout
         step = 0.005

@@ -52,7 +52,8 @@ class LLMHost:
         if (params.get("messages") is None) == (params.get("prompt") is None):
             raise InvalidParams("expected either 'prompt' (a string) or 'messages' (a list of {role, content})")
         if params.get("messages") is not None and not isinstance(params["messages"], list):
-            raise InvalidParams(f"messages: expected a list of {{role, content}}, got {type(params['messages']).__name__}")
+            raise InvalidParams(f"messages: expected a list of {{role, content}}, "
+                                f"got {type(params['messages']).__name__}")
         if params.get("prompt") is not None and not isinstance(params["prompt"], str):
             raise InvalidParams(f"prompt: expected a string, got {type(params['prompt']).__name__}")
         gen = {k: params[k] for k in ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop") if k in params}
@@ -83,7 +84,7 @@ class LLMHost:
                                                       "usage": usage, "tail": t.text, "cpu_s": round(cpu, 6)}))
         except OSError:
             return  # the daemon is gone
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any generation error goes back to the daemon as the reply
             from agent.errors import error_payload
 
             try:

@@ -31,8 +31,8 @@ def signature(sess: Any) -> dict[str, list[dict[str, Any]]]:
     return {"inputs": [one(i) for i in sess.get_inputs()], "outputs": [one(o) for o in sess.get_outputs()]}
 
 
-def open_session(path: Path, device_spec: str, *, threads: int | None = None,
-                 sha256: str | None = None, provider_options: dict[str, str] | None = None) -> tuple[Any, dict[str, Any]]:
+def open_session(path: Path, device_spec: str, *, threads: int | None = None, sha256: str | None = None,
+                 provider_options: dict[str, str] | None = None) -> tuple[Any, dict[str, Any]]:
     """Open ``path`` on the device named by ``device_spec``. Returns (session, info)."""
     import onnxruntime as ort
 
@@ -64,7 +64,7 @@ def open_session(path: Path, device_spec: str, *, threads: int | None = None,
     so.add_provider_for_devices([ep_dev], opts)
     try:
         sess = ort.InferenceSession(str(path), sess_options=so)
-    except Exception as e:  # onnxruntime raises its own types: map them to ours
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types: map them to ours
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LoadError(f"cannot load {path.name} on {dev.label}: {msg[:500]}") from None
     providers = list(sess.get_providers())
@@ -86,7 +86,7 @@ def assignment(sess: Any) -> dict[str, int]:
             ep = getattr(sub, "ep_name", None) or str(sub)
             n = len(getattr(sub, "get_nodes", list)()) if hasattr(sub, "get_nodes") else len(getattr(sub, "nodes", []))
             counts[ep] = counts.get(ep, 0) + n
-    except Exception:
+    except Exception:  # noqa: BLE001 - best-effort report: this introspection API varies across onnxruntime versions
         pass
     return counts
 
@@ -204,7 +204,8 @@ def open_split(parts: list[dict[str, Any]], *, threads: int | None = None) -> tu
         for ep, n in p["assignment"].items():
             assign[ep] = assign.get(ep, 0) + n
     info = {"device": {"kind": "split", "provider": "+".join(p["device"]["provider"] for p in placed),
-                       "vendor": "", "device_id": 0, "label": "split:" + "+".join(p["device"]["label"] for p in placed)},
+                       "vendor": "", "device_id": 0,
+                       "label": "split:" + "+".join(p["device"]["label"] for p in placed)},
             "providers": split.get_providers(), "assignment": assign, "parts": placed, "cut": split.cut,
             "load_ms": (time.perf_counter() - t0) * 1e3, **signature(split)}
     return split, info

@@ -96,7 +96,7 @@ class Worker:
                 out = fn(h.get("params") or {}, frame.payload)
                 if out is not None:
                     self.send(P.response(rid, out[0]), out[1])
-            except Exception as e:  # never die on a request: report it
+            except Exception as e:  # noqa: BLE001 - never die on a request: report it
                 self.send(P.error_response(rid, error_payload(e)))
 
     # -- methods ------------------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def batch_invariant(sess: Any) -> bool:
     try:
         alone = sess.run(None, one)
         both = sess.run(None, {k: np.concatenate([one[k], other[k]]) for k in one})
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure to run a batch of 2 (shape, EP) means not batchable
         return False
     return all(b.shape[:1] == (2,) and a.shape[:1] == (1,) and np.allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
                for a, b in zip(alone, both, strict=True))

@@ -578,4 +578,4 @@ def sha256_file(path: Path) -> str:
 def with_variant(m: Manifest, v: Variant) -> Manifest:
     """A copy of ``m`` with ``v`` added or replacing the variant of the same id."""
     others = tuple(x for x in m.variants if x.id != v.id)
-    return replace(m, variants=others + (v,))
+    return replace(m, variants=(*others, v))

@@ -111,8 +111,9 @@ def sweep(folder: Path, *, variants: Sequence[str] | None = None, requests: int 
                     finally:
                         _stop(spin)
                     got.setdefault((v.id, compute, load), []).append(res)
-                    log(f"{v.id} compute {compute:.2f} load {load:.2f}: p50 {res['p50']:.3f} ms, p95 {res['p95']:.3f} ms, "
-                        f"cpu {res['cpu_ms']:.3f} ms" + (f", ttft {res['ttft_ms']:.1f} ms" if 'ttft_ms' in res else ""))
+                    log(f"{v.id} compute {compute:.2f} load {load:.2f}: p50 {res['p50']:.3f} ms, "
+                        f"p95 {res['p95']:.3f} ms, cpu {res['cpu_ms']:.3f} ms"
+                        + (f", ttft {res['ttft_ms']:.1f} ms" if 'ttft_ms' in res else ""))
     finally:
         lim.set_cores(None)
         lim.close()
@@ -131,7 +132,8 @@ def sweep(folder: Path, *, variants: Sequence[str] | None = None, requests: int 
                                  cpu_ms / 1000 * watts, cpu_ms, med("ttft_ms")))
         entries.append(CurveEntry(v.id, "cpu", v.sha256, "token" if m.kind == "causal-lm" else "request",
                                   CostCurve(tuple(pts), lim.kind, "model"),
-                                  {"requests": requests, "rounds": rounds, **({"tokens": tokens} if m.kind == "causal-lm" else {})}))
+                                  {"requests": requests, "rounds": rounds,
+                                   **({"tokens": tokens} if m.kind == "causal-lm" else {})}))
     return save_costs(folder, m.name, entries, {
         "mechanism": lim.kind, "cores": ncpu, "cpu_watts": watts, "host": platform.node(),
         "measured_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

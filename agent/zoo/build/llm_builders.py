@@ -75,7 +75,8 @@ def gguf_onnx(ctx: BuildContext) -> BuildResult:
     _export(ctx, g, w, None, info)
     n = ctx.params["check_tokens"]
     if n and ctx.spec.precision == "fp32":
-        ids = tok.encode("The capital of France is Paris. In 1889 the Eiffel Tower opened", add_special_tokens=False).ids
+        ids = tok.encode("The capital of France is Paris. In 1889 the Eiffel Tower opened",
+                         add_special_tokens=False).ids
         diff = cross_check(ctx.out_dir / MAIN, g.config, w, ids[:n])
         info["max_abs_logit_diff_vs_numpy"] = diff
         ctx.log(f"cross-check against the numpy reference: max |logit diff| {diff:.2e}")
@@ -151,7 +152,7 @@ def _prune(ctx: BuildContext, g: Any, w: Any, tok: Any) -> tuple[Any, list[int],
 
 
 @register_builder("gguf-layer-prune", precision="int8", accepts=("gguf",), uses_eval=True,
-                  tools=TOOLS + ("torch",), version=2, params=PRUNE_PARAMS)
+                  tools=(*TOOLS, "torch"), version=2, params=PRUNE_PARAMS)
 def gguf_layer_prune(ctx: BuildContext) -> BuildResult:
     """Drop the layers that matter least (measured), optionally heal by distillation, export."""
     g, w, tok, table = _prepare(ctx)

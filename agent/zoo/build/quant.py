@@ -125,7 +125,8 @@ def _excluded(ctx: BuildContext, src: Path, op_types: list[str], quantize: Any) 
     out = [n for n in names if any(e in n for e in p["exclude"])]
     scores: dict[str, float] = {}
     if p["auto_exclude"]:
-        ops = set(op_types or ["Conv", "MatMul", "Gemm", "LSTM", "GRU", "Attention", "Gather", "EmbedLayerNormalization"])
+        ops = set(op_types or ["Conv", "MatMul", "Gemm", "LSTM", "GRU", "Attention", "Gather",
+                               "EmbedLayerNormalization"])
         cands = [n.name for n in m.graph.node if n.name and n.op_type in ops and n.name not in out]
         feeds = ctx.calibration()[:64]
         base = _run_all(src, feeds)

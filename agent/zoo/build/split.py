@@ -99,7 +99,8 @@ def split_model(src: Path, cuts: list[list[str]], out_dir: Path) -> list[Path]:
         try:
             onnx.utils.extract_model(str(src), str(p), ins, outs, check_model=True)
         except Exception as e:  # noqa: BLE001 - onnx raises ValidationError/KeyError for a cut that leaves a hole
-            raise InvalidParams(f"cannot extract part {i} ({ins} -> {outs}): {' '.join(str(e).split())[:300]}") from None
+            raise InvalidParams(f"cannot extract part {i} ({ins} -> {outs}): "
+                                f"{' '.join(str(e).split())[:300]}") from None
         paths.append(p)
     return paths
 
