@@ -76,9 +76,9 @@ def start_daemon(zoo: Path, tmp: Path, *extra: str, wait: bool = True) -> Daemon
     if wait:
         try:
             wait_for_socket(sock, timeout=60)
-        except Exception:
+        except Exception as e:  # whatever went wrong: stop the daemon, fail with its log
             d.stop(5)
-            raise AssertionError("agentd did not start:\n" + d.log_text())
+            raise AssertionError("agentd did not start:\n" + d.log_text()) from e
     return d
 
 

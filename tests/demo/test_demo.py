@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -253,7 +254,7 @@ def test_swap_labels_get_lanes_that_never_overlap():
     assert lanes == [0, 1, 2, 0, 1, 0]
     for lane in set(lanes):
         xs = [x for x, k in zip([0.0, 0.01, 0.02, 0.5, 0.51, 2.0], lanes, strict=True) if k == lane]
-        assert all(b - a >= 0.1 for a, b in zip(xs, xs[1:], strict=False))
+        assert all(b - a >= 0.1 for a, b in itertools.pairwise(xs))
 
 
 def test_swaps_are_placed_at_the_decision_not_at_the_event_arrival():

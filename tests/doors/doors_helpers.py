@@ -46,8 +46,8 @@ def declared_huge(url: str, path: str, size: int = 1 << 30) -> tuple[int, bytes]
             data += chunk
         head, _, rest = data.partition(b"\r\n\r\n")
         status = int(head.split(b" ")[1])
-        length = next((int(ln.split(b":")[1]) for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")),
-                      None)
+        length = next((int(ln.split(b":")[1]) for ln in head.split(b"\r\n")
+                       if ln.lower().startswith(b"content-length")), None)
         while length is not None and len(rest) < length:
             chunk = s.recv(65536)
             if not chunk:

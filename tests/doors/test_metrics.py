@@ -92,7 +92,8 @@ def test_request_counters_and_latency_histograms_follow_the_traffic(traffic):
     count = _samples(traffic, "agent_request_latency_seconds", "agent_request_latency_seconds_count", model=MLP)
     total = _samples(traffic, "agent_request_latency_seconds", "agent_request_latency_seconds_sum", model=MLP)
     assert sum(s.value for s in count) >= 3 and 0 < sum(s.value for s in total) < 60
-    inf = _samples(traffic, "agent_request_latency_seconds", "agent_request_latency_seconds_bucket", model=MLP, le="+Inf")
+    inf = _samples(traffic, "agent_request_latency_seconds", "agent_request_latency_seconds_bucket", model=MLP,
+                   le="+Inf")
     assert sum(s.value for s in inf) == sum(s.value for s in count)
     ttft = _samples(traffic, "agent_time_to_first_token_seconds", "agent_time_to_first_token_seconds_count", model=LLM)
     assert sum(s.value for s in ttft) >= 2

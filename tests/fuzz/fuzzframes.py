@@ -146,7 +146,8 @@ class Gen:
         inner = b"[" * depth + b"]" * depth if self.r.random() < 0.5 else b'{"a":' * depth + b"1" + b"}" * depth
         where = self.r.random()
         if where < 0.5:   # nested inside params
-            hdr = b'{"jsonrpc":"2.0","id":%d,"method":"infer","params":{"model":"mlp","inputs":%s}}' % (self._id(), inner)
+            hdr = (b'{"jsonrpc":"2.0","id":%d,"method":"infer","params":{"model":"mlp","inputs":%s}}'
+                   % (self._id(), inner))
         else:             # the header itself is the nested value
             hdr = inner
         return _frame(hdr)

@@ -42,9 +42,10 @@ def start(work: Path) -> tuple[subprocess.Popen[bytes], Path]:
     (work / "access.toml").write_text("[access]\nmax_concurrent = 4096\nmax_connections = 64\n")
     sock = Path(tempfile.mkdtemp(prefix="fz", dir="/tmp")) / "a.sock"
     with open(work / "agentd.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "agent.daemon", "--zoo", str(work / "zoo"), "--socket", str(sock),
-                                 "--state-dir", str(work / "state"), "--max-frame", str(MAX_FRAME),
-                                 "--access-config", str(work / "access.toml"), "--log-level", "warning"],
+        proc = subprocess.Popen([sys.executable, "-m", "agent.daemon", "--zoo", str(work / "zoo"),
+                                 "--socket", str(sock), "--state-dir", str(work / "state"),
+                                 "--max-frame", str(MAX_FRAME), "--access-config", str(work / "access.toml"),
+                                 "--log-level", "warning"],
                                 stdout=log, stderr=subprocess.STDOUT)
     wait_for_socket(sock, 120)
     return proc, sock
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         rc = -9
     out = {**counts.as_dict(), "seed": a.seed, "daemon_alive_after": alive, "serves_after": ok_after,
            "agentd_rss_start_mib": round(rss0 / 2**20, 1), "agentd_rss_end_mib": round(rss1 / 2**20, 1),
-           "agentd_exit": rc, "log": str(work / "agentd.log"), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+           "agentd_exit": rc, "log": str(work / "agentd.log"),
+           "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(json.dumps(out, indent=1))
     good = (counts.unanswered == 0 and counts.not_closed == 0 and counts.bad_replies == 0 and ok_after and rc == 0)
     return 0 if good else 1

@@ -112,14 +112,14 @@ def test_runtime_fails_over_to_the_local_variant_when_the_server_dies_under_load
             tasks = [asyncio.ensure_future(load()) for _ in range(3)]
             res = await rt.swap("mlp", "remote", "remote", {"why": "test offload"})
             assert res["providers"] == [f"remote:{kserve.url}/mlp"]
-            t_end = time.monotonic() + 5
-            while served.count("remote") < 20 and time.monotonic() < t_end:
+            t_end = time.monotonic() + 5     # a bounded poll of the tally the load tasks keep (no event for it)
+            while served.count("remote") < 20 and time.monotonic() < t_end:  # noqa: ASYNC110 - see above
                 await asyncio.sleep(0.05)
             assert rt.placeable(_rows(models))[-1].reachable is True
             kserve.kill()                                   # the server dies mid-load
             n = len(served)
             t_end = time.monotonic() + 10
-            while (len(served) < n + 30) and time.monotonic() < t_end:
+            while (len(served) < n + 30) and time.monotonic() < t_end:  # noqa: ASYNC110 - as above
                 await asyncio.sleep(0.05)
             stop.set()
             await asyncio.gather(*tasks)
@@ -298,7 +298,8 @@ def test_a_probe_that_finds_the_server_gone_fails_over_before_any_request_meets_
             await rt.swap("mlp", "remote", "remote")
             kserve.kill()
             deadline = time.monotonic() + 10
-            while rt.slots["mlp"].active.variant == "remote" and time.monotonic() < deadline:
+            # the runtime has no event for "the failover swap is done": a bounded poll
+            while rt.slots["mlp"].active.variant == "remote" and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
             assert rt.slots["mlp"].active.variant == "int8"      # the last local variant, not the reference
             r = await rt.infer("mlp", *_descs(np.ones((1, 256), np.float32)))

@@ -97,7 +97,7 @@ def test_truncated_gguf_is_a_clear_build_error(tiny, tmp_path):
     for cut in (len(data) // 2, 40):
         bad = tmp_path / f"cut{cut}.gguf"
         bad.write_bytes(data[:cut])
-        with pytest.raises(BuildError, match="truncated|corrupt"):
+        with pytest.raises(BuildError, match=r"truncated|corrupt"):
             GGUFModel(bad)
 
 

@@ -149,8 +149,9 @@ def test_the_manifest_keeps_every_figure_and_the_unfit_reason(tmp_path):
     q = Quality("answers", 0.85, 0.85, perplexity=10.2, perplexity_rel=0.99, agreement=0.8, mean_prefix=27.5,
                 exact_match=0.3, exact_match_rel=0.9)
     spec = (TensorSpec("x", "float32", (1,)),)
-    m = Manifest("m", "tensor", "a", spec, spec, (Variant("a", "a.onnx", "fp32"),
-                                                  Variant("b", "b.onnx", "int8", quality=q, unfit="agreement 0.8 < 0.9")),
+    m = Manifest("m", "tensor", "a", spec, spec,
+                 (Variant("a", "a.onnx", "fp32"),
+                  Variant("b", "b.onnx", "int8", quality=q, unfit="agreement 0.8 < 0.9")),
                  folder)
     save_manifest(m)
     back = load_manifest(folder)

@@ -218,7 +218,8 @@ def test_a_variant_below_its_floor_is_built_measured_marked_unfit_and_left_out_o
     ("[variants.floors]\nagreement = \"high\"\n", r"recipe.toml:\d+: .*agreement: expected a number"),
 ])
 def test_bad_floors_are_recipe_errors_with_line(tiny, tmp_path, floors, msg):
-    path = write_recipe(tmp_path / "r", tiny.path, LADDER.replace('precision = "int8"\n', 'precision = "int8"\n' + floors, 1))
+    path = write_recipe(tmp_path / "r", tiny.path,
+                        LADDER.replace('precision = "int8"\n', 'precision = "int8"\n' + floors, 1))
     with pytest.raises(RecipeError, match=msg):
         load_recipe(path)
 

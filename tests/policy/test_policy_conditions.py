@@ -33,7 +33,7 @@ def test_every_level_has_a_rank() -> None:
 
 
 def test_unknown_level_name_is_an_error() -> None:
-    with pytest.raises(ConditionError, match="expected a thermal level.*got 'hot'"):
+    with pytest.raises(ConditionError, match=r"expected a thermal level.*got 'hot'"):
         Condition.compile('thermal.level > "hot"')
 
 

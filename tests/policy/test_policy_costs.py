@@ -29,8 +29,10 @@ from agent.policy.table import VariantRow
 from agent.sensors.snapshot import CpuState, Snapshot, ThermalState
 from agent.sensors.trace import shipped
 
-CURVE = CostCurve((CostPoint(1.0, 0.0, 10.0, 12.0, 0.5, 50.0, 80.0), CostPoint(0.5, 0.0, 20.0, 26.0, 0.5, 50.0, 160.0),
-                   CostPoint(0.25, 0.0, 40.0, 60.0, 0.55, 55.0, 320.0), CostPoint(1.0, 1.0, 18.0, 24.0, 0.6, 60.0, 140.0)),
+CURVE = CostCurve((CostPoint(1.0, 0.0, 10.0, 12.0, 0.5, 50.0, 80.0),
+                   CostPoint(0.5, 0.0, 20.0, 26.0, 0.5, 50.0, 160.0),
+                   CostPoint(0.25, 0.0, 40.0, 60.0, 0.55, 55.0, 320.0),
+                   CostPoint(1.0, 1.0, 18.0, 24.0, 0.6, 60.0, 140.0)),
                   "cgroup1")
 
 
@@ -122,7 +124,8 @@ def test_deadline_relaxes_the_profile_floor_to_the_requests_own_and_says_so() ->
 
 
 def test_a_deadline_no_variant_can_meet_is_dropped_and_named_with_the_fastest() -> None:
-    d = decide(snap(quota=0.1), PolicyState(), quality_first(), TABLE, 0.0, {"llm": Demand(deadline_ms=10.0, tokens=16)})
+    d = decide(snap(quota=0.1), PolicyState(), quality_first(), TABLE, 0.0,
+               {"llm": Demand(deadline_ms=10.0, tokens=16)})
     c = d.choices["llm"]
     assert "infeasible on every variant" in c.why and "fastest int4@cpu" in c.why
     assert c.variant == "int8"          # the fastest at the profile's floor (int4 is below it and misses too)

@@ -213,7 +213,8 @@ def test_dwell_blocks_a_second_swap_within_min_dwell(write_policy, rows) -> None
 
 def test_pin_wins_over_profile_and_dwell_until_unpinned(write_policy, rows) -> None:  # type: ignore[no-untyped-def]
     p = load_policy([write_policy(BASE.replace("min_dwell_s = 0", "min_dwell_s = 30"))])
-    st = PolicyState(current={"smollm2": ("int8", "cpu")}, last_swap={"smollm2": 0.0}).with_pin("smollm2", "int4", "cpu")
+    st = PolicyState(current={"smollm2": ("int8", "cpu")},
+                     last_swap={"smollm2": 0.0}).with_pin("smollm2", "int4", "cpu")
     d = decide(make_snap(), st, p, rows, 1.0)
     assert choice(d) == "int4@cpu" and "pinned" in d.choices["smollm2"].why
     d = decide(make_snap(), d.state.without_pin("smollm2"), p, rows, 40.0)

@@ -148,7 +148,7 @@ def test_workload_file_counts_requests_per_interval(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("spec", ["rate=0/s", "rate=two/s", "speed=2/s", "rate=2/day", "file=/nonexistent/x"])
 def test_bad_workload_specs_are_refused(spec: str) -> None:
-    with pytest.raises(InvalidParams, match="workload|cannot read"):
+    with pytest.raises(InvalidParams, match=r"workload|cannot read"):
         parse_workload(spec)
 
 

@@ -124,7 +124,8 @@ def test_record_then_replay_gives_back_the_recorded_values(fake, clock, tmp_path
     assert n == 4 and not (tmp_path / "rec.jsonl.partial").exists()
     tr = load_trace(out)
     assert tr.times == (0.0, 1.0, 2.0, 3.0)
-    assert [round(s.battery.percent or 0, 2) for s in tr.snapshots] == [round(100 * x / 60, 2) for x in (50, 40, 38, 36)]
+    assert ([round(s.battery.percent or 0, 2) for s in tr.snapshots]
+            == [round(100 * x / 60, 2) for x in (50, 40, 38, 36)])
     rep = TraceReplay(out, speed=1.0, clock=clock)
     clock.advance(2.5)
     assert rep.read().battery.energy_wh == pytest.approx(38.0)

@@ -92,7 +92,8 @@ def _mutated(draw: st.DrawFn) -> bytes:
     elif kind == "truncate":
         b = b[: draw(st.integers(0, len(b) - 1))]
     elif kind == "length":
-        struct.pack_into("<I", b, 0, draw(st.sampled_from([0, 1, 3, 4, 2**32 - 1, 65537, len(b)]) | st.integers(0, 2**32 - 1)))
+        struct.pack_into("<I", b, 0,
+                         draw(st.sampled_from([0, 1, 3, 4, 2**32 - 1, 65537, len(b)]) | st.integers(0, 2**32 - 1)))
     elif kind == "header_len":
         struct.pack_into("<I", b, 4, draw(st.integers(0, 2**32 - 1)))
     else:

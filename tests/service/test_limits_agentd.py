@@ -78,7 +78,7 @@ def test_connections_over_the_per_uid_limit_are_refused_with_busy(limited_agentd
     held = [_settled_client(limited_agentd) for _ in range(6)]
     for c in held:   # a connection holding a profile is in use, never closed as idle
         c.hold("power-saver", "limit test")
-    with pytest.raises(Busy, match="too many connections .*6 open"):
+    with pytest.raises(Busy, match=r"too many connections .*6 open"):
         Client(limited_agentd.socket_path, timeout=10).status()
     held.pop().close()
     with _settled_client(limited_agentd) as c:  # the freed slot is usable again
@@ -91,7 +91,7 @@ def test_an_idle_connection_makes_room_for_a_new_one_of_its_uid(limited_agentd: 
     held = [_settled_client(limited_agentd) for _ in range(6)]
     with _client(limited_agentd) as c:   # over the limit: the longest-idle connection is closed instead
         assert c.status()["models"]["mlp"]["active"] is not None
-    with pytest.raises(Busy, match="idle for .* needed its place"):
+    with pytest.raises(Busy, match=r"idle for .* needed its place"):
         held[0].status()   # the evicted one was told why
     for c in held:
         c.close()

@@ -160,8 +160,8 @@ def test_status_json_shows_llm_stats_with_prefix_cache_hits_and_misses(llm_daemo
     before = llm_stats(llm_daemon)["prefix_cache"]
     with llm_daemon.client() as c:
         first = c.complete(MODEL, messages=chat, max_tokens=4)
-        second = c.complete(MODEL, messages=chat + [{"role": "assistant", "content": first.result["text"]},
-                                                    {"role": "user", "content": "Another"}], max_tokens=4)
+        second = c.complete(MODEL, messages=[*chat, {"role": "assistant", "content": first.result["text"]},
+                                             {"role": "user", "content": "Another"}], max_tokens=4)
     assert second.usage["cached_tokens"] >= first.usage["prompt_tokens"] - 1 > 0
     r = subprocess.run([sys.executable, "-m", "agent.cli", "--socket", str(llm_daemon.socket), "status", "--json"],
                        capture_output=True, text=True, timeout=60, check=False)

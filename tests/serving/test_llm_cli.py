@@ -17,8 +17,8 @@ pytestmark = pytest.mark.integration
 def agentctl(daemon, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[bytes]:  # type: ignore[no-untyped-def]
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     return subprocess.run([sys.executable, "-m", "agent.cli", "--socket", str(daemon.socket), *args],
-                          input=stdin.encode() if stdin is not None else None, capture_output=True, timeout=120, check=False,
-                          env=env)
+                          input=stdin.encode() if stdin is not None else None, capture_output=True, timeout=120,
+                          check=False, env=env)
 
 
 def test_generate_raw_streams_the_plain_completion_and_a_summary_line(llm_daemon, reference, fp32_active):

@@ -86,4 +86,5 @@ def test_bad_speculative_tables_are_load_errors(spec, msg):
 def test_variants_without_a_draft_are_served_plainly():
     assert draft_for({"speculative": {"drafts": {"fp32": "int4"}}}, "int4", {"fp32", "int4"}) is None
     assert draft_for({}, "fp32", {"fp32"}) is None
-    assert draft_for({"speculative": {"k": 2, "drafts": {"fp32": "int4"}}}, "fp32", {"fp32", "int4"}) == ("int4", 2, 0.0)
+    assert (draft_for({"speculative": {"k": 2, "drafts": {"fp32": "int4"}}}, "fp32", {"fp32", "int4"})
+            == ("int4", 2, 0.0))

@@ -14,7 +14,7 @@ def test_cpu_device_is_discovered_through_ep_devices():
 
 @pytest.mark.parametrize("spec", ["gpu", "npu", "NoSuchExecutionProvider", "CPUExecutionProvider:gpu"])
 def test_selecting_an_absent_device_names_what_exists(spec):
-    with pytest.raises(NotFound, match="available: .*cpu:CPUExecutionProvider"):
+    with pytest.raises(NotFound, match=r"available: .*cpu:CPUExecutionProvider"):
         D.select(spec, D.discover())
 
 

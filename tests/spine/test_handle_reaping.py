@@ -20,8 +20,8 @@ def _run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-async def _until(pred: Any, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
+async def _until(pred: Any, within_s: float = 60.0) -> None:
+    end = time.monotonic() + within_s
     while not pred():
         assert time.monotonic() < end, "condition not met in time"
         await asyncio.sleep(0.02)

@@ -42,7 +42,7 @@ def test_fifty_pins_back_and_forth_lose_no_request_and_outputs_match_named_varia
                 k = i % len(xs)
                 try:
                     r = c.infer("mlp", {"x": xs[k]})
-                except Exception as e:  # any failure counts
+                except Exception as e:  # noqa: BLE001 - any failure counts
                     failures.append(repr(e))
                     continue
                 seen[r.variant] += 1
@@ -147,7 +147,7 @@ def test_garbage_variant_file_without_checksum_fails_to_load_cleanly(tensor_zoo,
     d = start_daemon(tensor_zoo, tmp_path)
     try:
         with d.client() as c:
-            with pytest.raises(LoadError, match="cannot load int8.onnx"):
+            with pytest.raises(LoadError, match=r"cannot load int8\.onnx"):
                 c.pin("mlp", "int8")
             assert c.infer("mlp", {"x": np.ones((1, 256), np.float32)}).variant == "fp32"
     finally:

@@ -130,7 +130,7 @@ def test_swaps_in_the_middle_of_batched_load_lose_nothing(batch_zoo, tmp_path):
                 k = i % len(xs)
                 try:
                     r = c.infer("mlp", {"x": xs[k]})
-                except Exception as e:  # any failure counts
+                except Exception as e:  # noqa: BLE001 - any failure counts
                     failures.append(repr(e))
                     continue
                 seen[r.variant] += 1

@@ -37,7 +37,8 @@ def silero_zoo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     wheels = list(cache.glob("*.whl"))
     if not wheels:
         r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-                            "-d", str(cache), recipe.source.pypi], check=False, capture_output=True, text=True, timeout=300)
+                            "-d", str(cache), recipe.source.pypi],
+                           check=False, capture_output=True, text=True, timeout=300)
         wheels = list(cache.glob("*.whl"))
         if r.returncode != 0 or not wheels:
             pytest.skip(f"pip cannot fetch {recipe.source.pypi}: {(r.stderr or '').strip()[-200:]}")
