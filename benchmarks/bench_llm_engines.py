@@ -366,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         def ratio(x: str, y: str, key: str) -> float | None:
             if x not in rows or y not in rows:
                 return None
-            return med([(p[key] / q[key]) if p[key] and q[key] else None for p, q in zip(rows[x], rows[y], strict=False)])
+            return med([(p[key] / q[key]) if p[key] and q[key] else None
+                        for p, q in zip(rows[x], rows[y], strict=False)])
         res["ratios"] = {
             "agentd int4 / llama.cpp decode": ratio("agentd int4", "llama.cpp", "tok_s"),
             "agentd int8 / llama.cpp decode": ratio("agentd int8", "llama.cpp", "tok_s"),

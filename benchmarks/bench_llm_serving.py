@@ -17,8 +17,9 @@ For each variant, in the same run:
 
 Both sides use the same prompts (each new, so neither hits the prefix cache) and run one after the
 other in alternating blocks, never interleaved run by run (ONNX Runtime's idle threads spin after each
-run; two processes doing that on a 2-core machine disturb each other far more than the IPC path costs). Decode tokens/s is timed at the
-client from the first to the last token; end-to-end tokens/s = tokens / (request -> last token).
+run; two processes doing that on a 2-core machine disturb each other far more than the IPC path costs).
+Decode tokens/s is timed at the client from the first to the last token; end-to-end tokens/s = tokens /
+(request -> last token).
 
 An external zoo is never used in place: the chosen variants are hard-linked (or copied) into a private
 temporary zoo with a manifest holding only them. Medians over ``--reps``; timings on a shared machine

@@ -17,16 +17,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import statistics
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import contextlib
-import io
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.policy.conditions import Activation, activation_dict
 from agent.policy.decide import decide
@@ -36,6 +34,8 @@ from agent.policy.state import PolicyState
 from agent.policy.synthetic import SCENARIOS, scenario, smollm2_rows
 from agent.policy.workload import parse_workload
 from agent.sensors.snapshot import BatteryState, MemoryState, PowerState, Snapshot, ThermalState
+
+REPO = Path(__file__).resolve().parents[1]
 
 EXPR = 'power.on_ac == false && battery.percent < 20.0 && memory.psi_some_avg10 > 1.0'
 
@@ -176,7 +176,8 @@ def sim_tables(verbose: bool) -> None:
                 a, m = rep.acceptance(), rep.methods
                 off = " / ".join(f"{m[k].violating_requests / m[k].requests:.1%}"
                                  for k in ("policy", "static-best-quality", "oracle"))
-                print(f"| {sc} | {m['policy'].energy_per_request_j:.3f} | {m['static-best-quality'].energy_per_request_j:.3f} "
+                print(f"| {sc} | {m['policy'].energy_per_request_j:.3f} "
+                      f"| {m['static-best-quality'].energy_per_request_j:.3f} "
                       f"| {a['energy_saving_vs_best_quality']:.1%} | {a['quality_loss_vs_best_quality']:.2%} "
                       f"| {m['oracle'].energy_per_request_j:.3f} | {a['energy_gap_to_oracle']:+.2%} "
                       f"| {m['policy'].swaps}/{m['oracle'].swaps} | {off} | {'PASS' if a['pass'] else 'MISS'} |")

@@ -9,8 +9,8 @@ so drift hits all alike; figures are medians over rounds of per-round medians / 
   process (``InferenceSession.run``, default options) against a blocking client through agentd.
 * **cache** — the same 1 KB request answered from the response cache, against ``ping`` (the bare IPC
   round trip: frames, dispatch, access check, no handler work).
-* **batching** — a wider MLP (768->3072->768, a BERT-base FFN block: weight-read bound like LLM decode) under 32 concurrent
-  blocking clients (threads), unbatched against ``max_batch = 32, max_queue_delay_ms = 2``.
+* **batching** — a wider MLP (768->3072->768, a BERT-base FFN block: weight-read bound like LLM decode)
+  under 32 concurrent blocking clients (threads), unbatched against ``max_batch = 32, max_queue_delay_ms = 2``.
 
 LLM continuous batching (issue 12 item 3) is not built: ``llm_batching_speedup`` is null.
 """
@@ -108,7 +108,8 @@ def bench_cache(c: Any, rounds: int, n: int) -> dict[str, Any]:
         hit.append(med(timed(lambda: c.infer("mlp_cached", {"x": x}), n)))
         miss.append(med(timed(lambda: c.infer("mlp", {"x": x}), n)))
     return {"ping_p50_us": med(ping), "hit_p50_us": med(hit), "uncached_p50_us": med(miss),
-            "hit_vs_ping": med(hit) / med(ping), "round_ratios": [round(h / p, 3) for p, h in zip(ping, hit, strict=True)]}
+            "hit_vs_ping": med(hit) / med(ping),
+            "round_ratios": [round(h / p, 3) for p, h in zip(ping, hit, strict=True)]}
 
 
 def load_phase(sock: Path, model: str, seconds: float) -> dict[str, Any]:
@@ -130,7 +131,7 @@ def load_phase(sock: Path, model: str, seconds: float) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 try:
                     r = c.infer(model, {"x": xs[i]})
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - a benchmark records every failure (reported, not raised)
                     errors.append(repr(e))
                     continue
                 lat[i].append((time.perf_counter() - t0) * 1e6)
@@ -170,7 +171,8 @@ def bench_batching(sock: Path, rounds: int, seconds: float) -> dict[str, Any]:
         ba.append(load_phase(sock, "wide_batched", seconds))
     speed = [b["rps"] / u["rps"] for u, b in zip(un, ba, strict=True)]
     out: dict[str, Any] = {"clients": CLIENTS, "max_batch": MAX_BATCH, "max_queue_delay_ms": DELAY_MS,
-                           "model": "mlp 768->3072->768 fp32 (one transformer FFN block, 19 MB)", "seconds_per_phase": seconds}
+                           "model": "mlp 768->3072->768 fp32 (one transformer FFN block, 19 MB)",
+                           "seconds_per_phase": seconds}
     for name, rs in (("unbatched", un), ("batched", ba)):
         out[name] = {k: med([r[k] for r in rs if r[k] is not None]) if any(r[k] is not None for r in rs) else None
                      for k in rs[0]}
