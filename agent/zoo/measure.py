@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.errors import BuildError, InvalidParams
+from agent.zoo.buildlog import keep_cause
 from agent.zoo.floors import unfit_reason
 from agent.zoo.manifest import MANIFEST, Manifest, Variant, _signature_mismatch, load_manifest, save_manifest
 
@@ -102,7 +103,7 @@ def measure_variants(zoo: Path, model: str, variants: Sequence[str] = (), *, rec
             try:
                 res = plugin.measure(ctx)
             except BuildError as e:
-                raise BuildError(f"{model}/{vid}: measuring failed: {e.message}") from e
+                raise BuildError(f"{model}/{vid}: measuring failed: {keep_cause(folder, vid, e)}") from e
         for what, mine, want in (("inputs", res.inputs, m.inputs), ("outputs", res.outputs, m.outputs)):
             why = _signature_mismatch(want, mine)
             if why:

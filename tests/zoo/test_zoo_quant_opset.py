@@ -14,6 +14,7 @@ from zoo_helpers import make_conv_net, write_recipe
 
 from agent.errors import BuildError
 from agent.zoo.build.quant import default_opset, upgrade_opset
+from agent.zoo.build.registry import BuildContext, BuildResult, register_builder
 from agent.zoo.build.runner import build_recipe
 from agent.zoo.manifest import load_manifest
 from agent.zoo.precision import detect
@@ -45,6 +46,16 @@ class _Feeds:
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
+
+
+@register_builder("test-raw-qdq-per-channel", precision="int8")
+def _raw_qdq(ctx: BuildContext) -> BuildResult:
+    """quantize_static per channel without the opset check: the graph the issue saw."""
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    quantize_static(str(ctx.input_path), str(ctx.out_dir / "model.onnx"), _Feeds(), quant_format=QuantFormat.QDQ,
+                    per_channel=True)
+    return BuildResult("model.onnx")
 
 
 def test_ort_alone_writes_an_invalid_per_channel_graph_at_opset_12(tmp_path: Path) -> None:
@@ -99,3 +110,20 @@ def test_an_opset_the_converter_cannot_raise_is_a_clear_build_error() -> None:
     with pytest.raises(BuildError, match=r"per-channel quantization needs opset >= 13 .* opset-12 model failed: "
                                          r".*NoSuchOp.*set per_channel = false"):
         upgrade_opset(model, 13)
+
+
+def test_a_variant_onnxruntime_refuses_fails_with_the_last_ort_line_and_a_log(tmp_path: Path) -> None:
+    src = make_conv_net(tmp_path / "m12.onnx", opset=12)
+    v = '[[variants]]\nid = "fp32"\nmethod = "copy"\n[[variants]]\nid = "raw"\nmethod = "test-raw-qdq-per-channel"\n'
+    p = write_recipe(tmp_path / "r", src, name="conv", variants=v)
+    with pytest.raises(BuildError) as e:
+        build_recipe(load_recipe(p), tmp_path / "zoo")
+    msg, log = str(e.value), tmp_path / "zoo" / "conv" / ".build-logs" / "raw.log"
+    if "measuring failed" not in msg:
+        pytest.skip("this onnxruntime writes a valid per-channel graph at opset 12")
+    # ORT's message is long (the temp path, the node's inputs); its cause is at the end and must survive
+    assert msg.startswith(f"{p}: raw: measuring failed: onnxruntime cannot load the variant: ")
+    assert "Unrecognized attribute: axis for operator DequantizeLinear" in msg and "\n" not in msg
+    assert len(msg) < 900
+    if " … " in msg:   # shortened: the whole message is in the log
+        assert msg.endswith(f"(full cause: {log})") and "Unrecognized attribute: axis" in log.read_text()

@@ -29,6 +29,7 @@ from agent.zoo.build.registry import (
     get_kind,
     tool_versions,
 )
+from agent.zoo.buildlog import keep_cause
 from agent.zoo.floors import unfit_reason
 from agent.zoo.manifest import (
     MANIFEST,
@@ -283,7 +284,7 @@ class Builder:
         try:
             result = spec.builder.fn(ctx)
         except AgentError as e:
-            raise self.fail(spec.id, f"{spec.method} failed: {e.message}") from e
+            raise self.fail(spec.id, f"{spec.method} failed: {self._cause(spec.id, e)}") from e
         except Exception as e:  # a tool's own exception: map at the boundary, keep its cause
             raise self.fail(spec.id, f"{spec.method} failed: {self._cause(spec.id, e)}") from e
         finally:
@@ -305,20 +306,8 @@ class Builder:
         return result
 
     def _cause(self, vid: str, e: Exception) -> str:
-        """A tool's error in one line that keeps its cause (ORT puts it at the end of a long message); the
-        whole message and traceback go to ``ZOO/<model>/.build-logs/<variant>.log``."""
-        import traceback
-
-        text = " ".join(str(e).split()) or type(e).__name__
-        line = text if len(text) <= 600 else f"{text[:200]} … {text[-380:]}"
-        logs = self.folder / ".build-logs"
-        try:
-            logs.mkdir(parents=True, exist_ok=True)
-            log = logs / f"{vid}.log"
-            log.write_text("".join(traceback.format_exception(e)), encoding="utf-8")
-            return f"{type(e).__name__}: {line} (full cause: {log})"
-        except OSError:
-            return f"{type(e).__name__}: {line}"
+        """``e`` in one line that keeps its cause; the whole goes to ``ZOO/<model>/.build-logs/<vid>.log``."""
+        return keep_cause(self.folder, vid, e)
 
     def _measure(self, spec: VariantSpec, path: Path, manifest: Manifest | None) -> MeasureResult:
         is_ref = spec.id == self.recipe.reference
@@ -333,7 +322,7 @@ class Builder:
             try:
                 res = self.plugin.measure(ctx)
             except AgentError as e:
-                raise self.fail(spec.id, f"measuring failed: {e.message}") from e
+                raise self.fail(spec.id, f"measuring failed: {self._cause(spec.id, e)}") from e
         if manifest is not None and not is_ref:
             for what, mine, model in (("inputs", res.inputs, manifest.inputs), ("outputs", res.outputs,
                                                                                   manifest.outputs)):
