@@ -127,7 +127,7 @@ def table(m: Manifest) -> str:
         row = _tensor_row
     rows = [head, *(row(m, v) for v in m.variants)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     notes = [f"! {v.id} is unfit (the policy never picks it): {v.unfit}" for v in m.variants if v.unfit]
     return "\n".join([f"{m.name} ({m.kind}; * = reference, quality measured against it; ! = unfit)", *lines,
@@ -165,22 +165,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _maps(specs: list[str]) -> dict[str, str]:
-    out = {}
-    for spec in specs:
-        old, sep, new = spec.partition("=")
-        if not sep or not old or not new:
-            raise InvalidParams(f"--map: expected GRAPH_NAME=MODEL_NAME, got {spec!r}")
-        out[old] = new
-    return out
-
-
 def cmd_import(args: argparse.Namespace) -> int:
-    from agent.zoo.importer import import_variant
+    from agent.zoo.importer import import_variant, parse_map
 
     zoo = Path(args.zoo) if args.zoo else default_zoo_dir()
     m = import_variant(zoo, args.model, args.variant, Path(args.path), precision=args.precision,
-                       replace_existing=args.replace, rename=_maps(args.map),
+                       replace_existing=args.replace, rename=parse_map(args.map),
                        drop_extra_outputs=args.ignore_extra_outputs)
     v = m.variant(args.variant)
     fitted = v.build.get("fitted")
