@@ -165,22 +165,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _maps(specs: list[str]) -> dict[str, str]:
-    out = {}
-    for spec in specs:
-        old, sep, new = spec.partition("=")
-        if not sep or not old or not new:
-            raise InvalidParams(f"--map: expected GRAPH_NAME=MODEL_NAME, got {spec!r}")
-        out[old] = new
-    return out
-
-
 def cmd_import(args: argparse.Namespace) -> int:
-    from agent.zoo.importer import import_variant
+    from agent.zoo.importer import import_variant, parse_map
 
     zoo = Path(args.zoo) if args.zoo else default_zoo_dir()
     m = import_variant(zoo, args.model, args.variant, Path(args.path), precision=args.precision,
-                       replace_existing=args.replace, rename=_maps(args.map),
+                       replace_existing=args.replace, rename=parse_map(args.map),
                        drop_extra_outputs=args.ignore_extra_outputs)
     v = m.variant(args.variant)
     fitted = v.build.get("fitted")

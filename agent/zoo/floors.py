@@ -13,6 +13,10 @@ from collections.abc import Mapping
 
 from agent.zoo.manifest import Quality
 
+# what a variant from a file no one built here (``zoo import``, a recipe's ``method = "import"``) must keep
+# of the reference's quality to be served, unless floors are given for it
+DEFAULT_FLOORS: dict[str, float] = {"quality_rel": 0.9}
+
 
 def unfit_reason(floors: Mapping[str, float], quality: Quality | None) -> str | None:
     """None when every floor holds, else one line naming each failed figure, its value and its floor."""

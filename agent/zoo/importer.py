@@ -12,7 +12,7 @@ import datetime as _dt
 import os
 import shutil
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,20 @@ def _external_files(path: Path) -> list[str]:
     return sorted(names)
 
 
+def copy_model(path: Path, dest: Path, extra: list[str] | None = None) -> list[str]:
+    """Copy the model file and the external-data files it names (``extra``, default: read from the file)
+    into the folder ``dest``; returns the external names. LoadError for one missing or outside its folder."""
+    names = _external_files(path) if extra is None else extra
+    shutil.copyfile(path, dest / path.name)
+    for name in names:
+        src = (path.parent / name).resolve()
+        if path.parent.resolve() not in src.parents or not src.is_file():
+            raise LoadError(f"{path}: external data {name!r} is missing or outside the model's folder")
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest / name)
+    return names
+
+
 def guess_precision(path: Path) -> str:
     """The precision the graph stores its weights in (``agent.zoo.precision``); fp32 without onnx."""
     try:
@@ -87,11 +101,15 @@ def guess_precision(path: Path) -> str:
         return "fp32"
 
 
+CLI_FLAGS = ("--map", "--ignore-extra-outputs")   # how fit errors name the two ways to fit a file
+
+
 def fit_graph(path: Path, out: Path, model_in: tuple[TensorSpec, ...], model_out: tuple[TensorSpec, ...],
-              rename: dict[str, str], drop_extra_outputs: bool) -> list[str]:
+              rename: dict[str, str], drop_extra_outputs: bool, flags: tuple[str, str] = CLI_FLAGS) -> list[str]:
     """Write ``path`` to ``out`` with its tensors renamed (``rename``: graph name -> model name), outputs
     the model lacks dropped (only when ``drop_extra_outputs``) and inputs no node reads dropped; returns
-    what changed, one phrase each. LoadError for what cannot be fitted (an extra input that is used)."""
+    what changed, one phrase each. InvalidParams for what cannot be fitted (an extra input that is used),
+    naming ``flags`` (the rename option, the drop option) as the fixes."""
     import onnx
     from onnx.external_data_helper import uses_external_data
 
@@ -104,7 +122,7 @@ def fit_graph(path: Path, out: Path, model_in: tuple[TensorSpec, ...], model_out
     graph_names = {i.name for i in m.graph.input} | {o.name for o in m.graph.output}
     for old in rename:
         if old not in graph_names:
-            raise InvalidParams(f"--map {old}=...: the graph has no input or output {old!r} "
+            raise InvalidParams(f"{flags[0]} {old}=...: the graph has no input or output {old!r} "
                                 f"(it has {sorted(graph_names)})")
 
     def ren(name: str) -> str:
@@ -131,7 +149,7 @@ def fit_graph(path: Path, out: Path, model_in: tuple[TensorSpec, ...], model_out
     extra_out = [o.name for o in m.graph.output if o.name not in want_out]
     if extra_out:
         if not drop_extra_outputs:
-            raise InvalidParams(f"{path}: outputs {extra_out} are not the model's; pass --ignore-extra-outputs "
+            raise InvalidParams(f"{path}: outputs {extra_out} are not the model's; pass {flags[1]} "
                                 "to drop them from this variant")
         keep = [o for o in m.graph.output if o.name in want_out]
         del m.graph.output[:]
@@ -153,6 +171,58 @@ def fit_graph(path: Path, out: Path, model_in: tuple[TensorSpec, ...], model_out
         done.append(f"dropped unused inputs {extra_in}")
     onnx.save(m, str(out))
     return done
+
+
+Signature = tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]   # (inputs, outputs)
+
+
+@dataclass(frozen=True)
+class Fit:
+    path: Path                        # the file to use: the one given, or its fitted copy
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    changes: list[str]                # what fitting changed, one phrase each; [] when used as is
+
+
+def fit_to_model(path: Path, work: Path, model: Signature | None, rename: dict[str, str],
+                 drop_extra_outputs: bool, flags: tuple[str, str] = CLI_FLAGS) -> Fit:
+    """``path`` fitted to ``model``'s signature (None: the file's own, renamed): with a rename map or
+    ``drop_extra_outputs`` the copy in ``work`` is rewritten (:func:`fit_graph`); without either, only
+    inputs that no node reads are dropped, and only when that is all that keeps the file from fitting.
+    The caller checks the result with :func:`signature_problem`."""
+    inputs, outputs = read_signature(path)
+    if model is None:
+        model = (_renamed(inputs, rename), _renamed(outputs, rename))
+    extra_in = {t.name for t in inputs} - {t.name for t in model[0]}
+    outputs_fit = {t.name for t in outputs} == {t.name for t in model[1]}
+    if not (rename or drop_extra_outputs or (extra_in and outputs_fit)):
+        return Fit(path, inputs, outputs, [])
+    changes = fit_graph(path, work / path.name, model[0], model[1], rename, drop_extra_outputs, flags)
+    return Fit(work / path.name, *read_signature(work / path.name), changes)
+
+
+def _renamed(ts: tuple[TensorSpec, ...], rename: dict[str, str]) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(rename.get(t.name, t.name), t.dtype, t.shape) for t in ts)
+
+
+def signature_problem(model: Signature, got: Signature, name: str = "the model") -> str | None:
+    """``inputs do not match <name>: <why>`` (or outputs), matched by name; None when ``got`` fits."""
+    for what, want, have in (("inputs", model[0], got[0]), ("outputs", model[1], got[1])):
+        why = _signature_mismatch(want, have)
+        if why:
+            return f"{what} do not match {name}: {why}"
+    return None
+
+
+def parse_map(items: list[str], flag: str = "--map") -> dict[str, str]:
+    """``["GRAPH_NAME=MODEL_NAME", ...]`` -> {graph name: model name}; InvalidParams naming ``flag``."""
+    out: dict[str, str] = {}
+    for item in items:
+        graph, eq, name = item.partition("=")
+        if not eq or not graph.strip() or not name.strip():
+            raise InvalidParams(f"{flag}: expected GRAPH_NAME=MODEL_NAME, got {item!r}")
+        out[graph.strip()] = name.strip()
+    return out
 
 
 def _subgraphs(g: Any) -> list[Any]:
@@ -218,28 +288,17 @@ def import_variant(zoo: Path, model: str, variant: str, path: Path, *, precision
     work = Path(tempfile.mkdtemp(prefix="agent-import-"))
     try:
         if old is not None or rename:
-            ren = rename or {}
-
-            def renamed(ts: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
-                return tuple(TensorSpec(ren.get(t.name, t.name), t.dtype, t.shape) for t in ts)
-
-            fit_in = old.inputs if old is not None else renamed(inputs)
-            fit_out = old.outputs if old is not None else renamed(outputs)
-            # without a map or a flag, only inputs that no node reads are dropped on our own
-            extra_in = {t.name for t in inputs} - {t.name for t in fit_in}
-            outputs_fit = {t.name for t in outputs} == {t.name for t in fit_out}
-            if ren or drop_extra_outputs or (extra_in and outputs_fit):
-                source_sha = sha256_file(path)
-                fitted = fit_graph(path, work / path.name, fit_in, fit_out, ren, drop_extra_outputs)
-                path = work / path.name
-                inputs, outputs = read_signature(path)
+            sig = (old.inputs, old.outputs) if old is not None else None
+            fit = fit_to_model(path, work, sig, rename or {}, drop_extra_outputs)
+            if fit.path != path:
+                source_sha = sha256_file(source_path)
+            path, inputs, outputs, fitted = fit.path, fit.inputs, fit.outputs, fit.changes
         if old is not None:
-            for what, model_sig, got in (("inputs", old.inputs, inputs), ("outputs", old.outputs, outputs)):
-                why = _signature_mismatch(model_sig, got)
-                if why:
-                    raise InvalidParams(f"{source_path}: {what} do not match model {model!r}: {why}; "
-                                        "--map GRAPH_NAME=MODEL_NAME renames a tensor, --ignore-extra-outputs "
-                                        "drops outputs the model lacks")
+            why = signature_problem((old.inputs, old.outputs), (inputs, outputs), f"model {model!r}")
+            if why:
+                raise InvalidParams(f"{source_path}: {why}; "
+                                    "--map GRAPH_NAME=MODEL_NAME renames a tensor, --ignore-extra-outputs "
+                                    "drops outputs the model lacks")
             if variant in old.variant_ids() and not replace_existing:
                 raise InvalidParams(f"model {model!r} already has variant {variant!r} (use --replace to overwrite)")
         return _place(zoo, model, variant, path, old, inputs, outputs, precision, command, source_path,
@@ -262,13 +321,7 @@ def _place(zoo: Path, model: str, variant: str, path: Path, old: Manifest | None
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".tmp-import-{variant}-"))
     placed = False
     try:
-        shutil.copyfile(path, tmp / path.name)
-        for name in extra:
-            src = (path.parent / name).resolve()
-            if path.parent.resolve() not in src.parents or not src.is_file():
-                raise LoadError(f"{path}: external data {name!r} is missing or outside the model's folder")
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, tmp / name)
+        copy_model(path, tmp, extra)
         if sha256_file(tmp / path.name) != sha:
             raise LoadError(f"{path}: the file changed while it was being copied")
         mask = os.umask(0)

@@ -8,7 +8,7 @@ tensor model: ``data = "npz"`` with files, or ``"wav"``); ``source.path`` names 
 
 Floors: a measured variant below its floors is recorded ``unfit`` with the figure (the policy never picks
 it). The floors are those given (``--floor NAME=MIN``), else the recipe's for a variant of that id, else
-:data:`DEFAULT_FLOORS` (a variant the recipe does not list, e.g. one a user imported).
+:data:`agent.zoo.floors.DEFAULT_FLOORS` (a variant the recipe does not list, e.g. one a user imported).
 """
 
 from __future__ import annotations
@@ -20,14 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.errors import BuildError, InvalidParams
-from agent.zoo.floors import unfit_reason
+from agent.zoo.buildlog import keep_cause
+from agent.zoo.floors import DEFAULT_FLOORS, unfit_reason
 from agent.zoo.manifest import MANIFEST, Manifest, Variant, _signature_mismatch, load_manifest, save_manifest
 
 if TYPE_CHECKING:
     from agent.zoo.recipe import Recipe
-
-# what a variant no recipe lists must keep of the reference's quality to be served
-DEFAULT_FLOORS: dict[str, float] = {"quality_rel": 0.9}
 
 
 def parse_floors(items: Sequence[str], known: Sequence[str]) -> dict[str, float] | None:
@@ -102,7 +100,7 @@ def measure_variants(zoo: Path, model: str, variants: Sequence[str] = (), *, rec
             try:
                 res = plugin.measure(ctx)
             except BuildError as e:
-                raise BuildError(f"{model}/{vid}: measuring failed: {e.message}") from e
+                raise BuildError(f"{model}/{vid}: measuring failed: {keep_cause(folder, vid, e)}") from e
         for what, mine, want in (("inputs", res.inputs, m.inputs), ("outputs", res.outputs, m.outputs)):
             why = _signature_mismatch(want, mine)
             if why:

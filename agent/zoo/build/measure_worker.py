@@ -67,7 +67,7 @@ def measure(req: dict[str, Any]) -> dict[str, Any]:
     try:
         sess = _session(req["model"], req.get("threads"))
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
-        return {"error": "onnxruntime cannot load the variant: " + " ".join(str(e).split())[:400]}
+        return {"error": "onnxruntime cannot load the variant: " + " ".join(str(e).split())}
     load_ms = (time.perf_counter() - t) * 1000
     ins, outs = _sig(sess.get_inputs()), _sig(sess.get_outputs())
     inputs = [(s["name"], s["dtype"], s["shape"]) for s in ins]
@@ -135,7 +135,9 @@ def serve_json(fn: Any) -> int:
     except AgentError as e:
         res = {"error": e.message}
     except Exception as e:  # noqa: BLE001 - any failure becomes one JSON error line
-        res = {"error": f"{type(e).__name__}: " + " ".join(str(e).split())[:400]}
+        import traceback
+
+        res = {"error": f"{type(e).__name__}: " + " ".join(str(e).split()), "detail": traceback.format_exc()}
     sys.stdout.write(json.dumps(res) + "\n")
     return 0 if "error" not in res else 2
 

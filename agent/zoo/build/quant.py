@@ -43,14 +43,49 @@ def constants_to_initializers(model: Any) -> int:
     return moved
 
 
-def _prepared(ctx: BuildContext) -> Path:
-    """The input with constants as initializers, as a file in out_dir (the ORT quantizers take paths)."""
+# per-axis QuantizeLinear / DequantizeLinear (the ``axis`` attribute) exist from opset 13 on
+PER_AXIS_OPSET = 13
+
+
+def default_opset(model: Any) -> int | None:
+    """The model's default-domain (``ai.onnx``) opset version; None when it imports none."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def upgrade_opset(model: Any, target: int) -> Any:
+    """``model`` converted to default-domain opset ``target`` (onnx.version_converter, checked);
+    BuildError saying why when it cannot be converted."""
+    import onnx
+    from onnx import version_converter
+
+    have = default_opset(model)
+    try:
+        out = version_converter.convert_version(model, target)
+        if out.ByteSize() < 1_800_000_000:   # the checker refuses protos past 2 GiB
+            onnx.checker.check_model(out)
+    except Exception as e:  # the converter raises RuntimeError/ValidationError/... from C++
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise BuildError(f"per-channel quantization needs opset >= {target} (DequantizeLinear's axis); "
+                         f"converting this opset-{have} model failed: {why[-300:]}; "
+                         "set per_channel = false or export the model at opset >= 13") from e
+    return out
+
+
+def _prepared(ctx: BuildContext, min_opset: int | None = None) -> tuple[Path, dict[str, Any]]:
+    """The input with constants as initializers and, with ``min_opset``, the default-domain opset raised
+    to at least that, as a file in out_dir (the ORT quantizers take paths); and what was changed."""
     m = _load(ctx.input_path)
-    if not constants_to_initializers(m):
-        return ctx.input_path
+    notes: dict[str, Any] = {}
+    have = default_opset(m)
+    if min_opset is not None and have is not None and have < min_opset:
+        m = upgrade_opset(m, min_opset)
+        notes["opset_upgraded"] = f"{have} -> {min_opset}"
+        ctx.log(f"opset {have} -> {min_opset}: per-channel Q/DQ needs DequantizeLinear's axis (opset 13)")
+    if not constants_to_initializers(m) and not notes:
+        return ctx.input_path, notes
     p = ctx.out_dir / ".prepared.onnx"
     _save(m, p)
-    return p
+    return p, notes
 
 
 def _save(model: Any, out: Path) -> None:
@@ -167,12 +202,12 @@ def int8_dynamic(ctx: BuildContext) -> BuildResult:
                          reduce_range=p["reduce_range"], op_types_to_quantize=p["op_types"] or None,
                          nodes_to_quantize=only, nodes_to_exclude=exclude)
 
-    src = _prepared(ctx)
+    src, notes = _prepared(ctx)
     excl, scores = _excluded(ctx, src, p["op_types"], q)
     q(src, ctx.out_dir / MAIN, exclude=excl)
     if src != ctx.input_path:
         src.unlink()
-    return BuildResult(MAIN, info=_exclusion_info(excl, scores))
+    return BuildResult(MAIN, info={**notes, **_exclusion_info(excl, scores)})
 
 
 class _Reader:
@@ -205,6 +240,7 @@ def int8_static(ctx: BuildContext) -> BuildResult:
     names = {i.name for i in _load(ctx.input_path).graph.input}
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[p["calibrate_method"]]
+    src, notes = _prepared(ctx, PER_AXIS_OPSET if p["per_channel"] else None)
     ctx.log(f"calibrating on {len(feeds)} feeds ({p['calibrate_method']})")
     work = ctx.out_dir / ".calib"
     work.mkdir()
@@ -216,7 +252,6 @@ def int8_static(ctx: BuildContext) -> BuildResult:
                         op_types_to_quantize=p["op_types"] or None, nodes_to_quantize=only,
                         nodes_to_exclude=exclude)
 
-    src = _prepared(ctx)
     try:
         excl, scores = _excluded(ctx, src, p["op_types"], q)
         q(src, ctx.out_dir / MAIN, exclude=excl)
@@ -224,7 +259,7 @@ def int8_static(ctx: BuildContext) -> BuildResult:
         shutil.rmtree(work, ignore_errors=True)
         if src != ctx.input_path:
             src.unlink()
-    return BuildResult(MAIN, info={"calibration_feeds": len(feeds), **_exclusion_info(excl, scores)})
+    return BuildResult(MAIN, info={"calibration_feeds": len(feeds), **notes, **_exclusion_info(excl, scores)})
 
 
 def _nbits(model: Any, bits: int, block: int, sym: bool, level: int, exclude: list[str]) -> Any:

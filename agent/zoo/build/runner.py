@@ -29,6 +29,7 @@ from agent.zoo.build.registry import (
     get_kind,
     tool_versions,
 )
+from agent.zoo.buildlog import keep_cause
 from agent.zoo.floors import unfit_reason
 from agent.zoo.manifest import (
     MANIFEST,
@@ -85,13 +86,18 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_keys(recipe: Recipe, source_sha: str, plugin: KindPlugin) -> dict[str, tuple[str, str]]:
-    """(build key, measure key) per variant id; see docs/ZOO.md."""
+def build_keys(recipe: Recipe, source_shas: dict[str | None, str], plugin: KindPlugin,
+               variants: Sequence[VariantSpec] | None = None) -> dict[str, tuple[str, str]]:
+    """(build key, measure key) per variant id of ``variants`` (default: all; parents first, as a recipe
+    lists them), from the sha256 of each source they start from (None: [source]); see docs/ZOO.md."""
     eval_fp = plugin.eval_fingerprint(recipe.eval)
     keys: dict[str, str] = {}
+    wanted = {v.id for v in (variants if variants is not None else recipe.variants)}
     for v in recipe.variants:
+        if v.id not in wanted:
+            continue
         keys[v.id] = _digest({
-            "source": source_sha, "method": v.method, "params": v.params, "precision": v.precision,
+            "source": source_shas[v.source], "method": v.method, "params": v.params, "precision": v.precision,
             "builder_version": v.builder.version, "tools": tool_versions(v.builder.tools),
             "parent": "source" if v.derived_from == "source" else keys[v.derived_from],
             "eval": eval_fp if v.builder.uses_eval else None,
@@ -160,6 +166,7 @@ class Builder:
         assert plugin is not None
         self.plugin = plugin
         self.paths: dict[str, Path] = {}   # variant id -> main file (built or existing)
+        self.sources: dict[str | None, tuple[Path, str]] = {}   # source id (None: [source]) -> (file, sha256)
 
     def fail(self, vid: str, msg: str) -> BuildError:
         return BuildError(f"{self.recipe.path}: {vid}: {msg}")
@@ -169,16 +176,19 @@ class Builder:
         for vid in only or ():
             recipe.variant(vid)  # unknown ids fail before any work
         targets = _closure(recipe, only)
-        self.rep.start(1 + len(targets))
-        t0 = time.perf_counter()
-        self.rep.step("fetch source")
-        src_path, src_sha = resolve_source(recipe, self.zoo / ".cache", self.rep.log)
-        self.rep.done("fetch source", time.perf_counter() - t0, src_path.name)
-        keys = build_keys(recipe, src_sha, self.plugin)
+        needed = list(dict.fromkeys(v.source for v in targets if v.derived_from == "source"))
+        self.rep.start(len(needed) + len(targets))
+        for sid in needed:
+            label = "fetch source" if sid is None else f"fetch source {sid}"
+            t0 = time.perf_counter()
+            self.rep.step(label)
+            self.sources[sid] = resolve_source(recipe, self.zoo / ".cache", self.rep.log, sid)
+            self.rep.done(label, time.perf_counter() - t0, self.sources[sid][0].name)
+        keys = build_keys(recipe, {sid: sha for sid, (_, sha) in self.sources.items()}, self.plugin, targets)
         manifest = _existing(recipe, self.folder)
         reports = []
         for spec in targets:
-            manifest, rep = self._one(spec, manifest, src_path, src_sha, keys[spec.id])
+            manifest, rep = self._one(spec, manifest, keys[spec.id])
             reports.append(rep)
         assert manifest is not None
         self._sweep()
@@ -196,7 +206,14 @@ class Builder:
             if p.is_dir() and p.name not in used and _OURS.match(p.name):
                 _rmtree(p)
 
-    def _one(self, spec: VariantSpec, manifest: Manifest | None, src_path: Path, src_sha: str,
+    def _source_id(self, spec: VariantSpec) -> str | None:
+        """The source ``spec``'s line starts from (its own, or that of its first ancestor; None: [source])."""
+        cur = spec
+        while cur.derived_from != "source":
+            cur = self.recipe.variant(cur.derived_from)
+        return cur.source
+
+    def _one(self, spec: VariantSpec, manifest: Manifest | None,
              key: tuple[str, str]) -> tuple[Manifest, StepReport]:
         bkey, mkey = key
         old = None
@@ -217,7 +234,7 @@ class Builder:
                 return manifest, StepReport(spec.id, "skipped")
             t = time.perf_counter()
             res = self._measure(spec, self.paths[spec.id], manifest)
-            new = self._variant(spec, manifest.path_of(old), old.file, src_sha, key, old.precision,
+            new = self._variant(spec, manifest.path_of(old), old.file, key, old.precision,
                                 old.build.get("build_s", 0.0), time.perf_counter() - t, old.build.get("info"))
             m2 = self._manifest(manifest, new, None, res, spec.floors)
             save_manifest(m2)
@@ -229,7 +246,7 @@ class Builder:
         final = self.folder / f"{spec.id}-{bkey[:8]}"
         try:
             t = time.perf_counter()
-            result = self._build(spec, tmp, src_path)
+            result = self._build(spec, tmp, self.sources[self._source_id(spec)][0])
             build_s = time.perf_counter() - t
             main_tmp = safe_join(tmp, result.main)
             t = time.perf_counter()
@@ -243,7 +260,7 @@ class Builder:
             os.replace(tmp, final)
             main = safe_join(final, result.main)
             rel = f"{final.name}/{result.main}"
-            new = self._variant(spec, main, rel, src_sha, key, result.precision or spec.precision, build_s,
+            new = self._variant(spec, main, rel, key, result.precision or spec.precision, build_s,
                                 measure_s, result.info)
             m2 = self._manifest(manifest, new, result, res, spec.floors)
             try:
@@ -283,7 +300,7 @@ class Builder:
         try:
             result = spec.builder.fn(ctx)
         except AgentError as e:
-            raise self.fail(spec.id, f"{spec.method} failed: {e.message}") from e
+            raise self.fail(spec.id, f"{spec.method} failed: {self._cause(spec.id, e)}") from e
         except Exception as e:  # a tool's own exception: map at the boundary, keep its cause
             raise self.fail(spec.id, f"{spec.method} failed: {self._cause(spec.id, e)}") from e
         finally:
@@ -305,20 +322,8 @@ class Builder:
         return result
 
     def _cause(self, vid: str, e: Exception) -> str:
-        """A tool's error in one line that keeps its cause (ORT puts it at the end of a long message); the
-        whole message and traceback go to ``ZOO/<model>/.build-logs/<variant>.log``."""
-        import traceback
-
-        text = " ".join(str(e).split()) or type(e).__name__
-        line = text if len(text) <= 600 else f"{text[:200]} … {text[-380:]}"
-        logs = self.folder / ".build-logs"
-        try:
-            logs.mkdir(parents=True, exist_ok=True)
-            log = logs / f"{vid}.log"
-            log.write_text("".join(traceback.format_exception(e)), encoding="utf-8")
-            return f"{type(e).__name__}: {line} (full cause: {log})"
-        except OSError:
-            return f"{type(e).__name__}: {line}"
+        """``e`` in one line that keeps its cause; the whole goes to ``ZOO/<model>/.build-logs/<vid>.log``."""
+        return keep_cause(self.folder, vid, e)
 
     def _measure(self, spec: VariantSpec, path: Path, manifest: Manifest | None) -> MeasureResult:
         is_ref = spec.id == self.recipe.reference
@@ -333,7 +338,7 @@ class Builder:
             try:
                 res = self.plugin.measure(ctx)
             except AgentError as e:
-                raise self.fail(spec.id, f"measuring failed: {e.message}") from e
+                raise self.fail(spec.id, f"measuring failed: {self._cause(spec.id, e)}") from e
         if manifest is not None and not is_ref:
             for what, mine, model in (("inputs", res.inputs, manifest.inputs), ("outputs", res.outputs,
                                                                                   manifest.outputs)):
@@ -342,11 +347,13 @@ class Builder:
                     raise self.fail(spec.id, f"{what} differ from the model's: {why}")
         return res
 
-    def _variant(self, spec: VariantSpec, main: Path, rel: str, src_sha: str, key: tuple[str, str],
+    def _variant(self, spec: VariantSpec, main: Path, rel: str, key: tuple[str, str],
                  precision: str, build_s: float, measure_s: float, info: Any) -> Variant:
+        sid = self._source_id(spec)
         build = _jsonable({
-            "key": key[0], "measure_key": key[1], "source": self.recipe.source.describe(),
-            "source_sha256": src_sha, "recipe": str(self.recipe.path), "command": self.command,
+            "key": key[0], "measure_key": key[1], "source": self.recipe.source_of(sid).describe(),
+            "source_id": sid, "source_sha256": self.sources[sid][1],
+            "recipe": str(self.recipe.path), "command": self.command,
             "params": dict(spec.params), "tools": tool_versions(spec.builder.tools),
             "built_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "build_s": round(build_s, 3), "measure_s": round(measure_s, 3),

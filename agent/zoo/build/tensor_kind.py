@@ -36,11 +36,13 @@ def run_worker(req: dict[str, Any], timeout: float = 600,
         raise BuildError(f"measurement took longer than {timeout:.0f}s") from e
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     if not lines:
-        tail = " ".join((r.stderr or "").strip().splitlines()[-1:])[:300]
-        raise BuildError(f"measurement process died (exit {r.returncode}): {tail}")
+        err = (r.stderr or "").strip()
+        last = err.splitlines()[-1] if err else "no output"
+        raise BuildError(f"measurement process died (exit {r.returncode}): {last}",
+                         data={"detail": err[-20000:]} if err else None)
     res: dict[str, Any] = json.loads(lines[-1])
     if "error" in res:
-        raise BuildError(str(res["error"]))
+        raise BuildError(str(res["error"]), data={"detail": res["detail"]} if res.get("detail") else None)
     return res
 
 
@@ -78,7 +80,7 @@ def calibration(recipe: Any, model: Path) -> list[dict[str, Any]]:
     try:
         sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise BuildError("onnxruntime cannot load the model for calibration: " + " ".join(str(e).split())[:300]) from e
+        raise BuildError("onnxruntime cannot load the model for calibration: " + " ".join(str(e).split())) from e
     inputs = [(a.name, ORT_TYPES.get(a.type, "float32"), list(a.shape or [])) for a in sess.get_inputs()]
     out_names = [o.name for o in sess.get_outputs()]
     calib, _ = evaldata.streams(ev, inputs)
