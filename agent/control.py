@@ -115,17 +115,17 @@ class DemandBook:
 
 
 class EdfGate:
-    """At most ``slots`` requests of one model run at once; waiting ones go in order of (higher priority,
+    """At most ``capacity`` requests of one model run at once; waiting ones go in order of (higher priority,
     earlier absolute deadline, arrival). Requests without a deadline sort after those with one."""
 
     def __init__(self, slots: int) -> None:
-        self.slots = max(1, slots)
+        self.capacity = max(1, slots)
         self.running = 0
         self._heap: list[tuple[int, float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
 
     async def enter(self, qos: QoS, t0: float) -> None:
-        if self.running < self.slots and not self._heap:
+        if self.running < self.capacity and not self._heap:
             self.running += 1
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -286,8 +286,8 @@ class Controller:
                 log.warning("a rule reads an unknown value; it counts as false",
                             extra={"fields": {"rule": u, "sensors": snap.source}})
         self._record(d)
-        changes = [c for c in d.changes()
-                   if c.model in self.runtime.slots and self.runtime.slots[c.model].pinned is None]
+        pins = self.engine.pins()   # a pinned model stays where its pin put it, measured or not
+        changes = [c for c in d.changes() if c.model in self.runtime.slots and c.model not in pins]
         if changes:
             self._applying = True
             task = asyncio.ensure_future(self._apply(d, changes, snap.mono_s))

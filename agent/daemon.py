@@ -139,7 +139,7 @@ def service_status(app: App) -> str:
                        for n, s in sorted(rt.slots.items())) if rt else ""
     decision = app.controller.last_decision if app.controller is not None else None
     profile = decision.profile if decision is not None else "-"
-    holds = sorted({h.profile for h in app.holds.values()})
+    holds = sorted({h.profile for h in app.ops.holds()})
     return f"serving {models or 'no models'}; profile {profile}; holds: {', '.join(holds) or 'none'}"
 
 

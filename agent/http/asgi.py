@@ -65,7 +65,7 @@ class CountResponses:
 
 
 def build_app(agent_app: Any) -> Starlette:
-    """``agent_app`` is :class:`agent.app.App`."""
+    """``agent_app`` is the service layer, :class:`agent.ops.service.Ops`."""
     from agent.http.metrics import metrics_route
 
     async def on_door_error(request: Request, exc: Exception) -> Response:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -22,7 +21,7 @@ from agent.errors import (
     PermissionDenied,
     Unavailable,
 )
-from agent.ipc.server import Peer
+from agent.ops.records import GenerateReply, GenerateRequest
 
 
 class DoorError(Exception):
@@ -115,12 +114,17 @@ def decode_content(raw: bytes, encoding: str | None, limit: int) -> bytes:
 
 
 class Gen:
-    """One generation (``App.generate``) running as a task; tokens and the end arrive on a queue."""
+    """One generation (``Ops.generate``) running as a task; tokens and the end (the reply's ``wire()``)
+    arrive on a queue. The params are checked inside the task, so a bad one is the generation's error."""
 
-    def __init__(self, run: Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], Any],
+    def __init__(self, run: Callable[[GenerateRequest, Callable[[dict[str, Any]], None]], Awaitable[GenerateReply]],
                  params: dict[str, Any]) -> None:
         self.q: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self.task = asyncio.ensure_future(run(params, lambda p: self.q.put_nowait(("token", p))))
+
+        async def go() -> dict[str, Any]:
+            rep = await run(GenerateRequest.parse(params), lambda p: self.q.put_nowait(("token", p)))
+            return rep.wire()
+        self.task = asyncio.ensure_future(go())
         self.task.add_done_callback(lambda t: self.q.put_nowait(("end", None)))
 
     async def next(self) -> tuple[str, Any]:
@@ -155,8 +159,3 @@ async def run_unless_disconnected(request: Request, gen: Gen) -> dict[str, Any] 
     finally:
         disc.cancel()
         gen.cancel()
-
-
-def http_peer() -> Peer:
-    """The peer the App's handlers see for an HTTP request (the endpoint is loopback-only, unauthenticated)."""
-    return Peer(pid=-1, uid=os.getuid(), gid=os.getgid(), conn_id=-1)

@@ -32,17 +32,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent import __version__
+from agent.control import QoS
 from agent.errors import AgentError
 from agent.http.common import (
     BadEncoding,
     BodyTooLarge,
     MessageError,
     decode_content,
-    http_peer,
     read_body,
     status_of,
 )
 from agent.ipc import protocol as P
+from agent.ops.records import InferRequest
+from agent.ops.service import Ops
 
 # KServe datatype <-> the dtypes our wire protocol carries
 TO_NUMPY = {"BOOL": "bool", "UINT8": "uint8", "INT8": "int8", "INT16": "int16", "INT32": "int32",
@@ -164,13 +166,14 @@ def output_choice(req: dict[str, Any], names: list[str]) -> list[tuple[str, bool
     return chosen
 
 
-def routes(agent_app: Any) -> list[Route]:
-    """The /v2 routes over :class:`agent.app.App` (``manifests``, ``rt()``, ``h_infer``)."""
-    limit = int(agent_app.cfg.max_frame)
+def routes(ops: Ops) -> list[Route]:
+    """The /v2 routes over the service layer (:class:`agent.ops.service.Ops`: ``manifests``, ``active``,
+    ``infer``)."""
+    limit = int(ops.cfg.max_frame)
 
     def manifest(request: Request) -> Any:
         name = request.path_params["model"]
-        m = agent_app.manifests.get(name)
+        m = ops.manifests.get(name)
         if m is None or m.kind != "tensor":
             what = "is not a tensor model (use /api or /v1)" if m is not None else "is not in the zoo"
             raise KServeError(404, f"Request for unknown model: '{name}' {what}")
@@ -181,11 +184,8 @@ def routes(agent_app: Any) -> list[Route]:
         return m
 
     def active(name: str) -> tuple[str, str] | None:
-        try:
-            h = agent_app.rt().slot(name).active
-        except AgentError:
-            return None
-        return (h.variant, h.device or "?") if h is not None and h.alive and h.variant else None
+        a = ops.active(name)
+        return (a.variant, a.device or "?") if a is not None else None
 
     def named(resp: Response, act: tuple[str, str] | None) -> Response:
         if act is not None:
@@ -200,8 +200,8 @@ def routes(agent_app: Any) -> list[Route]:
         return JSONResponse({"live": True})
 
     async def ready(request: Request) -> Response:
-        names = [n for n, m in agent_app.manifests.items() if m.kind == "tensor"]
-        ok = agent_app.ready.is_set() and all(active(n) is not None for n in names)
+        names = [n for n, m in ops.manifests.items() if m.kind == "tensor"]
+        ok = ops.ready.is_set() and all(active(n) is not None for n in names)
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     async def model_meta(request: Request) -> Response:
@@ -241,9 +241,10 @@ def routes(agent_app: Any) -> list[Route]:
                                             {s.name: s for s in m.inputs})
         chosen = output_choice(req, [s.name for s in m.outputs])
         try:
-            res, bufs = await agent_app.h_infer(http_peer(), {"model": m.name, "inputs": descs}, memoryview(payload))
+            rep = await ops.infer(InferRequest(m.name, descs, QoS(), None), memoryview(payload))
         except AgentError as e:
             raise KServeError(status_of(e), e.message) from None
+        res, bufs = rep.wire(), rep.buffers()
         data = bufs[0] if len(bufs) == 1 else b"".join(bytes(memoryview(b)) for b in bufs)
         arrays = P.tensors_from(res["outputs"], memoryview(data))
         outs: list[dict[str, Any]] = []

@@ -42,6 +42,8 @@ from starlette.routing import Route
 from agent import __version__
 from agent.errors import AgentError
 from agent.http.common import Gen, MessageError, read_json, run_unless_disconnected, status_of
+from agent.ops.records import ActiveInfo
+from agent.ops.service import Ops
 
 MAX_BODY = 4 << 20
 DEFAULT_MAX_TOKENS = 256
@@ -177,21 +179,18 @@ def _timings(res: dict[str, Any], total_s: float) -> dict[str, Any]:
             "eval_count": n, "eval_duration": eval_ns}
 
 
-def routes(agent_app: Any) -> list[Route]:
-    """The /api routes over :class:`agent.app.App` (``generate``, ``manifests``, ``rt()``)."""
+def routes(ops: Ops) -> list[Route]:
+    """The /api routes over the service layer (:class:`agent.ops.service.Ops`: ``generate``, ``manifests``,
+    ``active``)."""
 
     def llm(name: str) -> Any:
-        m = agent_app.manifests.get(name)
+        m = ops.manifests.get(name)
         if m is None or m.kind != "causal-lm":
             raise OllamaError(404, f"model '{name}' not found")
         return m
 
-    def active(name: str) -> Any:
-        try:
-            h = agent_app.rt().slot(name).active
-        except AgentError:
-            return None
-        return h if h is not None and h.alive and h.variant else None
+    def active(name: str) -> ActiveInfo | None:
+        return ops.active(name)
 
     def details(m: Any, variant_id: str | None) -> dict[str, Any]:
         v = next((v for v in m.variants if v.id == variant_id), None) or m.variant(m.reference)
@@ -210,7 +209,7 @@ def routes(agent_app: Any) -> list[Route]:
                 "size": int(shown.size_bytes or 0), "digest": shown.sha256 or "", "details": details(m, shown.id)}
 
     def llms() -> list[Any]:
-        return [m for _, m in sorted(agent_app.manifests.items()) if m.kind == "causal-lm"]
+        return [m for _, m in sorted(ops.manifests.items()) if m.kind == "causal-lm"]
 
     async def root(request: Request) -> Response:   # Ollama's CLI checks that the server is up with HEAD /
         return PlainTextResponse("Ollama is running (ondevice-agent: /api Ollama, /v1 OpenAI, /v2 KServe, /metrics)")
@@ -232,7 +231,7 @@ def routes(agent_app: Any) -> list[Route]:
             if h is None:
                 continue
             e = entry(m, h.variant)
-            rss = int(h.info.get("rss_bytes") or e["size"])
+            rss = int(h.rss_bytes or e["size"])
             out.append({**e, "size": rss, "size_vram": 0 if (h.device or "cpu") == "cpu" else rss,
                         "expires_at": NEVER, "context_length": int((m.llm or {}).get("context_length") or 0),
                         "agent": {"variant": h.variant, "device": h.device, "pid": h.pid}})
@@ -278,7 +277,7 @@ def routes(agent_app: Any) -> list[Route]:
             out.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
             return JSONResponse(out, headers={"x-agent-variant": h.variant, "x-agent-device": h.device or "?"})
         t0 = time.perf_counter()
-        gen = Gen(agent_app.generate, params)
+        gen = Gen(ops.generate, params)
 
         def piece(variant: str, text: str) -> dict[str, Any]:
             d: dict[str, Any] = {"model": f"{model}:{variant}", "created_at": _now()}

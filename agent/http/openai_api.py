@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from agent.errors import AgentError
 from agent.http.common import DoorError, Gen, read_json, run_unless_disconnected, status_of
+from agent.ops.service import Ops
 
 log = logging.getLogger("agent.http")
 
@@ -197,18 +198,14 @@ def _finish(reason: str | None) -> str:
     return reason if reason in ("stop", "length") else "stop"
 
 
-def routes(agent_app: Any) -> list[Route]:
-    """The OpenAI routes. ``agent_app`` is :class:`agent.app.App` (uses ``generate``, ``manifests``,
-    ``rt()``)."""
+def routes(ops: Ops) -> list[Route]:
+    """The OpenAI routes over the service layer (:class:`agent.ops.service.Ops`: ``generate``, ``manifests``,
+    ``active``)."""
 
     def model_entry(name: str) -> dict[str, Any]:
-        m = agent_app.manifests[name]
-        try:
-            slot = agent_app.rt().slot(name)
-            act = slot.active
-            active = {"variant": act.variant, "device": act.device} if act is not None else None
-        except AgentError:
-            active = None
+        m = ops.manifests[name]
+        act = ops.active(name)
+        active = {"variant": act.variant, "device": act.device} if act is not None else None
         created = int(m.folder.stat().st_mtime) if m.folder.exists() else 0
         return {"id": name, "object": "model", "created": created, "owned_by": "ondevice-agent",
                 "agent": {"kind": m.kind, "reference": m.reference, "active": active,
@@ -216,7 +213,7 @@ def routes(agent_app: Any) -> list[Route]:
                                         "quality": vars(v.quality) if v.quality else None} for v in m.variants]}}
 
     def llm_names() -> list[str]:
-        return sorted(n for n, m in agent_app.manifests.items() if m.kind == "causal-lm")
+        return sorted(n for n, m in ops.manifests.items() if m.kind == "causal-lm")
 
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [model_entry(n) for n in llm_names()]})
@@ -237,7 +234,7 @@ def routes(agent_app: Any) -> list[Route]:
         model_name = params["model"]
         cid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         created = int(time.time())
-        gen = Gen(agent_app.generate, params)
+        gen = Gen(ops.generate, params)
         obj = "chat.completion" if chat else "text_completion"
         if not stream:
             try:

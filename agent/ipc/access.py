@@ -9,9 +9,9 @@ a :class:`Role`:
 * ``CLIENT`` – a member of ``clients_group``;
 * ``NONE``   – anybody else: the server closes the connection.
 
-Clients may call the methods in :data:`CLIENT_METHODS` (inference, generation, holds, status);
-every other method, known or not, needs ``ADMIN`` (deny by default, so a method added later is
-admin-only until it is listed here). Per-peer limits (a peer is a uid: one user opening many
+Clients may call the methods in :data:`CLIENT_METHODS` (inference, generation, holds, status), which
+the method table (:mod:`agent.ipc.methods`) grants to clients; every other method, known or not, needs
+``ADMIN`` (deny by default). Per-peer limits (a peer is a uid: one user opening many
 connections is still one peer) bound concurrent requests and connections; ``max_frame_bytes`` bounds
 one frame, checked on the length prefix before the body is read.
 
@@ -28,13 +28,9 @@ Configuration is the ``[access]`` table of the daemon's config (see :meth:`Acces
 
 from __future__ import annotations
 
-import enum
 import grp
 import logging
 import os
-import pwd
-import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,84 +40,20 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.errors import Busy, ConfigError, FrameTooLarge, PermissionDenied
+from agent.ipc.methods import METHODS, ROLES
+from agent.ipc.peer import PeerCred, Role, peer_credentials, peer_groups
 from agent.tomlfile import Checker, TomlDoc
+
+__all__ = ["ADMIN_METHODS_DOC", "CLIENT_METHODS", "AccessGate", "AccessPolicy", "PeerCred", "PeerLimiter", "Role",
+           "install", "peer_credentials", "peer_groups", "policy_for_daemon"]
 
 log = logging.getLogger(__name__)
 
-SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; not exported by Python 3.11
+CLIENT_METHODS: frozenset[str] = frozenset(m.name for m in METHODS if m.role is Role.CLIENT)
+"""Methods a member of the clients' group may call: those the method table (:mod:`agent.ipc.methods`)
+grants to clients. Everything else (pin, unpin, reload, zoo.*, policy.*, shutdown, …) needs the admin role."""
 
-CLIENT_METHODS: frozenset[str] = frozenset({
-    "infer", "generate", "cancel", "hold", "release", "status", "models", "subscribe", "metrics", "history", "ping",
-})
-"""Methods a member of the clients' group may call (each a real handler: tests/spine/test_access_methods.py).
-Everything else (pin, unpin, reload, zoo.*, policy.*, shutdown, …) needs the admin role."""
-
-ADMIN_METHODS_DOC = ("pin", "unpin", "reload", "zoo.*", "policy.*")  # for docs and error messages
-
-
-class Role(enum.IntEnum):
-    NONE = 0
-    CLIENT = 1
-    ADMIN = 2
-
-
-@dataclass(frozen=True)
-class PeerCred:
-    pid: int
-    uid: int
-    gid: int
-    groups: frozenset[int] = field(default_factory=frozenset)  # supplementary groups (may include gid)
-
-    def all_gids(self) -> frozenset[int]:
-        return self.groups | {self.gid}
-
-
-class _SockLike(Protocol):
-    def getsockopt(self, level: int, optname: int, buflen: int = ..., /) -> Any: ...
-
-
-def _groups_from_proc(pid: int, proc: Path = Path("/proc")) -> frozenset[int] | None:
-    try:
-        text = (proc / str(pid) / "status").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("Groups:"):
-            try:
-                return frozenset(int(x) for x in line.split()[1:])
-            except ValueError:
-                return None
-    return None
-
-
-def _groups_from_userdb(uid: int, gid: int) -> frozenset[int]:
-    try:
-        name = pwd.getpwuid(uid).pw_name
-        return frozenset(os.getgrouplist(name, gid))
-    except (KeyError, OSError):
-        return frozenset()
-
-
-def peer_groups(sock: _SockLike, pid: int, uid: int, gid: int) -> frozenset[int]:
-    size = 64
-    while size <= 65536 * 4:
-        try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size * 4)
-        except OSError as e:
-            if e.errno == 34:  # ERANGE: buffer too small
-                size *= 4
-                continue
-            break  # ENOPROTOOPT: old kernel
-        return frozenset(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
-    procs = _groups_from_proc(pid) if pid > 0 else None
-    return procs if procs is not None else _groups_from_userdb(uid, gid)
-
-
-def peer_credentials(sock: _SockLike) -> PeerCred:
-    """The connected Unix-socket peer's pid/uid/gid and supplementary groups, from the kernel."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return PeerCred(pid, uid, gid, peer_groups(sock, pid, uid, gid))
+ADMIN_METHODS_DOC = (*(m.name for m in METHODS if m.role is Role.ADMIN), "zoo.*", "policy.*")  # docs, errors
 
 
 def _gid_of(name: str | None) -> int | None:
@@ -163,7 +95,7 @@ class AccessPolicy:
         return Role.NONE
 
     def required_role(self, method: str) -> Role:
-        return Role.CLIENT if method in CLIENT_METHODS else Role.ADMIN
+        return ROLES.get(method, Role.ADMIN)   # deny by default: a method not in the table is admin-only
 
     def authorize(self, role: Role, method: str) -> None:
         """Raise :class:`PermissionDenied` unless ``role`` may call ``method``."""

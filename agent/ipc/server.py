@@ -37,7 +37,7 @@ from typing import Any
 
 from agent.errors import AgentError, Busy, MethodNotFound, ProtocolError
 from agent.ipc import protocol as P
-from agent.ipc.access import peer_groups
+from agent.ipc.peer import peer_groups
 
 log = logging.getLogger(__name__)
 

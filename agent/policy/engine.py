@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -40,14 +41,21 @@ class PolicyEngine:
             self.state, self.last, self._table = d.state, d, list(table)
             return d
 
-    def hold(self, cookie: str, profile: str, owner: str, now: float = 0.0) -> None:
+    def hold(self, cookie: str, profile: str, owner: str, now: float = 0.0, *, reason: str = "", pid: int = 0,
+             uid: int = 0) -> Hold:
         with self._lock:
             if profile not in self.policy.profiles:
                 raise InvalidParams(f"profile: expected one of {', '.join(sorted(self.policy.profiles))}, "
                                     f"got {profile!r}")
             if not cookie:
                 raise InvalidParams("cookie: expected a non-empty string, got ''")
-            self.state = self.state.with_hold(Hold(cookie, profile, owner, now))
+            h = Hold(cookie, profile, owner, now, reason, pid, uid, time.time())
+            self.state = self.state.with_hold(h)
+            return h
+
+    def holds(self) -> tuple[Hold, ...]:
+        with self._lock:
+            return self.state.holds
 
     def release(self, cookie: str) -> bool:
         with self._lock:
@@ -75,6 +83,17 @@ class PolicyEngine:
                 raise NotFound(f"no measured variant {variant!r} on {device!r} for model {model!r}; measured: "
                                + (", ".join(known) or "none (the policy has no table for it yet)"))
             self.state = self.state.with_pin(model, variant, device)
+
+    def pin_loaded(self, model: str, variant: str, device: str) -> None:
+        """Pin ``model`` to what the runtime has just loaded for a pin request, measured or not: the runtime
+        vouches for it. decide() keeps a measured pin and says an unmeasured one is ignored; either way the
+        controller moves no pinned model (:meth:`pins`)."""
+        with self._lock:
+            self.state = self.state.with_pin(model, variant, device)
+
+    def pins(self) -> dict[str, tuple[str, str]]:
+        with self._lock:
+            return dict(self.state.pins)
 
     def unpin(self, model: str) -> bool:
         with self._lock:

@@ -1,5 +1,7 @@
 """What decide() remembers between samples: current choice per model, swap times, holds, pins, rule memory.
 
+The one store of holds and pins in agentd (the service layer reads them here; the runtime keeps none).
+
 A PolicyState is frozen: decide() returns the next one inside its Decision; nothing is mutated.
 """
 
@@ -14,7 +16,11 @@ class Hold:
     cookie: str
     profile: str
     owner: str              # who holds it (an IPC peer id); released when that peer disconnects
-    since: float
+    since: float            # on the policy's clock (trace time under replay)
+    reason: str = ""        # the holder's words, for status
+    pid: int = 0            # the holder's process and user (a release needs the same uid, or root)
+    uid: int = 0
+    created: float = 0.0    # wall-clock time (time.time()) the hold was taken
 
 
 @dataclass(frozen=True)

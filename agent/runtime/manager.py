@@ -30,7 +30,7 @@ import concurrent.futures
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -125,6 +125,37 @@ class Runtime:
         if s is None:
             raise NotFound(f"unknown model {model!r}; known: {', '.join(sorted(self.slots)) or 'none'}")
         return s
+
+    def put_model(self, m: Manifest) -> bool:
+        """Add a model read from the zoo (True; nothing loads until a swap) or take its re-read manifest."""
+        slot = self.slots.get(m.name)
+        self._valid = {k: n for k, n in self._valid.items() if k[0] != m.name}
+        if slot is not None:
+            slot.manifest = m
+            return False
+        slot = self.slots[m.name] = Slot(m)
+        if m.kind == "tensor":
+            self.fronts[m.name] = self._front(slot)
+        return True
+
+    async def fall_back(self, model: str, why: str, error: str, *, to: tuple[str, str] | None = None,
+                        **detail: Any) -> dict[str, Any]:
+        """The one path to a fallback variant (``to``, else the reference on CPU) after what was asked for
+        failed: a startup load, a remote server, a worker that keeps dying. Swaps with ``why`` as the reason,
+        then emits one ``fallback`` event (model, from, to, device, why, error, ok) that the policy engine
+        and telemetry see, so the policy's idea of what serves follows."""
+        slot = self.slot(model)
+        variant, device = to or (slot.manifest.reference, "cpu")
+        was = slot.active.variant if slot.active is not None else None
+        ev = {"event": "fallback", "model": model, "from": was, "to": variant, "device": device, "why": why,
+              "error": error}
+        try:
+            res = await self.swap(model, variant, device, {"why": why, **detail, "error": error})
+        except AgentError as e:
+            self.emit({**ev, "ok": False, "fallback_error": str(e)})
+            raise
+        self.emit({**ev, "device": res["device"], "ok": True})
+        return res
 
     def _front(self, slot: Slot) -> TensorFront:
         def active() -> WorkerHandle | None:
@@ -299,9 +330,8 @@ class Runtime:
             self.reach[(v.remote.endpoint, v.remote.model)] = (False, err.message, time.time())
         if slot.active is not h:
             return  # another request already failed over (or a swap happened): just retry
-        variant, device = self._last_local.get(m.name, (m.reference, "cpu"))
-        await self.swap(m.name, variant, device, {"why": "failover", "from_remote": h.variant,
-                                                  "error": err.message})
+        await self.fall_back(m.name, "failover", err.message, to=self._last_local.get(m.name),
+                             from_remote=h.variant)
 
     # -- swap ---------------------------------------------------------------------------------------
     async def swap(self, model: str, variant: str, device: str = "cpu",
@@ -409,18 +439,22 @@ class Runtime:
         h.kill()
 
     async def _restart(self, slot: Slot, variant: str, device: str) -> None:
+        last_error: str | None = None   # after 6 failed restarts of another variant: the reference instead
         try:
             while not self.closing and slot.active is None:
                 delay = min(self.backoff[0] * (2 ** slot.failures), self.backoff[1])
                 slot.failures += 1
                 await asyncio.sleep(delay if slot.failures > 1 else 0)
                 try:
-                    await self.swap(slot.manifest.name, variant, device, {"why": "restart after worker death"})
-                    self.emit({"event": "worker_restarted", "model": slot.manifest.name, "variant": variant})
+                    if last_error is not None and slot.failures > 6 and variant != slot.manifest.reference:
+                        await self.fall_back(slot.manifest.name, "restart fallback", last_error)
+                    else:
+                        await self.swap(slot.manifest.name, variant, device, {"why": "restart after worker death"})
+                    self.emit({"event": "worker_restarted", "model": slot.manifest.name,
+                               "variant": slot.active.variant if slot.active is not None else variant})
                 except AgentError as e:
                     log.error("restart of %s/%s failed: %s", slot.manifest.name, variant, e)
-                    if slot.failures >= 6 and variant != slot.manifest.reference:
-                        variant = slot.manifest.reference
+                    last_error = str(e)
         finally:
             slot.restarting = False
 
@@ -707,16 +741,17 @@ class Runtime:
     def workers_healthy(self) -> bool:
         return all(s.active is not None and s.active.alive for s in self.slots.values() if s.states)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, pins: Mapping[str, tuple[str, str]] | None = None) -> dict[str, Any]:
+        """Per model: what serves, each variant's state; ``pins`` (the policy's) are shown, not kept here."""
         out = {}
         for name, s in self.slots.items():
-            a = s.active
+            a, pin = s.active, (pins or {}).get(name)
             out[name] = {
                 "kind": s.manifest.kind, "reference": s.manifest.reference,
                 "active": ({"variant": a.variant, "device": a.device, **a.describe(),
                             "providers": devmod.providers_ran(a.info), "parts": a.info.get("parts"),
                             "remote": a.info.get("remote")} if a else None),
-                "pinned": {"variant": s.pinned[0], "device": s.pinned[1]} if s.pinned else None,
+                "pinned": {"variant": pin[0], "device": pin[1]} if pin else None,
                 "requests": s.requests, "errors": s.errors,
                 **(self.fronts[name].stats() if name in self.fronts else {}),
                 "variants": {v.id: {"precision": v.precision, "placement": v.placement, **vars(s.state(v.id)),

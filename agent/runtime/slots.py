@@ -30,7 +30,6 @@ class Slot:
     draining: set[WorkerHandle] = field(default_factory=set)
     restarting: bool = False
     failures: int = 0
-    pinned: tuple[str, str] | None = None
     requests: int = 0
     errors: int = 0
 
