@@ -16,7 +16,6 @@ from typing import Any
 
 from agent.config import Config
 from agent.control import Controller
-from agent.errors import AgentError
 from agent.ipc import methods
 from agent.ipc.server import Peer, Server, claim_socket_path
 from agent.ops.service import Ops
