@@ -28,7 +28,7 @@ from agent.policy.costs import ComputeState, compute_state
 from agent.policy.decide import Decision, decide, violations
 from agent.policy.model import Constraints, Demand, Policy
 from agent.policy.state import PolicyState
-from agent.policy.table import VariantRow, by_model
+from agent.policy.table import DEFAULT_LOAD_MS, VariantRow, by_model
 from agent.policy.trace import TraceSource
 from agent.policy.workload import Workload
 from agent.sensors.snapshot import Snapshot
@@ -38,8 +38,8 @@ _BIG = 1e12
 
 @dataclass(frozen=True)
 class SimConfig:
-    swap_power_w: float = 10.0
-    default_load_ms: float = 1000.0
+    swap_power_w: float | None = None    # None: the policy's [switching] swap_power_w (what decide() prices)
+    default_load_ms: float = DEFAULT_LOAD_MS
     # The trace's memory.available_bytes is taken as what the device had *without* our models (the
     # environment); each method then sees it minus the memory of the rows it has loaded, as decide() would
     # live. Set False for traces recorded with the agent's own models already counted.
@@ -211,7 +211,7 @@ def intervals_of(trace: TraceSource) -> list[Interval]:
 
 
 def _swap_j(row: VariantRow, cfg: SimConfig) -> float:
-    return (row.load_ms if row.load_ms is not None else cfg.default_load_ms) / 1000.0 * cfg.swap_power_w
+    return row.swap_j(cfg.swap_power_w or 0.0, cfg.default_load_ms)
 
 
 def met(row: VariantRow, cons: Constraints, demand: Demand) -> bool:
@@ -334,6 +334,8 @@ def simulate(trace: TraceSource, policy: Policy, table: list[VariantRow], worklo
              baselines: bool = True, config: SimConfig | None = None,
              state: PolicyState | None = None) -> SimReport:
     cfg = config or SimConfig()
+    if cfg.swap_power_w is None:
+        cfg = replace(cfg, swap_power_w=policy.switching.swap_power_w)
     if not table:
         raise ValueError("the variant table is empty: no measured variants to choose from")
     intervals = intervals_of(trace)
@@ -346,7 +348,8 @@ def simulate(trace: TraceSource, policy: Policy, table: list[VariantRow], worklo
     index = {(r.model, r.variant, r.device): r for r in table}
     for iv in intervals:
         loaded = sum(_mem(index.get((m, *key))) for m, key in st.current.items())
-        d = decide(_seen(iv.snapshot, loaded, cfg), st, policy, table, iv.t0, demand)
+        now = demand if workload.rate_per_s is not None else {m: workload.demand(m, iv.t0) for m in models}
+        d = decide(_seen(iv.snapshot, loaded, cfg), st, policy, table, iv.t0, now)
         decisions.append(d)
         st = d.state
         for m in models:
