@@ -275,27 +275,31 @@ def _oracle_plan(rows: list[VariantRow], intervals: list[Interval], cons: list[C
     n_rows = len(rows)
     at = [[r.at(s) for r in rows] for s in states]
 
-    def cost(i: int, r: int, prev: int | None) -> float:
+    def cost(i: int, r: int, prev: int | None) -> tuple[float, float]:
+        """(violation penalty, joules), compared lexicographically: the penalty is graded as decide()'s
+        fallback, and quality, SLO, deadline and device limits outweigh memory so that the oracle is never
+        cheaper by serving below the quality floor. Kept apart from the joules (a huge penalty added to them
+        would swallow the energy differences of small models: 1e12 + 0.001 J rounds them away)."""
         row, iv = at[i][r], intervals[i]
         j = row.request_j(demand.tokens)
-        c = workload.count(iv.t0, iv.t1) * (j if j is not None else _BIG)
         before = None if prev is None else at[i][prev]
         snap = _seen(iv.snapshot, others[i] + _mem(before), cfg)
-        v = violations(row, cons[i], "min_energy", snap, before)
-        # graded, as decide()'s fallback; quality, SLO, deadline and device limits outweigh memory so that
-        # the oracle is never cheaper by serving below the quality floor
-        c += _BIG * len(v) + _BIG * 1000 * sum(1 for x in v if not _is_memory(x))
-        return c
+        v = violations(row, cons[i], "min_energy", snap, before)   # includes "no measured energy_j"
+        pen = len(v) + 1000.0 * sum(1 for x in v if not _is_memory(x))
+        return pen, workload.count(iv.t0, iv.t1) * (j if j is not None else 0.0)
+
+    def add(a: tuple[float, float], b: tuple[float, float], swap: float = 0.0) -> tuple[float, float]:
+        return a[0] + b[0], a[1] + b[1] + swap
 
     dp = [cost(0, r, None) for r in range(n_rows)]
     back: list[list[int]] = []
     for i in range(1, len(intervals)):
         nxt, arg = [], []
         for r in range(n_rows):
-            best, best_from = dp[r] + cost(i, r, r), r
+            best, best_from = add(dp[r], cost(i, r, r)), r
             for q in range(n_rows):
                 if q != r:
-                    arrive = dp[q] + cost(i, r, q) + _swap_j(rows[r], cfg)
+                    arrive = add(dp[q], cost(i, r, q), _swap_j(rows[r], cfg))
                     if arrive < best:
                         best, best_from = arrive, q
             nxt.append(best)

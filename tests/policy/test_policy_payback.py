@@ -143,3 +143,23 @@ def test_a_file_workload_gives_decide_the_rate_of_the_last_30_s(tmp_path: Path) 
     assert w.demand("vad", 40.0).rate_per_s == pytest.approx(15 / 30)
     assert w.demand("vad", 200.0).rate_per_s == 0.0
     assert parse_workload("rate=3/min").demand("vad", 5.0).rate_per_s == pytest.approx(0.05)
+
+
+def test_the_oracle_still_ranks_by_energy_when_every_row_breaks_a_limit() -> None:
+    """Both rows miss the memory headroom in every interval: the oracle must still take the cheaper one (a
+    1e12 penalty added to the joules rounded 0.001 J differences away and the name broke the tie)."""
+    from agent.policy.model import Constraints, Profile
+
+    a = dataclasses.replace(CUR, variant="a", energy_j=0.00105, quality_rel=1.0)
+    b = dataclasses.replace(CUR, variant="b", energy_j=0.00104, quality_rel=1.0)
+    profiles = {**builtin_profiles(), "balanced": Profile("balanced", "min_energy",
+                                                          Constraints(min_quality=0.99, memory_headroom_mb=256.0))}
+    pol = Policy(profiles=profiles, switching=Switching(min_dwell_s=30.0))
+    from agent.sensors.snapshot import MemoryState
+
+    snaps = [TraceSample(i * 5.0, Snapshot(i * 5.0, i * 5.0, memory=MemoryState(8 * 10**9, 100 * 10**6)))
+             for i in range(200)]
+    rep = simulate(Trace({"name": "tight", "interval_s": 5.0}, tuple(snaps)), pol, [a, b], parse_workload("rate=0.2/s"))
+    oracle = rep.methods["oracle"]
+    assert oracle.time_in == {"vad:b@cpu": 1000.0}
+    assert oracle.energy_per_request_j <= rep.policy.energy_per_request_j
