@@ -4,8 +4,10 @@ Interval i runs from sample i to sample i+1 (the last one lasts the header's ``i
 gap). The choice decide() makes at sample i serves interval i's requests. Accounting, per request:
 the chosen row's measured ``energy_j`` and ``quality_rel``; the SLO counts as met when the row's
 ``latency_ms_p95`` is within the policy's effective SLO in that interval (no SLO = met). Each swap adds
-``load_ms / 1000 * swap_power_w`` joules (``default_load_ms`` when the row has no load time); the first
-load is free for every method. Idle power is not counted: the figures are inference energy only.
+``load_ms / 1000 * swap_power_w`` joules (``default_load_ms`` when the row has no load time; the power is the
+policy's ``[switching] swap_power_w`` unless ``SimConfig`` sets it); the first load is free for every method.
+decide() gets the workload's demand with its request rate, so its swap payback sees the rate charged here.
+Idle power is not counted: the figures are inference energy only.
 
 Baselines, all in the same run and the same accounting:
 - ``static-best-quality``: per model the highest ``quality_rel`` row (ties: least energy), never changed;
