@@ -93,6 +93,7 @@ class FakeBackend:
     def __init__(self, spec: FakeSpec | None = None) -> None:
         self.spec = spec or FakeSpec()
         self.variant: str | None = None
+        self.inputs: list[dict[str, Any]] = []
         self.outputs: list[dict[str, Any]] = []
         self.channel: Channel | None = None
         self.loaded = False
@@ -109,6 +110,7 @@ class FakeBackend:
         time.sleep(self.spec.load_s)
         if self.variant in self.spec.fail_load or "*" in self.spec.fail_load:
             raise LoadError(f"fake backend: load of {self.variant} fails (fail_load)")
+        self.inputs = list((params.get("signature") or {}).get("inputs") or [])
         self.outputs = list((params.get("signature") or {}).get("outputs") or [])
         self.channel, self.loaded = channel, True
         dev = {"kind": "cpu", "provider": PROVIDER, "vendor": "", "device_id": 0, "label": f"cpu:{PROVIDER}"}
@@ -131,8 +133,7 @@ class FakeBackend:
             self._generate(call)
             return None
         feed = P.tensors_from(call.params.get("inputs"), call.payload)
-        if not feed:
-            raise InvalidParams("inputs: the fake backend needs at least one input tensor")
+        self._check(feed)
         x = next(iter(feed.values()))
         scale = self.spec.scale.get(self.variant or "", 1.0)
         rows = x.shape[0] if x.ndim else 1
@@ -144,6 +145,20 @@ class FakeBackend:
                                               shape).astype(o["dtype"])
         descs, bufs = P.tensor_descs(outs)
         return {"outputs": descs, "run_ms": self.spec.run_s * 1e3, "cpu_s": time.process_time() - c0}, bufs
+
+    def _check(self, feed: Mapping[str, np.ndarray]) -> None:
+        """InvalidParams, as ONNX Runtime would: inputs that do not match the signature."""
+        if not feed:
+            raise InvalidParams("inputs: the fake backend needs at least one input tensor")
+        for spec in self.inputs:
+            x = feed.get(spec["name"])
+            if x is None:
+                raise InvalidParams(f"missing input {spec['name']!r}")
+            dims = spec.get("shape") or []
+            if x.dtype.name != spec["dtype"] or x.ndim != len(dims) or any(
+                    isinstance(d, int) and d != g for d, g in zip(dims, x.shape, strict=True)):
+                raise InvalidParams(f"input {spec['name']!r}: expected {spec['dtype']} {list(dims)}, "
+                                    f"got {x.dtype.name} {list(x.shape)}")
 
     def _fault(self) -> None:
         for f in self.spec.faults:
