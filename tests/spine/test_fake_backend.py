@@ -58,10 +58,10 @@ def test_swap_changes_the_served_variant_and_loses_no_request(tmp_path: Path) ->
             await rt.start({"m": ("fp32", "cpu")})
             first = await _infer(rt, 1.0)
             assert first.variant == "fp32" and np.allclose(_y(first), 4.0) and first.providers == [PROVIDER]
-            calls = [asyncio.ensure_future(_infer(rt, 1.0)) for _ in range(40)]
+            calls = [asyncio.ensure_future(_infer(rt, 1.0)) for _ in range(20)]
             await asyncio.sleep(0.01)
             res = await rt.swap("m", "int8", "cpu", {"why": "test"})
-            calls += [asyncio.ensure_future(_infer(rt, 1.0)) for _ in range(40)]
+            calls += [asyncio.ensure_future(_infer(rt, 1.0)) for _ in range(20)]
             out = await asyncio.gather(*calls)   # raises if any request failed
             assert res["changed"] and res["providers"] == [PROVIDER]
             for r in out:   # every reply names the variant that computed it
@@ -157,12 +157,12 @@ def test_a_failed_load_leaves_the_current_variant_serving(tmp_path: Path) -> Non
 def test_a_stopped_worker_is_declared_hung_killed_and_the_request_retried(tmp_path: Path) -> None:
     async def go() -> None:
         rt = _runtime(tmp_path, faults=[{"mode": "stop", "at": 1, "once": str(tmp_path / "stopped")}],
-                      heartbeat_s=0.05, hang_after_s=0.3)
+                      heartbeat_s=0.05, hang_after_s=0.2)
         try:
             await rt.start({"m": ("fp32", "cpu")})
             before = rt.slots["m"].active
             assert before is not None
-            r = await _infer(rt, 1.0)   # SIGSTOP: no heartbeat; declared hung after 0.3 s, SIGKILLed
+            r = await _infer(rt, 1.0)   # SIGSTOP: no heartbeat; declared hung after 0.2 s, SIGKILLed
             assert r.retried is True and np.allclose(_y(r), 4.0)
             assert before.hung is not None and "no heartbeat" in before.hung
             assert rt.slots["m"].active is not before
