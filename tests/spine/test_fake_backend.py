@@ -170,3 +170,24 @@ def test_a_stopped_worker_is_declared_hung_killed_and_the_request_retried(tmp_pa
             await rt.close()
 
     asyncio.run(go())
+
+
+def test_a_hung_worker_that_keeps_its_heartbeat_fails_the_request_with_timeout_at_its_deadline(
+        tmp_path: Path) -> None:
+    from agent.errors import Timeout
+
+    async def go() -> None:
+        rt = _runtime(tmp_path, faults=[{"mode": "hang", "at": 1}])
+        try:
+            await rt.start({"m": ("fp32", "cpu")})
+            descs, bufs = P.tensor_descs({"x": np.ones((1, 4), np.float32)})
+            with pytest.raises(Timeout, match="m/fp32 did not answer within its deadline of 300 ms"):
+                await rt.infer("m", descs, memoryview(bytes(bufs[0])), deadline_s=0.3)
+            assert rt.slots["m"].errors == 1
+            h = rt.slots["m"].active
+            assert h is not None and h.alive and h.hung is None   # it still beats: not declared hung here
+            h.declare_hung("test: the request timed out")   # so close() need not wait out its grace period
+        finally:
+            await rt.close()
+
+    asyncio.run(go())
