@@ -114,28 +114,15 @@ class LLMEngine:
 
     def __init__(self, model_path: str | Path, tokenizer_path: str | Path, config: Mapping[str, Any],
                  threads: int | None = None, *, prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
-                 session_options: Mapping[str, str] | None = None, ep_device: Any = None) -> None:
-        import onnxruntime as ort
-
+                 session_options: Mapping[str, str] | None = None, session: Any = None) -> None:
+        """``session``: an ONNX Runtime session already opened on the model (the worker's LLM backend opens
+        it through :func:`agent.runtime.session.open_session`, on the device it was asked for); without
+        one, a CPU session is opened here (tools and tests running the engine in process)."""
         self.model_path = Path(model_path)
         self.config = dict(config)
         self.threads = int(threads or os.cpu_count() or 1)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        for k, v in (session_options or {}).items():
-            so.add_session_config_entry(k, v)
         t0 = time.perf_counter()
-        try:
-            if ep_device is not None:   # an EP device from ort.get_ep_devices() (GPU/NPU), see runtime/devices.py
-                so.add_provider_for_devices([ep_device], {})
-                self.session = ort.InferenceSession(str(self.model_path), so)
-            else:
-                self.session = ort.InferenceSession(str(self.model_path), so, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise LoadError(f"{self.model_path}: cannot load the decoder: {e}") from None
+        self.session = session if session is not None else self._cpu_session(session_options)
         self.load_ms = (time.perf_counter() - t0) * 1000
         self.tokenizer = load_tokenizer(Path(tokenizer_path))
         self._check_signature()
@@ -151,6 +138,21 @@ class LLMEngine:
         self._ids = itertools.count(1)
         self._totals = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cancelled": 0}
         self.speculator: Speculator | None = None
+
+    def _cpu_session(self, session_options: Mapping[str, str] | None) -> Any:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        for k, v in (session_options or {}).items():
+            so.add_session_config_entry(k, v)
+        try:
+            return ort.InferenceSession(str(self.model_path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise LoadError(f"{self.model_path}: cannot load the decoder: {e}") from None
 
     def set_draft(self, draft: LLMEngine | None, k: int = 4, min_p: float = 0.0) -> None:
         """Serve greedy requests with speculative decoding: ``draft`` (a smaller variant of the same model,

@@ -234,6 +234,7 @@ class Runtime:
 
     def _load_params(self, m: Manifest, v: Variant, device: str) -> dict[str, Any]:
         out: dict[str, Any] = {
+            "model": m.name, "variant": v.id,
             "path": str(m.path_of(v)) if v.remote is None else "", "sha256": v.sha256, "device": device,
             "threads": self.threads, "warmup_runs": self.warmup_runs, "kind": m.kind, "llm": m.llm,
             "batch_check": m.serving.batching,
