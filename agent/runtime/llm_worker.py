@@ -8,7 +8,9 @@ Methods added to the worker when it loads a ``causal-lm`` variant:
   ``{"text", "finish_reason", "usage", "tokens", "cpu_s"}``. ``cpu_s`` is the process's CPU time
   (``time.process_time``: ORT's threads included) over the generation, each step's share divided by the
   number of generations running then.
-* ``cancel`` {id}: stops that generation at its next step; its KV memory is freed.
+* ``cancel`` {id}: stops that generation at its next step; its KV memory is freed. With continuous
+  batching (manifest ``[serving] max_batch`` > 1, ``agent.llm.batch``) concurrent generations share decode
+  steps; cancelling one drops only its row.
 * ``llm_stats``: the engine's counters (prefix-cache hits/misses, live KV bytes, ...).
 """
 
@@ -132,9 +134,11 @@ def load_llm(path: Path, params: dict[str, Any], worker: Worker) -> tuple[LLMHos
         raise LoadError(f"variant file {path.name} is corrupt: sha256 does not match the manifest")
     t0 = time.perf_counter()
     dev, ep_dev = _device(str(params.get("device") or "cpu"))
+    max_batch = int(params.get("llm_max_batch", 1) or 1)
     engine = LLMEngine(path, tok_path, llm, threads=params.get("threads"),
                        prefix_cache_bytes=int(params.get("prefix_cache_bytes", 64 << 20)),
-                       session_options={"session.record_ep_graph_assignment_info": "1"}, ep_device=ep_dev)
+                       session_options={"session.record_ep_graph_assignment_info": "1"}, ep_device=ep_dev,
+                       max_batch=max_batch)
     draft = params.get("draft")
     if draft:
         dpath = Path(draft["path"])
@@ -148,7 +152,9 @@ def load_llm(path: Path, params: dict[str, Any], worker: Worker) -> tuple[LLMHos
         for _ in engine.generate("Hello", {"max_tokens": 2}):
             pass
     warm_ms = (time.perf_counter() - t0) * 1e3 - engine.load_ms
-    host = LLMHost(engine, worker, max_concurrent=int(params.get("max_concurrent", min(4, os.cpu_count() or 2))))
+    # a batched stream's thread only waits for its tokens: enough threads for a full batch
+    threads = max(int(params.get("max_concurrent", min(4, os.cpu_count() or 2))), max_batch)
+    host = LLMHost(engine, worker, max_concurrent=threads)
     from agent.runtime.session import assignment
 
     providers = list(engine.session.get_providers())
