@@ -157,20 +157,32 @@ class Batcher:
                 joiners: list[Stream] = []
                 while self._pending and len(self._rows) + len(joiners) < self.max_batch:
                     joiners.append(self._pending.popleft())
-            for s in joiners:
-                self._admit(s)
-            for s in list(self._rows):
-                if s.done or s.is_cancelled():
-                    cancelled = not s.done
-                    self._leave(s, keep=s.keep and not cancelled)
-                    if cancelled:
-                        s.q.put(None)
-            if self._rows:
-                self._step()
+            try:
+                self._turn(joiners)
+            except Exception as e:  # noqa: BLE001 - never leave a consumer waiting on a dead thread
+                err = WorkerError(f"{self.dec.name}: continuous batching failed: {type(e).__name__}: {e}")
+                for s in [*joiners, *self._rows]:
+                    if not s.left.is_set():
+                        s.q.put(err)
+                        s.left.set()
+                self._rows, self._pool, self._binding, self._views = [], [], None, []
         for s in dropped:
             s.q.put(WorkerError("the engine was closed during the generation"))
             s.left.set()
         self._rows, self._pool, self._binding, self._views = [], [], None, []
+
+    def _turn(self, joiners: list[Stream]) -> None:
+        """Between two steps: admit the joiners, drop the finished and cancelled streams; then one step."""
+        for s in joiners:
+            self._admit(s)
+        for s in list(self._rows):
+            if s.done or s.is_cancelled():
+                cancelled = not s.done
+                self._leave(s, keep=s.keep and not cancelled)
+                if cancelled:
+                    s.q.put(None)
+        if self._rows:
+            self._step()
 
     def _admit(self, s: Stream) -> None:
         if s.done or s.is_cancelled():
