@@ -281,30 +281,39 @@ def summarise(single: list[float], batched: list[dict[str, Any]], same: list[boo
 
 
 def bench_llm_engine(variant: Path, rounds: int, tokens: int) -> tuple[dict[str, Any], dict[str, str]]:
-    """In process, rounds A B: each batch prompt alone (its greedy reference; one stream's tok/s = their
-    median), then the eight together on the engine with ``max_batch = 8``. Returns the figures and every
-    prompt's reference text (the agentd section compares with them)."""
+    """In process, rounds A B: each prompt alone on the plain engine (``max_batch = 1``: its greedy
+    reference; one stream's tok/s = the median of the eight), a lone stream on the batching engine, then
+    the eight together on it (``max_batch = 8``). Returns the figures and every prompt's reference text
+    (the agentd section compares with them)."""
     from agent.llm.engine import LLMEngine
 
-    e = LLMEngine(variant / "model.onnx", variant / "tokenizer.json", llm_table(variant), prefix_cache_bytes=0,
-                  max_batch=LLM_STREAMS)
+    def engine(max_batch: int) -> Any:
+        return LLMEngine(variant / "model.onnx", variant / "tokenizer.json", llm_table(variant), prefix_cache_bytes=0,
+                         max_batch=max_batch)
+
+    plain, e = engine(1), engine(LLM_STREAMS)
     refs: dict[str, str] = {}
-    single, batched, same = [], [], []
+    single, lone, batched, same = [], [], [], []
     try:
+        engine_stream(plain, "Hello", 8)
         engine_stream(e, "Hello", 8)
         for r in range(rounds):
             one, batch = round_prompts(r)
-            refs[one] = engine_stream(e, one, tokens)[1]
-            runs = [engine_stream(e, p, tokens) for p in batch]
+            refs[one] = engine_stream(plain, one, tokens)[1]
+            runs = [engine_stream(plain, p, tokens) for p in batch]
             refs.update({p: t for p, (_, t) in zip(batch, runs, strict=True)})
             single.append(med([decode_tps(st) for st, _ in runs]))
+            st, text = engine_stream(e, one, tokens)
+            lone.append(decode_tps(st))
             b = concurrent([lambda p=p: engine_stream(e, p, tokens) for p in batch])
             batched.append(b)
-            same.append(b["texts"] == [refs[p] for p in batch])
+            same.append(text == refs[one] and b["texts"] == [refs[p] for p in batch])
         stats = e.stats()["batching"]
     finally:
         e.close()
-    return {**summarise(single, batched, same), "batching_stats": stats}, refs
+        plain.close()
+    return {**summarise(single, batched, same), "lone_stream_on_batching_engine_tps": med(lone),
+            "lone_round_tps": [round(x, 2) for x in lone], "batching_stats": stats}, refs
 
 
 def bench_llm_daemon(sock: Path, rounds: int, tokens: int, refs: dict[str, str]) -> dict[str, Any]:
