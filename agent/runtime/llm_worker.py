@@ -44,6 +44,9 @@ class LLMHost:
         self.cancels: dict[Any, threading.Event] = {}
         self._lock = threading.Lock()
         self.running = 0
+        self._out: list[dict[str, Any]] = []    # frames to send, in order (see _post)
+        self._out_lock = threading.Lock()
+        self._flushing = False
 
     def methods(self) -> dict[str, Callable[[dict[str, Any], memoryview], Any]]:
         return {"generate": self.generate, "cancel": self.cancel, "llm_stats": self.stats}
@@ -77,26 +80,50 @@ class LLMHost:
                 last = now
                 if t.finish_reason is None:
                     parts.append(t.text)
-                    self.worker.send({"jsonrpc": "2.0", "method": "event",
-                                      "params": {"id": rid, "text": t.text, "token_id": t.token_id, "index": t.index}})
+                    self._post({"jsonrpc": "2.0", "method": "event",
+                                "params": {"id": rid, "text": t.text, "token_id": t.token_id, "index": t.index}})
                 else:
                     parts.append(t.text)
                     usage = t.usage.__dict__ if t.usage is not None else None
-                    self.worker.send(P.response(rid, {"text": "".join(parts), "finish_reason": t.finish_reason,
-                                                      "usage": usage, "tail": t.text, "cpu_s": round(cpu, 6)}))
+                    self._post(P.response(rid, {"text": "".join(parts), "finish_reason": t.finish_reason,
+                                                "usage": usage, "tail": t.text, "cpu_s": round(cpu, 6)}))
         except OSError:
             return  # the daemon is gone
         except Exception as e:  # noqa: BLE001 - any generation error goes back to the daemon as the reply
             from agent.errors import error_payload
 
             try:
-                self.worker.send(P.error_response(rid, error_payload(e)))
+                self._post(P.error_response(rid, error_payload(e)))
             except OSError:
                 pass
         finally:
             with self._lock:
                 self.cancels.pop(rid, None)
                 self.running -= 1
+
+    def _post(self, header: dict[str, Any]) -> None:
+        """Send a stream's frame; frames stay in order. The thread that finds no send in progress sends
+        everything queued, consecutive token events as one ``events`` frame: concurrent streams (a
+        continuous batch emits a token for each at every step) wake the daemon once per step, not once
+        per stream. A lone stream sends at once, as before."""
+        with self._out_lock:
+            self._out.append(header)
+            if self._flushing:
+                return
+            self._flushing = True
+        try:
+            while True:
+                with self._out_lock:
+                    frames, self._out = self._out, []
+                    if not frames:
+                        self._flushing = False
+                        return
+                for f in coalesce_events(frames):
+                    self.worker.send(f)
+        except BaseException:
+            with self._out_lock:
+                self._flushing = False
+            raise
 
     def cancel(self, params: dict[str, Any], payload: memoryview) -> tuple[Any, list[Any]]:
         with self._lock:
@@ -113,6 +140,29 @@ class LLMHost:
             for ev in self.cancels.values():
                 ev.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def coalesce_events(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs of two or more ``event`` frames become one ``{"method": "events", "params": {"events": [...]}}``
+    (their params in order); every other frame keeps its place."""
+    out: list[dict[str, Any]] = []
+    run: list[dict[str, Any]] = []
+
+    def close_run() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            out.append({"jsonrpc": "2.0", "method": "events", "params": {"events": [f["params"] for f in run]}})
+        run.clear()
+
+    for f in frames:
+        if f.get("method") == "event":
+            run.append(f)
+        else:
+            close_run()
+            out.append(f)
+    close_run()
+    return out
 
 
 def load_llm(path: Path, params: dict[str, Any], worker: Worker) -> tuple[LLMHost, dict[str, Any]]:

@@ -70,6 +70,7 @@ def test_concurrent_generations_share_steps_and_one_cancelled_leaves_the_others_
                 assert "".join(ch.text for ch in got[1]) == "".join(ch.text for ch in got[1][:3])
                 continue
             assert got[i][-1].result["text"] == w and got[i][-1].finish_reason == "length", i
+            assert "".join(ch.text for ch in got[i]) == w, i    # every token event came, in order, before the reply
         deadline = time.monotonic() + 10     # the cancel of the client that left may still be on its way
         with d.client() as c:
             st = c.status()["models"]["tinyb"]["llm"]
@@ -94,3 +95,17 @@ def test_a_causal_lm_batches_without_a_queue_delay(tmp_path):
     p.write_text(p.read_text().replace("max_queue_delay_ms = 0.0", "max_queue_delay_ms = 2"))
     with pytest.raises(ManifestError, match=r"serving\.max_queue_delay_ms: a causal-lm model batches decode steps"):
         load_manifest(folder)
+
+
+def test_consecutive_token_events_travel_as_one_frame_and_replies_keep_their_place():
+    from agent.runtime.llm_worker import coalesce_events
+
+    def ev(i: int, k: int) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "method": "event", "params": {"id": i, "text": f"t{k}", "index": k}}
+
+    reply = {"jsonrpc": "2.0", "id": 2, "result": {"text": "t0t1"}}
+    out = coalesce_events([ev(1, 0), ev(2, 0), ev(2, 1), reply, ev(1, 1)])
+    assert out == [{"jsonrpc": "2.0", "method": "events", "params": {"events": [ev(1, 0)["params"], ev(2, 0)["params"],
+                                                                                 ev(2, 1)["params"]]}},
+                   reply, ev(1, 1)]
+    assert coalesce_events([ev(1, 0)]) == [ev(1, 0)] and coalesce_events([]) == []
