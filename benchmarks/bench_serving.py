@@ -13,11 +13,13 @@ so drift hits all alike; figures are medians over rounds of per-round medians / 
   under 32 concurrent blocking clients (threads), unbatched against ``max_batch = 32, max_queue_delay_ms = 2``.
 
 * **llm** (needs ``--llm DIR``: an int4 builder variant folder, e.g. a SmolLM2 zoo's ``int4``) — continuous
-  batching through agentd (``[serving] max_batch = 8``): one greedy stream against 8 concurrent greedy
-  streams (8 clients, 8 plain-completion prompts). One stream's decode tok/s = (tokens - 1) / (last token -
-  first token) at the client; the batch's aggregate decode tok/s = tokens that arrived (all streams) while
-  all 8 were decoding / that window. ``llm_batching_speedup`` = median of the same-round ratios. Every
-  batched stream's text is compared with its prompt's one-stream greedy text (measured first, one at a time).
+  batching, one greedy stream against 8 concurrent greedy streams (8 plain-completion prompts), first in
+  process (the plain engine alone, then the engine with ``max_batch = 8``), then through agentd
+  (``[serving] max_batch = 8``, 8 clients). One stream's decode tok/s = (tokens - 1) / (last token - first
+  token); the batch's aggregate decode tok/s = tokens that arrived (all streams) while all 8 were decoding /
+  that window. ``llm_batching_speedup`` = median of agentd's same-round ratios
+  (``llm_batching_speedup_in_process``: the engine's). Every stream's text is compared with its prompt's
+  greedy text from the plain engine; every prompt is used once (no prefix-cache hits).
 """
 
 from __future__ import annotations
