@@ -247,6 +247,12 @@ class WorkerHandle:
             if cb is not None:
                 cb(params, f.payload)
             return
+        if hd.get("method") == "events":  # several streams' events in one frame (backends.llm.coalesce_events)
+            for params in (hd.get("params") or {}).get("events") or ():
+                cb = self._streams.get(params.get("id", -1))
+                if cb is not None:
+                    cb(params, f.payload)
+            return
         rid = hd.get("id")
         self.last_reply = time.monotonic()   # it answers: busy with a queue is not hung (manager deadlines)
         req = self._runs.pop(rid, None) if isinstance(rid, int) else None

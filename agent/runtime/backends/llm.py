@@ -10,7 +10,10 @@ Methods once loaded:
   ``{"text", "finish_reason", "usage", "tail", "cpu_s"}``. ``cpu_s`` is the process's CPU time
   (``time.process_time``: ORT's threads included) over the generation, each step's share divided by the
   number of generations running then.
-* ``cancel`` {id}: stops that generation at its next step; its KV memory is freed.
+* ``cancel`` {id}: stops that generation at its next step; its KV memory is freed. With continuous
+  batching (manifest ``[serving] max_batch`` > 1, ``agent.llm.batch``) concurrent generations share decode
+  steps; cancelling one drops only its row. Token events queued while another thread sends go out as one
+  ``events`` frame (:func:`coalesce_events`), so a batch step wakes the daemon once, not once per stream.
 * ``llm_stats``: the engine's counters (prefix-cache hits/misses, live KV bytes, ...).
 
 ``load`` reports the device and providers the session really got (``info["device"]``, ``providers``,
@@ -47,6 +50,9 @@ class LLMBackend:
         self._lock = threading.Lock()
         self.running = 0
         self.closed = False
+        self._out: list[dict[str, Any]] = []    # frames to send, in order (see _post)
+        self._out_lock = threading.Lock()
+        self._flushing = False
 
     # -- load ---------------------------------------------------------------------------------------
     def load(self, params: Mapping[str, Any], channel: Channel) -> dict[str, Any]:
@@ -67,30 +73,34 @@ class LLMBackend:
         t0 = time.perf_counter()
         device = str(params.get("device") or "cpu")
         threads = int(params.get("threads") or os.cpu_count() or 1)
+        max_batch = int(params.get("llm_max_batch", 1) or 1)
         engine, opened = self._engine(LLMEngine, path, tok_path, llm, device, threads, params.get("sha256"),
-                                      int(params.get("prefix_cache_bytes", 64 << 20)))
+                                      int(params.get("prefix_cache_bytes", 64 << 20)), max_batch)
         draft = params.get("draft")
         if draft:
-            d, _ = self._engine(LLMEngine, Path(draft["path"]), tok_path, llm, device, threads, draft.get("sha256"), 0)
+            d, _ = self._engine(LLMEngine, Path(draft["path"]), tok_path, llm, device, threads, draft.get("sha256"),
+                                0, 1)
             engine.set_draft(d, int(draft.get("k", 4)), float(draft.get("min_p", 0.0)))
         if int(params.get("warmup_runs", 3)):  # warm up: one short greedy generation
             for _ in engine.generate("Hello", {"max_tokens": 2}):
                 pass
         warm_ms = (time.perf_counter() - t0) * 1e3 - engine.load_ms
         self.engine, self.channel = engine, channel
-        self.pool = ThreadPoolExecutor(max_workers=int(params.get("max_concurrent", min(4, os.cpu_count() or 2))),
-                                       thread_name_prefix="gen")
+        # a batched stream's thread only waits for its tokens: enough threads for a full batch
+        workers = max(int(params.get("max_concurrent", min(4, os.cpu_count() or 2))), max_batch)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gen")
         return {**opened, "load_ms": engine.load_ms, "warmup_ms": warm_ms, "family": engine.family,
                 "draft": draft.get("variant") if draft else None}
 
     @staticmethod
     def _engine(cls: Any, path: Path, tok_path: Path, llm: dict[str, Any], device: str, threads: int,
-                sha256: str | None, prefix_cache_bytes: int) -> tuple[Any, dict[str, Any]]:
+                sha256: str | None, prefix_cache_bytes: int, max_batch: int) -> tuple[Any, dict[str, Any]]:
         """An engine on a session opened on ``device``, and what that session really got."""
         from agent.runtime.session import open_session
 
         sess, info = open_session(path, device, threads=threads, sha256=sha256, session_config=LLM_SESSION_CONFIG)
-        engine = cls(path, tok_path, llm, threads=threads, prefix_cache_bytes=prefix_cache_bytes, session=sess)
+        engine = cls(path, tok_path, llm, threads=threads, prefix_cache_bytes=prefix_cache_bytes, session=sess,
+                     max_batch=max_batch)
         engine.load_ms = info["load_ms"]
         return engine, {k: info[k] for k in ("device", "providers", "assignment")}
 
@@ -128,8 +138,7 @@ class LLMBackend:
         self.pool.submit(self._stream, rid, it)
 
     def _stream(self, rid: Any, it: Iterator[Any]) -> None:
-        assert self.channel is not None
-        send = self.channel.send
+        send = self._post
         parts: list[str] = []
         cpu, last = 0.0, time.process_time()
         with self._lock:
@@ -159,6 +168,29 @@ class LLMBackend:
                 self.cancels.pop(rid, None)
                 self.running -= 1
 
+    def _post(self, header: dict[str, Any]) -> None:
+        """Send a stream's frame; frames stay in order. The thread that finds no send in progress sends
+        everything queued, consecutive token events as one ``events`` frame. A lone stream sends at once."""
+        assert self.channel is not None
+        with self._out_lock:
+            self._out.append(header)
+            if self._flushing:
+                return
+            self._flushing = True
+        try:
+            while True:
+                with self._out_lock:
+                    frames, self._out = self._out, []
+                    if not frames:
+                        self._flushing = False
+                        return
+                for f in coalesce_events(frames):
+                    self.channel.send(f)
+        except BaseException:
+            with self._out_lock:
+                self._flushing = False
+            raise
+
     def close(self) -> None:
         if self.closed:
             return
@@ -171,3 +203,26 @@ class LLMBackend:
         if self.engine is not None:
             self.engine.close()
         self.engine = None
+
+
+def coalesce_events(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs of two or more ``event`` frames become one ``{"method": "events", "params": {"events": [...]}}``
+    (their params in order); every other frame keeps its place."""
+    out: list[dict[str, Any]] = []
+    run: list[dict[str, Any]] = []
+
+    def close_run() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            out.append({"jsonrpc": "2.0", "method": "events", "params": {"events": [f["params"] for f in run]}})
+        run.clear()
+
+    for f in frames:
+        if f.get("method") == "event":
+            run.append(f)
+        else:
+            close_run()
+            out.append(f)
+    close_run()
+    return out
