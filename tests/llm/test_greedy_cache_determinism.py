@@ -31,6 +31,12 @@ def assert_cold_equals_cached(e: LLMEngine) -> None:
         before = e.stats()["prefix_cache"]["hits"]
         assert tokens(e, q) == cold[q], q
         assert e.stats()["prefix_cache"]["hits"] > before      # the second pass really hit the cache
+    for q in QUESTIONS:   # the same prompt again: the cache holds all of it, only its tail is recomputed
+        e.prefix_cache.clear()
+        assert tokens(e, q) == cold[q], q
+        before = e.stats()["prefix_cache"]["hits"]
+        assert tokens(e, q) == cold[q], f"{q} (repeated)"
+        assert e.stats()["prefix_cache"]["hits"] > before
 
 
 @pytest.mark.parametrize("prec", ["fp32", "fp16", "int8", "int4"])

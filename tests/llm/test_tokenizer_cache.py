@@ -67,16 +67,21 @@ def kv(n: int, width: int = 4) -> tuple[np.ndarray, ...]:
 def test_prefix_cache_returns_the_longest_common_prefix_sliced():
     c = PrefixCache(1 << 20, min_tokens=2)
     c.insert([1, 2, 3, 4, 5, 6], kv(6))
-    n, got = c.lookup([1, 2, 3, 4, 9, 9])
+    n, got = c.lookup([1, 2, 3, 4, 9, 9, 9, 9])
     assert n == 4 and got is not None and got[0].shape[2] == 4
     assert c.stats().hits == 1 and c.stats().reused_tokens == 4
 
 
-def test_prefix_cache_always_leaves_one_token_to_compute():
+def test_prefix_cache_always_leaves_min_compute_tokens_to_compute():
     c = PrefixCache(1 << 20, min_tokens=2)
-    c.insert([1, 2, 3, 4], kv(4))
-    n, _ = c.lookup([1, 2, 3, 4])
-    assert n == 3
+    c.insert(list(range(1, 11)), kv(10))
+    n, got = c.lookup(list(range(1, 11)))       # a repeated prompt: its last 4 tokens are run again
+    assert n == 6 and got is not None and got[0].shape[2] == 6
+    assert PrefixCache(1 << 20, min_tokens=2, min_compute=1).lookup([1, 2, 3])[0] == 0   # nothing stored
+    one = PrefixCache(1 << 20, min_tokens=2, min_compute=1)
+    one.insert([1, 2, 3, 4], kv(4))
+    assert one.lookup([1, 2, 3, 4])[0] == 3
+    assert c.lookup([1, 2, 3, 4, 5])[0] == 0    # 5 - 4 leaves one token reused: below min_tokens, a miss
 
 
 def test_prefix_cache_counts_misses_below_min_tokens():
