@@ -192,6 +192,9 @@ class WorkerHandle:
         except (TimeoutError, WorkerDied) as e:
             h.kill()
             raise WorkerDied(f"worker did not start: {e or 'timeout'}") from None
+        except BaseException:
+            h.kill()   # cancelled mid-start (a runtime closing): nobody else will ever stop this process
+            raise
         h.start_watch(heartbeat_s, hang_after_s)
         return h
 

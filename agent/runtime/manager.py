@@ -730,8 +730,14 @@ class Runtime:
         while any(h.inflight for h in hs) and time.monotonic() < deadline:  # noqa: ASYNC110 - a counter, see above
             await asyncio.sleep(0.01)
         await asyncio.gather(*(h.stop() for h in hs), return_exceptions=True)
-        for t in list(self._tasks):
+        tasks = list(self._tasks) + ([self._spare_task] if self._spare_task is not None else [])
+        for t in tasks:
             t.cancel()
+        # let them unwind here (a spawn cut short kills its worker) rather than after the loop is gone
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for h in self._spares:   # filled by a spawn that finished meanwhile
+            h.kill()
+        self._spares.clear()
 
     def supervising(self) -> bool:
         """Every model that had a worker has a live one or a restart under way (the watchdog's check)."""
