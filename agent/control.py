@@ -90,7 +90,8 @@ def parse_qos(params: Mapping[str, Any]) -> QoS:
 
 class DemandBook:
     """The QoS of each model's recent requests (the last ``window_s``), aggregated for decide(): the
-    tightest deadline, the strictest quality floor, the highest priority, the most tokens."""
+    tightest deadline, the strictest quality floor, the highest priority, the most tokens, and the request
+    rate over the window (what decide() prices a swap against)."""
 
     def __init__(self, window_s: float = 30.0, clock: Any = time.monotonic) -> None:
         self.window_s, self.clock = window_s, clock
@@ -110,7 +111,8 @@ class DemandBook:
             mq = [x.min_quality for _, x, _ in q if x.min_quality is not None]
             tk = [t for _, _, t in q if t is not None]
             out[model] = Demand(min(dl) if dl else None, max(mq) if mq else None,
-                                max(x.priority for _, x, _ in q), max(tk) if tk else None)
+                                max(x.priority for _, x, _ in q), max(tk) if tk else None,
+                                rate_per_s=len(q) / self.window_s)
         return out
 
 

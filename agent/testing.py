@@ -86,3 +86,34 @@ def set_serving(model_folder: Path, **serving: Any) -> Any:
     m = replace(load_manifest(model_folder), serving=ServingConfig(**serving))
     save_manifest(m)
     return load_manifest(model_folder)
+
+
+def make_causal_lm_zoo(zoo: Path, name: str, folders: dict[str, Path], llm: dict[str, Any],
+                       max_batch: int = 1) -> Path:
+    """``zoo/name``: a causal-lm model whose variants are builder output folders (``model.onnx``,
+    ``tokenizer.json``; files hard-linked when possible), the first one the reference; ``max_batch`` > 1
+    turns continuous batching on (``[serving]``)."""
+    import os
+
+    from agent.zoo.manifest import Manifest, ServingConfig, TensorSpec, Variant, save_manifest, sha256_file
+
+    folder = zoo / name
+    vs: list[Variant] = []
+    for vid, src in folders.items():
+        (folder / vid).mkdir(parents=True)
+        for f in src.iterdir():
+            if f.is_file():
+                try:
+                    os.link(f, folder / vid / f.name)
+                except OSError:
+                    shutil.copy2(f, folder / vid / f.name)
+        m = folder / vid / "model.onnx"
+        vs.append(Variant(id=vid, file=f"{vid}/model.onnx", precision=vid.split("-")[0],
+                          derived_from="source" if not vs else vs[0].id, method="onnxruntime_genai.models.builder",
+                          sha256=sha256_file(m), size_bytes=m.stat().st_size))
+    save_manifest(Manifest(name=name, kind="causal-lm", reference=vs[0].id,
+                           inputs=(TensorSpec("input_ids", "int64", ("batch", "seq")),),
+                           outputs=(TensorSpec("logits", "float32", ("batch", "seq", int(llm["vocab_size"]))),),
+                           variants=tuple(vs), folder=folder, description=f"{name} (builder graphs)", llm=dict(llm),
+                           serving=ServingConfig(max_batch=max_batch)))
+    return folder

@@ -97,6 +97,7 @@ BEGIN, END = "<!-- bench_policy:begin -->", "<!-- bench_policy:end -->"
 
 def measured_tables(zoo: Path, verbose: bool, curves: bool = True) -> None:
     from agent.policy.cli import zoo_table
+    from agent.policy.costs import ComputeState
     from agent.policy.table import by_model
     from agent.policy.trace import load_trace
     from agent.sensors.trace import shipped
@@ -113,13 +114,22 @@ def measured_tables(zoo: Path, verbose: bool, curves: bool = True) -> None:
     models = by_model(table)
     how = "with the measured cost curves" if curves else "nominal figures only (curves ignored: latency x 1/compute)"
     print(f"\n### Measured zoo, {how}; default policy `balanced.toml`, workload `{MEASURED_WORKLOAD}`\n")
-    print("Rows (nominal figures; `basis`: measured cost curve under quota/load, or latency scaled by 1/compute):\n")
-    print("| model | row | quality | p95 ms (per unit) | J (per unit) | unit | basis | curve mechanism |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("Rows: the manifest's nominal figures, then what the simulator and decide() use, the row at compute "
+          "1.0 / 0.5 / 0.25 (the measured cost curve when `basis` is measured, else latency scaled by 1/compute): "
+          "p95 per unit and the p95 of one workload request (`ttft + tokens x p95/token` for causal-lm), "
+          "against the workload's deadline.\n")
+    print("| model | row | quality | nominal p95 ms/unit | nominal J/unit | unit | basis | curve mechanism "
+          "| p95 ms/unit at 1.0 / 0.5 / 0.25 | request p95 ms at 1.0 / 0.5 / 0.25 | J/request at 1.0 | deadline ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for m, rs in models.items():
+        dem = wl.demand(m)
         for r in rs:
+            at = [r.at(ComputeState(c, 0.0, c, 1.0)) for c in (1.0, 0.5, 0.25)]
+            lat = " / ".join(f"{x.latency_ms_p95:.4g}" for x in at)
+            req = " / ".join(f"{x.request_ms(dem.tokens):.4g}" for x in at)
             print(f"| {m} | {r.label} | {r.quality_rel} | {r.latency_ms_p95:.4g} | {r.energy_j:.4g} | {r.unit} | "
-                  f"{r.basis} | {r.curve.mechanism if r.curve else '-'} |")
+                  f"{r.basis} | {r.curve.mechanism if r.curve else '-'} | {lat} | {req} "
+                  f"| {at[0].request_j(dem.tokens):.4g} | {dem.deadline_ms if dem.deadline_ms is not None else '-'} |")
     summary = []
     for name in SHIPPED:
         tr = load_trace(shipped(name))
@@ -138,20 +148,24 @@ def measured_tables(zoo: Path, verbose: bool, curves: bool = True) -> None:
                 print(f"| {k} | {r.energy_per_request_j:.5g} | {r.mean_quality:.4f} | {r.delivered_quality:.4f} | "
                       f"{r.slo_attainment:.1%} | {r.swaps} | {verdict} |")
             n_dom = sum(1 for v in par.values() if v["verdict"] == "dominates")
+            rest = "; ".join(f"{k.split(':', 1)[1]} {v['verdict']}" + (f" (worse: {', '.join(v['worse'])})"
+                                                                       if v["worse"] else "")
+                             for k, v in sorted(par.items()) if v["verdict"] != "dominates") or "-"
             summary.append((name, m, n_dom, len(par), acc.get("energy_gap_to_oracle", float("nan")),
                             acc.get("quality_delta_vs_oracle", 0.0), acc.get("attainment_delta_vs_oracle", 0.0),
-                            acc.get("pareto_pass"), acc.get("oracle_pass")))
+                            acc.get("pareto_pass"), acc.get("oracle_pass"),
+                            f"{rep.policy.swaps}/{rep.methods['oracle'].swaps}", rest))
             if verbose:
                 print(format_report(rep))
     print("\n**Acceptance summary** (Pareto: the policy at least as good on energy/request, mean quality and "
           "deadline attainment and strictly better on one; oracle: energy within 2 % at equal quality and "
           "attainment)\n")
     print("| trace | model | static rows dominated | gap to oracle (energy) | quality vs oracle | attainment vs oracle "
-          "| Pareto | oracle |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, m, n_dom, n, gap, dq, da, pp, op in summary:
-        print(f"| {name} | {m} | {n_dom} of {n} | {gap:+.2%} | {dq:+.4f} | {da:+.2%} | {'PASS' if pp else 'MISS'} "
-              f"| {'PASS' if op else 'MISS'} |")
+          "| swaps (policy/oracle) | Pareto | oracle | rows not dominated |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, m, n_dom, n, gap, dq, da, pp, op, sw, rest in summary:
+        print(f"| {name} | {m} | {n_dom} of {n} | {gap:+.2%} | {dq:+.4f} | {da:+.2%} | {sw} "
+              f"| {'PASS' if pp else 'MISS'} | {'PASS' if op else 'MISS'} | {rest} |")
 
 
 def sim_tables(verbose: bool) -> None:

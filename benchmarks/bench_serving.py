@@ -12,7 +12,14 @@ so drift hits all alike; figures are medians over rounds of per-round medians / 
 * **batching** — a wider MLP (768->3072->768, a BERT-base FFN block: weight-read bound like LLM decode)
   under 32 concurrent blocking clients (threads), unbatched against ``max_batch = 32, max_queue_delay_ms = 2``.
 
-LLM continuous batching (issue 12 item 3) is not built: ``llm_batching_speedup`` is null.
+* **llm** (needs ``--llm DIR``: an int4 builder variant folder, e.g. a SmolLM2 zoo's ``int4``) — continuous
+  batching, one greedy stream against 8 concurrent greedy streams (8 plain-completion prompts), first in
+  process (the plain engine alone, then the engine with ``max_batch = 8``), then through agentd
+  (``[serving] max_batch = 8``, 8 clients). One stream's decode tok/s = (tokens - 1) / (last token - first
+  token); the batch's aggregate decode tok/s = tokens that arrived (all streams) while all 8 were decoding /
+  that window. ``llm_batching_speedup`` = median of agentd's same-round ratios
+  (``llm_batching_speedup_in_process``: the engine's). Every stream's text is compared with its prompt's
+  greedy text from the plain engine; every prompt is used once (no prefix-cache hits).
 """
 
 from __future__ import annotations
@@ -38,6 +45,11 @@ sys.path.insert(0, str(ROOT))
 CLIENTS = 32
 MAX_BATCH = 32
 DELAY_MS = 2.0
+LLM_STREAMS = 8
+LLM_PROMPTS = ["The history of the Roman Empire begins", "In a small village by the sea, there lived",
+               "The main parts of a computer are", "Photosynthesis is the process by which",
+               "Once upon a time, a young fox", "The best way to learn a new language is",
+               "Water boils at a temperature of", "The three laws of motion state that"]
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -184,16 +196,171 @@ def bench_batching(sock: Path, rounds: int, seconds: float) -> dict[str, Any]:
     return out
 
 
+def llm_zoo(zoo: Path, variant: Path) -> None:
+    from agent.testing import make_causal_lm_zoo
+
+    make_causal_lm_zoo(zoo, "llm", {"int4": variant}, llm_table(variant), max_batch=LLM_STREAMS)
+
+
+def llm_table(variant: Path) -> dict[str, Any]:
+    llm: dict[str, Any] = json.loads((variant / "llm.json").read_text())
+    llm.setdefault("tokenizer", "tokenizer.json")
+    return llm
+
+
+def round_prompts(r: int) -> tuple[str, list[str]]:
+    """Round ``r``'s prompts: one for the single stream, eight for the batch. Each is used once, and their
+    first tokens differ, so no request reuses another's KV through the prefix cache (a hit computes the
+    last prompt token on its own, which may flip a near tie: that would not be batching's doing)."""
+    return f"[{r + 1}] {LLM_PROMPTS[r % LLM_STREAMS]}", [f"({r + 1}) {p}" for p in LLM_PROMPTS]
+
+
+def decode_tps(stamps: list[float]) -> float:
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else 0.0
+
+
+def concurrent(streams: list[Any]) -> dict[str, Any]:
+    """Run the callables (each returns (stamps, text)) together; the aggregate decode tok/s = tokens that
+    arrived while every stream was decoding / that window."""
+    go = threading.Event()
+    res: list[tuple[list[float], str] | None] = [None] * len(streams)
+    errors: list[str] = []
+
+    def run(i: int) -> None:
+        go.wait()
+        try:
+            res[i] = streams[i]()
+        except Exception as e:  # noqa: BLE001 - a benchmark records every failure
+            errors.append(repr(e))
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(len(streams))]
+    for t in ts:
+        t.start()
+    time.sleep(0.2)
+    go.set()
+    for t in ts:
+        t.join(600)
+    done = [r for r in res if r is not None and len(r[0]) > 1]
+    if errors or len(done) < len(streams):
+        return {"errors": errors, "aggregate_tps": None, "texts": [r[1] if r else None for r in res]}
+    lo = max(st[0] for st, _ in done)    # every stream is decoding from here ...
+    hi = min(st[-1] for st, _ in done)   # ... until the first one ends
+    n = sum(1 for st, _ in done for t in st if lo < t <= hi)
+    return {"errors": [], "aggregate_tps": n / (hi - lo) if hi > lo else None, "window_tokens": n,
+            "texts": [t for _, t in done]}
+
+
+def engine_stream(engine: Any, prompt: str, tokens: int) -> tuple[list[float], str]:
+    stamps, parts = [], []
+    for ev in engine.generate(prompt, {"max_tokens": tokens}):
+        if ev.finish_reason is None:
+            stamps.append(time.perf_counter())
+        parts.append(ev.text)
+    return stamps, "".join(parts)
+
+
+def daemon_stream(sock: Path, prompt: str, tokens: int) -> tuple[list[float], str]:
+    from agent.client import Client
+
+    with Client(sock) as c:
+        stamps, text = [], ""
+        for ch in c.generate("llm", prompt=prompt, max_tokens=tokens):
+            if ch.finish_reason is None:
+                stamps.append(time.perf_counter())
+            else:
+                text = ch.result["text"]
+    return stamps, text
+
+
+def summarise(single: list[float], batched: list[dict[str, Any]], same: list[bool]) -> dict[str, Any]:
+    ratios = [b["aggregate_tps"] / a for a, b in zip(single, batched, strict=True) if b["aggregate_tps"] and a]
+    agg = [b["aggregate_tps"] for b in batched if b["aggregate_tps"]]
+    return {"single_decode_tps": med(single), "batched_aggregate_tps": med(agg) if agg else None,
+            "speedup": med(ratios) if ratios else None, "round_speedups": [round(x, 3) for x in ratios],
+            "single_round_tps": [round(x, 2) for x in single], "batched_round_tps": [round(x, 2) for x in agg],
+            "texts_identical_every_round": all(same) and len(same) > 0,
+            "errors": [e for b in batched for e in b["errors"]]}
+
+
+def bench_llm_engine(variant: Path, rounds: int, tokens: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """In process, rounds A B: each prompt alone on the plain engine (``max_batch = 1``: its greedy
+    reference; one stream's tok/s = the median of the eight), a lone stream on the batching engine, then
+    the eight together on it (``max_batch = 8``). Returns the figures and every prompt's reference text
+    (the agentd section compares with them)."""
+    from agent.llm.engine import LLMEngine
+
+    def engine(max_batch: int) -> Any:
+        return LLMEngine(variant / "model.onnx", variant / "tokenizer.json", llm_table(variant), prefix_cache_bytes=0,
+                         max_batch=max_batch)
+
+    plain, e = engine(1), engine(LLM_STREAMS)
+    refs: dict[str, str] = {}
+    single, lone, batched, same = [], [], [], []
+    try:
+        engine_stream(plain, "Hello", 8)
+        engine_stream(e, "Hello", 8)
+        for r in range(rounds):
+            one, batch = round_prompts(r)
+            refs[one] = engine_stream(plain, one, tokens)[1]
+            runs = [engine_stream(plain, p, tokens) for p in batch]
+            refs.update({p: t for p, (_, t) in zip(batch, runs, strict=True)})
+            single.append(med([decode_tps(st) for st, _ in runs]))
+            st, text = engine_stream(e, one, tokens)
+            lone.append(decode_tps(st))
+            b = concurrent([lambda p=p: engine_stream(e, p, tokens) for p in batch])
+            batched.append(b)
+            same.append(text == refs[one] and b["texts"] == [refs[p] for p in batch])
+        stats = e.stats()["batching"]
+    finally:
+        e.close()
+        plain.close()
+    return {**summarise(single, batched, same), "lone_stream_on_batching_engine_tps": med(lone),
+            "lone_round_tps": [round(x, 2) for x in lone], "batching_stats": stats}, refs
+
+
+def bench_llm_daemon(sock: Path, rounds: int, tokens: int, refs: dict[str, str]) -> dict[str, Any]:
+    """Through agentd, rounds A B: one stream, then eight concurrent streams; texts against ``refs``."""
+    from agent.client import Client
+
+    daemon_stream(sock, "Hello", 8)
+    single, batched, same = [], [], []
+    mismatched: list[str] = []
+    for r in range(rounds):
+        one, batch = round_prompts(r)
+        stamps, text = daemon_stream(sock, one, tokens)
+        single.append(decode_tps(stamps))
+        b = concurrent([lambda p=p: daemon_stream(sock, p, tokens) for p in batch])
+        batched.append(b)
+        eq = [text == refs[one]] + [t == refs[p] for t, p in zip(b["texts"], batch, strict=True)]
+        same.append(all(eq))
+        mismatched += [p for p, ok in zip([one, *batch], eq, strict=True) if not ok]
+    with Client(sock) as c:
+        st = c.status()["models"]["llm"].get("llm") or {}
+    return {**summarise(single, batched, same), "mismatched_prompts": mismatched,
+            "batching_stats": st.get("batching")}
+
+
+def bench_llm(sock: Path, variant: Path, rounds: int, tokens: int, refs: dict[str, str],
+              engine: dict[str, Any]) -> dict[str, Any]:
+    return {"streams": LLM_STREAMS, "tokens": tokens, "variant": str(variant), "engine": engine,
+            "agentd": bench_llm_daemon(sock, rounds, tokens, refs)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--n", type=int, default=400, help="sequential requests per contender per round (1 KB)")
     ap.add_argument("--seconds", type=float, default=2.0, help="length of one concurrent load phase")
-    ap.add_argument("--sections", default="ipc,cache,batching")
+    ap.add_argument("--sections", default="ipc,cache,batching,llm")
+    ap.add_argument("--llm", type=Path, default=None,
+                    help="an int4 builder variant folder (model.onnx, tokenizer.json, llm.json) for the llm section")
+    ap.add_argument("--llm-tokens", type=int, default=48, help="new tokens per stream in the llm section")
     ap.add_argument("--json", nargs="?", const="-", default=None,
                     help="write the results as JSON to this file (or stdout when given no file)")
     a = ap.parse_args()
     sections = set(a.sections.split(","))
+    if a.llm is None:
+        sections.discard("llm")
 
     import onnxruntime as ort
 
@@ -201,6 +368,11 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     build_zoo(tmp / "zoo")
+    llm_engine: dict[str, Any] = {}
+    refs: dict[str, str] = {}
+    if "llm" in sections:   # in process first, before agentd's workers share the CPUs
+        llm_zoo(tmp / "zoo", a.llm.resolve())
+        llm_engine, refs = bench_llm_engine(a.llm.resolve(), a.rounds, a.llm_tokens)
     sock = tmp / "a.sock"
     access = tmp / "access.toml"   # 32 clients of one uid: above the default per-uid limits (8 / 16)
     access.write_text("[access]\nmax_concurrent = 256\nmax_connections = 64\n")
@@ -218,16 +390,23 @@ def main() -> int:
                 res["cache"] = bench_cache(c, a.rounds, a.n)
         if "batching" in sections:
             res["tensor_batching"] = bench_batching(sock, a.rounds, a.seconds)
+        if "llm" in sections:
+            res["llm_batching"] = bench_llm(sock, a.llm.resolve(), a.rounds, a.llm_tokens, refs, llm_engine)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         shutil.rmtree(tmp, ignore_errors=True)
     ipc, cache, tb = res.get("ipc", {}), res.get("cache", {}), res.get("tensor_batching", {})
+    lb = res.get("llm_batching", {}).get("agentd", {})
+    lbe = res.get("llm_batching", {}).get("engine", {})
     res["summary"] = {
         "ipc_1kb_added_p50_us": ipc.get("1KB", {}).get("added_p50_us"),
         "ipc_1mb_ratio": ipc.get("1MB", {}).get("ratio_p50"),
         "tensor_batching_speedup": tb.get("speedup"),
-        "llm_batching_speedup": None,   # item 3 (continuous batching of LLM streams) is not built
+        "llm_batching_speedup": lb.get("speedup"),
+        "llm_batching_texts_identical": lb.get("texts_identical_every_round"),
+        "llm_batching_speedup_in_process": lbe.get("speedup"),
+        "llm_batching_texts_identical_in_process": lbe.get("texts_identical_every_round"),
         "cache_hit_vs_ipc_ratio": cache.get("hit_vs_ping"),
     }
     s = res["summary"]
@@ -237,7 +416,7 @@ def main() -> int:
         "tensor_batching_speedup>=3": s["tensor_batching_speedup"] is not None and s["tensor_batching_speedup"] >= 3,
         "tensor_batching_p99_within_bound": bool(tb.get("p99_within_bound")),
         "cache_hit_vs_ipc_ratio<=1.2": s["cache_hit_vs_ipc_ratio"] is not None and s["cache_hit_vs_ipc_ratio"] <= 1.2,
-        "llm_batching_speedup>=3": None,
+        "llm_batching_speedup>=3": None if s["llm_batching_speedup"] is None else s["llm_batching_speedup"] >= 3,
     }
     res["meta"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0], "ort": ort.__version__,
                    "loadavg_before": up0, "loadavg_after": os.getloadavg(), "rounds": a.rounds}
@@ -267,6 +446,14 @@ def _print(res: dict[str, Any]) -> None:
                   f"mean batch {x['mean_batch']:.1f}, errors {x['errors']}", file=out)
         print(f"batching speedup x{r['speedup']:.2f}; p99 bound {r['p99_bound_us'] / 1e3:.2f} ms "
               f"({'met' if r['p99_within_bound'] else 'missed'})", file=out)
+    if "llm_batching" in res:
+        r = res["llm_batching"]
+        for where in ("engine", "agentd"):
+            x = r[where]
+            print(f"llm batching {where} ({r['streams']} streams, {r['tokens']} tokens): one stream "
+                  f"{x['single_decode_tps']:.1f} tok/s, batched aggregate {x['batched_aggregate_tps'] or 0:.1f} tok/s, "
+                  f"speedup x{x['speedup'] or 0:.2f}, texts identical every round: "
+                  f"{x['texts_identical_every_round']}", file=out)
     print("summary:", json.dumps(res["summary"]), file=out)
     print("targets:", json.dumps(res["targets"]), file=out)
 

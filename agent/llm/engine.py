@@ -25,7 +25,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from agent.errors import InvalidParams, LoadError
-from agent.llm.decoder import KV, Decoder, DecodeState, open_decoder
+from agent.llm.batch import Batcher, Stream
+from agent.llm.decoder import KV, BuilderDecoder, Decoder, DecodeState, open_decoder
 from agent.llm.prefix_cache import PrefixCache
 from agent.llm.sampling import GenerationParams, Sampler
 from agent.llm.speculative import Speculator
@@ -114,28 +115,17 @@ class LLMEngine:
 
     def __init__(self, model_path: str | Path, tokenizer_path: str | Path, config: Mapping[str, Any],
                  threads: int | None = None, *, prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
-                 session_options: Mapping[str, str] | None = None, ep_device: Any = None) -> None:
-        import onnxruntime as ort
-
+                 session_options: Mapping[str, str] | None = None, session: Any = None,
+                 max_batch: int = 1) -> None:
+        """``session``: an ONNX Runtime session already opened on the model (the worker's LLM backend opens
+        it through :func:`agent.runtime.session.open_session`, on the device it was asked for); without
+        one, a CPU session is opened here (tools and tests running the engine in process). ``max_batch`` > 1
+        steps concurrent streams of a builder graph together (:mod:`agent.llm.batch`)."""
         self.model_path = Path(model_path)
         self.config = dict(config)
         self.threads = int(threads or os.cpu_count() or 1)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        for k, v in (session_options or {}).items():
-            so.add_session_config_entry(k, v)
         t0 = time.perf_counter()
-        try:
-            if ep_device is not None:   # an EP device from ort.get_ep_devices() (GPU/NPU), see runtime/devices.py
-                so.add_provider_for_devices([ep_device], {})
-                self.session = ort.InferenceSession(str(self.model_path), so)
-            else:
-                self.session = ort.InferenceSession(str(self.model_path), so, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise LoadError(f"{self.model_path}: cannot load the decoder: {e}") from None
+        self.session = session if session is not None else self._cpu_session(session_options)
         self.load_ms = (time.perf_counter() - t0) * 1000
         self.tokenizer = load_tokenizer(Path(tokenizer_path))
         self._check_signature()
@@ -151,6 +141,24 @@ class LLMEngine:
         self._ids = itertools.count(1)
         self._totals = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cancelled": 0}
         self.speculator: Speculator | None = None
+        self.batcher: Batcher | None = None
+        if max_batch > 1 and isinstance(self.decoder, BuilderDecoder):   # legacy graphs step one by one
+            self.batcher = Batcher(self, max_batch)
+
+    def _cpu_session(self, session_options: Mapping[str, str] | None) -> Any:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        for k, v in (session_options or {}).items():
+            so.add_session_config_entry(k, v)
+        try:
+            return ort.InferenceSession(str(self.model_path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise LoadError(f"{self.model_path}: cannot load the decoder: {e}") from None
 
     def set_draft(self, draft: LLMEngine | None, k: int = 4, min_p: float = 0.0) -> None:
         """Serve greedy requests with speculative decoding: ``draft`` (a smaller variant of the same model,
@@ -243,12 +251,17 @@ class LLMEngine:
         stopped_by_string = False
         st: DecodeState | None = None
         spec = self.speculator if (self.speculator is not None and p.temperature == 0.0) else None
-        source: Generator[int, None, None] | None = None
+        batcher = self.batcher if spec is None else None
+        joined: Stream | None = None
+        source: Iterator[int | None] | None = None
         try:
             with self._lock:
                 self._live[gid] = 0
             if _is_cancelled(cancel):
                 finish = "cancelled"
+            elif batcher is not None:   # continuous batching: the batch thread prefills and steps it
+                joined = batcher.join(gid, ids, sampler, max_new, lambda: _is_cancelled(cancel), self.eos_ids)
+                source = batcher.tokens(joined)
             else:
                 extra = spec.k + 1 if spec is not None else 0
                 cached, st, logits = self._prefill(ids, min(len(ids) + max_new + extra, self.context_length))
@@ -259,11 +272,19 @@ class LLMEngine:
                     source = self._plain_tokens(gid, st, logits, sampler)
                 ttft = (time.perf_counter() - t0) * 1000
                 t_first = time.perf_counter()
+            if source is not None:
                 for step in range(max_new):
                     if _is_cancelled(cancel):
                         finish = "cancelled"
                         break
                     tok = next(source)
+                    if tok is None:          # the batch thread saw the cancellation first
+                        finish = "cancelled"
+                        break
+                    if ttft is None:
+                        ttft = (time.perf_counter() - t0) * 1000
+                        t_first = time.perf_counter()
+                        cached = joined.cached if joined is not None else cached
                     if tok in self.eos_ids:
                         finish = "stop"
                         break
@@ -281,6 +302,8 @@ class LLMEngine:
                     finish = "stop"
                 else:
                     tail += stops.flush()
+            if finish != "cancelled" and joined is not None and batcher is not None:
+                batcher.finish(joined, keep=True)   # its KV goes to the prefix cache before the last event
             if finish != "cancelled" and st is not None:
                 seq = ids + out
                 self.decoder.truncate(st, min(st.length, len(seq)))
@@ -300,7 +323,9 @@ class LLMEngine:
                 self._totals["cancelled"] += finish == "cancelled"
             yield TokenEvent(tail, None, generated, finish, usage)
         finally:
-            if source is not None:
+            if joined is not None and batcher is not None:
+                batcher.finish(joined, keep=False)
+            if isinstance(source, Generator):
                 source.close()
             if st is not None:
                 self.decoder.release(st)
@@ -310,7 +335,8 @@ class LLMEngine:
 
     def _set_live(self, gid: int, nbytes: int) -> None:
         with self._lock:
-            self._live[gid] = int(nbytes)
+            if gid in self._live:   # a batched stream's row may be resized after its generation ended
+                self._live[gid] = int(nbytes)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -326,9 +352,12 @@ class LLMEngine:
             "prefix_cache": asdict(self.prefix_cache.stats()),
             "family": self.family,
             "speculative": self.speculator.stats() if self.speculator is not None else None,
+            "batching": self.batcher.stats() if self.batcher is not None else None,
         }
 
     def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
         self.prefix_cache.clear()
         if self.speculator is not None:
             self.speculator.draft.close()

@@ -32,7 +32,8 @@ def add_parsers(subparsers: Any) -> None:
     sim.add_argument("--json", action="store_true", help="print the report as JSON")
     sim.add_argument("--plot", metavar="OUT.png", help="write a plot (needs matplotlib)")
     sim.add_argument("--no-baselines", action="store_true", help="only the policy, no baselines or oracle")
-    sim.add_argument("--swap-power-w", type=float, default=10.0, help="power drawn while loading a variant")
+    sim.add_argument("--swap-power-w", type=float, default=None,
+                     help="power drawn while loading a variant (default: the policy's [switching] swap_power_w)")
     sim.set_defaults(func=cmd_simulate)
 
 
@@ -69,7 +70,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         policy = load_policy(args.policy)
         trace = load_trace(args.trace)
         workload = parse_workload(args.workload)
-        if not args.swap_power_w >= 0:
+        if args.swap_power_w is not None and not args.swap_power_w >= 0:
             raise InvalidParams(f"--swap-power-w: expected a number >= 0, got {args.swap_power_w}")
     except AgentError as e:
         print(f"error: {e}", file=sys.stderr)

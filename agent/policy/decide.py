@@ -14,7 +14,7 @@ from typing import Any
 
 from agent.policy.conditions import LEVEL_RANK, Activation, UnknownReading
 from agent.policy.costs import compute_state
-from agent.policy.model import Constraints, Demand, Policy, Profile, Rule
+from agent.policy.model import Constraints, Demand, Policy, Profile, Rule, Switching
 from agent.policy.state import Hold, PolicyState, RuleMemory
 from agent.policy.table import VariantRow, by_model
 from agent.sensors.snapshot import Snapshot
@@ -29,7 +29,7 @@ _BASE_READINGS = ("battery.percent", "power.on_ac", "thermal.level", "memory.ava
 class Alternative:
     variant: str
     device: str
-    verdict: str        # "violates" | "worse" | "within-margin" | "dwell" | "fallback"
+    verdict: str        # "violates" | "worse" | "within-margin" | "no-payback" | "dwell" | "fallback"
     why: str
 
 
@@ -201,6 +201,25 @@ def _improvement(best: VariantRow, cur: VariantRow, objective: str) -> float:
     return (b - c) / abs(c) if objective == "max_quality" else (c - b) / abs(c)
 
 
+def payback(best: VariantRow, cur: VariantRow, sw: Switching, demand: Demand | None,
+            tokens: int | None) -> tuple[bool, str] | None:
+    """Does swapping ``cur`` -> ``best`` for energy pay back within the switching horizon? None when the
+    demand gives no request rate (nothing to price the swap against). Else (pays, why): the saving per
+    request (at this state) x the requests expected over ``sw.horizon_s`` at ``demand.rate_per_s``, against
+    the swap's own energy (``best.load_ms`` x ``sw.swap_power_w``); it pays only if strictly larger."""
+    if demand is None or demand.rate_per_s is None:
+        return None
+    jb, jc = best.request_j(tokens), cur.request_j(tokens)
+    if jb is None or jc is None:
+        return None
+    expected = demand.rate_per_s * sw.horizon_s
+    saving, cost = (jc - jb) * expected, best.swap_j(sw.swap_power_w)
+    rel = ">" if saving > cost else "<="
+    why = (f"{best.label} saves {jc - jb:.4g} J/request x {expected:.3g} requests in {sw.horizon_s:g} s = "
+           f"{saving:.4g} J {rel} swap {cost:.4g} J")
+    return saving > cost, why
+
+
 def with_demand(cons: Constraints, demand: Demand | None) -> Constraints:
     if demand is None:
         return cons
@@ -268,11 +287,19 @@ def _choose(model: str, rows: list[VariantRow], cons: Constraints, objective: st
             elif not viol[cur.key]:
                 gain = _improvement(best, cur, objective)
                 margin = getattr(policy.switching.margins, _MARGIN[objective])
+                pay = payback(best, cur, policy.switching, demand, cons.request_tokens) \
+                    if objective == "min_energy" else None
                 if gain <= margin:
                     chosen = cur
                     why = f"margin: {best.label} better by {gain:.1%} <= {margin:.1%}; keeping current"
                     verdicts[best.key] = Alternative(best.variant, best.device, "within-margin",
                                                      f"better by {gain:.1%}, margin {margin:.1%}")
+                elif pay is not None and not pay[0]:
+                    chosen = cur
+                    why = f"payback: {pay[1]}; keeping current"
+                    verdicts[best.key] = Alternative(best.variant, best.device, "no-payback", pay[1])
+                elif pay is not None:
+                    why += f"; swap pays back: {pay[1]}"
     fig = _FIGURE[objective]
     for r in rows:
         if r.key == chosen.key or r.key in verdicts:

@@ -8,6 +8,8 @@ Format (see docs/POLICY.md and policies/example-annotated.toml)::
     [switching]
     min_dwell_s = 30                # no swap of a model within this long of its previous swap
     debounce_s = 3                  # a rule changes state only after its condition held this long
+    swap_power_w = 10               # power while loading a variant: a swap costs load_ms x this
+    payback_horizon_s = 30          # min_energy swaps only if the saving over this long pays the swap
     [switching.margins]             # hysteresis on the objective
     energy = 0.10; latency = 0.10; quality = 0.002
     [profiles.NAME]
@@ -116,7 +118,7 @@ def _constraints(c: Checker, raw: dict[str, Any] | None = None) -> Constraints:
 
 
 def _switching(c: Checker) -> Switching:
-    c.only({"min_dwell_s", "debounce_s", "margins"})
+    c.only({"min_dwell_s", "debounce_s", "margins", "swap_power_w", "payback_horizon_s"})
     base = Switching()
     margins = base.margins
     mc = c.table_of("margins")
@@ -126,8 +128,12 @@ def _switching(c: Checker) -> Switching:
         margins = Margins(**{k: float(getattr(margins, k) if v is None else v) for k, v in vals.items()})
     dwell = _num(c, "min_dwell_s", 0, 3600)
     deb = _num(c, "debounce_s", 0, 600)
+    watts = _num(c, "swap_power_w", 0, 10000)
+    horizon = _num(c, "payback_horizon_s", 0, 86400)
     return Switching(min_dwell_s=float(base.min_dwell_s if dwell is None else dwell),
-                     debounce_s=float(base.debounce_s if deb is None else deb), margins=margins)
+                     debounce_s=float(base.debounce_s if deb is None else deb), margins=margins,
+                     swap_power_w=float(base.swap_power_w if watts is None else watts),
+                     payback_horizon_s=None if horizon is None else float(horizon))
 
 
 def _read_part(path: Path) -> _Part:

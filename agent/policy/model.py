@@ -70,6 +70,7 @@ class Demand:
     min_quality: float | None = None   # the requests' own quality floor (the strictest among them)
     priority: int = 0                  # the highest priority among them (larger = more urgent)
     tokens: int | None = None          # tokens per request (max_tokens) for causal-lm models
+    rate_per_s: float | None = None    # expected requests per second (prices a swap against its saving)
 
     def describe(self) -> str:
         parts = []
@@ -81,6 +82,8 @@ class Demand:
             parts.append(f"{self.tokens} tokens")
         if self.priority:
             parts.append(f"priority {self.priority}")
+        if self.rate_per_s is not None:
+            parts.append(f"{self.rate_per_s:.3g} requests/s")
         return ", ".join(parts) or "no demand"
 
 
@@ -118,6 +121,15 @@ class Switching:
     min_dwell_s: float = 30.0
     debounce_s: float = 3.0
     margins: Margins = field(default_factory=Margins)
+    # Swap payback (objective min_energy): a swap costs the new row's load_ms x swap_power_w joules, and is
+    # made only if the expected saving over payback_horizon_s (None: min_dwell_s) at the demand's request
+    # rate pays it back.
+    swap_power_w: float = 10.0
+    payback_horizon_s: float | None = None
+
+    @property
+    def horizon_s(self) -> float:
+        return self.min_dwell_s if self.payback_horizon_s is None else self.payback_horizon_s
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,10 @@ Interval i runs from sample i to sample i+1 (the last one lasts the header's ``i
 gap). The choice decide() makes at sample i serves interval i's requests. Accounting, per request:
 the chosen row's measured ``energy_j`` and ``quality_rel``; the SLO counts as met when the row's
 ``latency_ms_p95`` is within the policy's effective SLO in that interval (no SLO = met). Each swap adds
-``load_ms / 1000 * swap_power_w`` joules (``default_load_ms`` when the row has no load time); the first
-load is free for every method. Idle power is not counted: the figures are inference energy only.
+``load_ms / 1000 * swap_power_w`` joules (``default_load_ms`` when the row has no load time; the power is the
+policy's ``[switching] swap_power_w`` unless ``SimConfig`` sets it); the first load is free for every method.
+decide() gets the workload's demand with its request rate, so its swap payback sees the rate charged here.
+Idle power is not counted: the figures are inference energy only.
 
 Baselines, all in the same run and the same accounting:
 - ``static-best-quality``: per model the highest ``quality_rel`` row (ties: least energy), never changed;
@@ -28,7 +30,7 @@ from agent.policy.costs import ComputeState, compute_state
 from agent.policy.decide import Decision, decide, violations
 from agent.policy.model import Constraints, Demand, Policy
 from agent.policy.state import PolicyState
-from agent.policy.table import VariantRow, by_model
+from agent.policy.table import DEFAULT_LOAD_MS, VariantRow, by_model
 from agent.policy.trace import TraceSource
 from agent.policy.workload import Workload
 from agent.sensors.snapshot import Snapshot
@@ -38,8 +40,8 @@ _BIG = 1e12
 
 @dataclass(frozen=True)
 class SimConfig:
-    swap_power_w: float = 10.0
-    default_load_ms: float = 1000.0
+    swap_power_w: float | None = None    # None: the policy's [switching] swap_power_w (what decide() prices)
+    default_load_ms: float = DEFAULT_LOAD_MS
     # The trace's memory.available_bytes is taken as what the device had *without* our models (the
     # environment); each method then sees it minus the memory of the rows it has loaded, as decide() would
     # live. Set False for traces recorded with the agent's own models already counted.
@@ -211,7 +213,7 @@ def intervals_of(trace: TraceSource) -> list[Interval]:
 
 
 def _swap_j(row: VariantRow, cfg: SimConfig) -> float:
-    return (row.load_ms if row.load_ms is not None else cfg.default_load_ms) / 1000.0 * cfg.swap_power_w
+    return row.swap_j(cfg.swap_power_w or 0.0, cfg.default_load_ms)
 
 
 def met(row: VariantRow, cons: Constraints, demand: Demand) -> bool:
@@ -275,27 +277,31 @@ def _oracle_plan(rows: list[VariantRow], intervals: list[Interval], cons: list[C
     n_rows = len(rows)
     at = [[r.at(s) for r in rows] for s in states]
 
-    def cost(i: int, r: int, prev: int | None) -> float:
+    def cost(i: int, r: int, prev: int | None) -> tuple[float, float]:
+        """(violation penalty, joules), compared lexicographically: the penalty is graded as decide()'s
+        fallback, and quality, SLO, deadline and device limits outweigh memory so that the oracle is never
+        cheaper by serving below the quality floor. Kept apart from the joules (a huge penalty added to them
+        would swallow the energy differences of small models: 1e12 + 0.001 J rounds them away)."""
         row, iv = at[i][r], intervals[i]
         j = row.request_j(demand.tokens)
-        c = workload.count(iv.t0, iv.t1) * (j if j is not None else _BIG)
         before = None if prev is None else at[i][prev]
         snap = _seen(iv.snapshot, others[i] + _mem(before), cfg)
-        v = violations(row, cons[i], "min_energy", snap, before)
-        # graded, as decide()'s fallback; quality, SLO, deadline and device limits outweigh memory so that
-        # the oracle is never cheaper by serving below the quality floor
-        c += _BIG * len(v) + _BIG * 1000 * sum(1 for x in v if not _is_memory(x))
-        return c
+        v = violations(row, cons[i], "min_energy", snap, before)   # includes "no measured energy_j"
+        pen = len(v) + 1000.0 * sum(1 for x in v if not _is_memory(x))
+        return pen, workload.count(iv.t0, iv.t1) * (j if j is not None else 0.0)
+
+    def add(a: tuple[float, float], b: tuple[float, float], swap: float = 0.0) -> tuple[float, float]:
+        return a[0] + b[0], a[1] + b[1] + swap
 
     dp = [cost(0, r, None) for r in range(n_rows)]
     back: list[list[int]] = []
     for i in range(1, len(intervals)):
         nxt, arg = [], []
         for r in range(n_rows):
-            best, best_from = dp[r] + cost(i, r, r), r
+            best, best_from = add(dp[r], cost(i, r, r)), r
             for q in range(n_rows):
                 if q != r:
-                    arrive = dp[q] + cost(i, r, q) + _swap_j(rows[r], cfg)
+                    arrive = add(dp[q], cost(i, r, q), _swap_j(rows[r], cfg))
                     if arrive < best:
                         best, best_from = arrive, q
             nxt.append(best)
@@ -334,6 +340,8 @@ def simulate(trace: TraceSource, policy: Policy, table: list[VariantRow], worklo
              baselines: bool = True, config: SimConfig | None = None,
              state: PolicyState | None = None) -> SimReport:
     cfg = config or SimConfig()
+    if cfg.swap_power_w is None:
+        cfg = replace(cfg, swap_power_w=policy.switching.swap_power_w)
     if not table:
         raise ValueError("the variant table is empty: no measured variants to choose from")
     intervals = intervals_of(trace)
@@ -346,7 +354,8 @@ def simulate(trace: TraceSource, policy: Policy, table: list[VariantRow], worklo
     index = {(r.model, r.variant, r.device): r for r in table}
     for iv in intervals:
         loaded = sum(_mem(index.get((m, *key))) for m, key in st.current.items())
-        d = decide(_seen(iv.snapshot, loaded, cfg), st, policy, table, iv.t0, demand)
+        now = demand if workload.rate_per_s is not None else {m: workload.demand(m, iv.t0) for m in models}
+        d = decide(_seen(iv.snapshot, loaded, cfg), st, policy, table, iv.t0, now)
         decisions.append(d)
         st = d.state
         for m in models:

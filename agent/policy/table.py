@@ -25,6 +25,8 @@ from dataclasses import dataclass, replace
 from agent.policy.costs import NOMINAL, ComputeState, CostCurve, load_costs, scaled
 from agent.zoo.manifest import Manifest
 
+DEFAULT_LOAD_MS = 1000.0   # what a swap to a row without a measured load_ms is taken to take
+
 
 @dataclass(frozen=True)
 class VariantRow:
@@ -82,6 +84,10 @@ class VariantRow:
         if self.energy_j is None:
             return None
         return self.energy_j * (max(1, tokens or 1) if self.unit == "token" else 1)
+
+    def swap_j(self, power_w: float, default_load_ms: float = DEFAULT_LOAD_MS) -> float:
+        """The energy of swapping to this row: its load time x the power drawn while loading."""
+        return (self.load_ms if self.load_ms is not None else default_load_ms) / 1000.0 * power_w
 
     @property
     def label(self) -> str:

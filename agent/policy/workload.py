@@ -25,6 +25,7 @@ from agent.policy.model import Demand
 _RATE = re.compile(r"^rate=([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)/(s|min|h)$")
 _PER = {"s": 1.0, "min": 60.0, "h": 3600.0}
 DEFAULT_TOKENS = 32
+RATE_WINDOW_S = 30.0   # the daemon's DemandBook window
 _QOS = {"deadline_ms": (1e-3, 1e9), "min_quality": (0.0, 1.0), "tokens": (1, 1e6), "priority": (-1e6, 1e6)}
 
 
@@ -35,15 +36,21 @@ class Workload:
     times: tuple[float, ...] = ()
     qos: tuple[tuple[str, str, float], ...] = ()    # (model or "", key, value)
 
-    def demand(self, model: str) -> Demand:
-        """What every request for ``model`` asks (model-specific keys override the general ones)."""
+    def demand(self, model: str, t: float | None = None) -> Demand:
+        """What every request for ``model`` asks (model-specific keys override the general ones), with the
+        request rate: a rate workload's own; a file's, the requests of the :data:`RATE_WINDOW_S` before
+        ``t`` (as the daemon's DemandBook counts them), none when ``t`` is not given."""
         vals: dict[str, float] = {}
         for scope in ("", model):
             for m, k, v in self.qos:
                 if m == scope:
                     vals[k] = v
+        rate = self.rate_per_s
+        if rate is None and t is not None:
+            rate = self.count(t - RATE_WINDOW_S, t) / RATE_WINDOW_S
         return Demand(deadline_ms=vals.get("deadline_ms"), min_quality=vals.get("min_quality"),
-                      priority=int(vals.get("priority", 0)), tokens=int(vals.get("tokens", DEFAULT_TOKENS)))
+                      priority=int(vals.get("priority", 0)), tokens=int(vals.get("tokens", DEFAULT_TOKENS)),
+                      rate_per_s=rate)
 
     def count(self, t0: float, t1: float) -> float:
         """Requests arriving in [t0, t1)."""

@@ -163,7 +163,10 @@ class WorkerHandle:
 
     @classmethod
     async def spawn(cls, shm_size: int = 4 << 20, start_timeout: float = 60.0, *,
-                    heartbeat_s: float = HEARTBEAT_S, hang_after_s: float = HANG_AFTER_S) -> WorkerHandle:
+                    heartbeat_s: float = HEARTBEAT_S, hang_after_s: float = HANG_AFTER_S,
+                    backend: str = "auto", backend_config: str = "{}") -> WorkerHandle:
+        """Start a worker process; ``backend`` names what will run its variant (agent.runtime.backends:
+        ``auto`` by the load's kind; ``fake`` for tests, with ``backend_config`` its JSON settings)."""
         h = cls()
         loop = asyncio.get_running_loop()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -176,7 +179,7 @@ class WorkerHandle:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         cmd = [sys.executable, "-m", "agent.runtime.worker", "--fd", str(child.fileno()),
                "--shm-in", str(h.shm_in.fd), "--shm-out", str(h.shm_out.fd), "--inline-max", str(INLINE_MAX),
-               "--heartbeat", str(heartbeat_s)]
+               "--heartbeat", str(heartbeat_s), "--backend", backend, "--backend-config", backend_config]
         h.proc = subprocess.Popen(  # noqa: ASYNC220 - returns once the child is exec'd; exited() polls and reaps it
             cmd, pass_fds=(child.fileno(), h.shm_in.fd, h.shm_out.fd), env=env,
             stdin=subprocess.DEVNULL, start_new_session=False)
@@ -246,6 +249,12 @@ class WorkerHandle:
             cb = self._streams.get(params.get("id", -1))
             if cb is not None:
                 cb(params, f.payload)
+            return
+        if hd.get("method") == "events":  # several streams' events in one frame (backends.llm.coalesce_events)
+            for params in (hd.get("params") or {}).get("events") or ():
+                cb = self._streams.get(params.get("id", -1))
+                if cb is not None:
+                    cb(params, f.payload)
             return
         rid = hd.get("id")
         self.last_reply = time.monotonic()   # it answers: busy with a queue is not hung (manager deadlines)

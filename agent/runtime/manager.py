@@ -234,6 +234,7 @@ class Runtime:
 
     def _load_params(self, m: Manifest, v: Variant, device: str) -> dict[str, Any]:
         out: dict[str, Any] = {
+            "model": m.name, "variant": v.id,
             "path": str(m.path_of(v)) if v.remote is None else "", "sha256": v.sha256, "device": device,
             "threads": self.threads, "warmup_runs": self.warmup_runs, "kind": m.kind, "llm": m.llm,
             "batch_check": m.serving.batching,
@@ -245,7 +246,8 @@ class Runtime:
         if v.remote is not None:
             out["remote"] = {"endpoint": v.remote.endpoint, "model": v.remote.model, "version": v.remote.version,
                              "timeout_s": v.remote.timeout_s}
-        if m.kind == "causal-lm":  # speculative decoding: the manifest may name a draft variant
+        if m.kind == "causal-lm":  # continuous batching; speculative decoding: the manifest may name a draft
+            out["llm_max_batch"] = m.serving.max_batch
             from agent.llm.speculative import draft_for
 
             d = draft_for(m.llm, v.id, {x.id for x in m.variants})

@@ -13,6 +13,7 @@ from part to part inside the worker's memory, no copy); a *remote* variant is a
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,24 @@ def signature(sess: Any) -> dict[str, list[dict[str, Any]]]:
     return {"inputs": [one(i) for i in sess.get_inputs()], "outputs": [one(o) for o in sess.get_outputs()]}
 
 
+def select_device(device_spec: str) -> tuple[devmod.Device, Any]:
+    """The discovered device for ``device_spec`` and its ``OrtEpDevice``; LoadError naming what exists
+    when there is none (a variant is never placed elsewhere silently)."""
+    import onnxruntime as ort
+
+    try:
+        dev = devmod.select(device_spec, devmod.discover())
+    except NotFound as e:
+        raise LoadError(str(e)) from None
+    return dev, ort.get_ep_devices()[dev.index]
+
+
 def open_session(path: Path, device_spec: str, *, threads: int | None = None, sha256: str | None = None,
-                 provider_options: dict[str, str] | None = None) -> tuple[Any, dict[str, Any]]:
-    """Open ``path`` on the device named by ``device_spec``. Returns (session, info)."""
+                 provider_options: dict[str, str] | None = None,
+                 session_config: Mapping[str, str] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Open ``path`` on the device named by ``device_spec``. Returns (session, info). Every worker backend
+    opens its sessions here (tensor variants, split parts, LLM decoders); ``session_config`` adds or
+    overrides ORT session config entries (the LLM backend keeps thread spinning on for decode latency)."""
     import onnxruntime as ort
 
     t0 = time.perf_counter()
@@ -43,20 +59,17 @@ def open_session(path: Path, device_spec: str, *, threads: int | None = None, sh
         got = file_sha256(path)
         if got != sha256:
             raise LoadError(f"variant file {path.name} is corrupt: sha256 {got[:12]}… != manifest {sha256[:12]}…")
-    try:
-        dev = devmod.select(device_spec, devmod.discover())
-    except NotFound as e:
-        raise LoadError(str(e)) from None
+    dev, ep_dev = select_device(device_spec)
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
-    so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    config = {"session.record_ep_graph_assignment_info": "1", "session.intra_op.allow_spinning": "0"}
     if dev.provider != "CPUExecutionProvider" and dev.kind != "gpu":
         # a plugin/NPU EP must take the whole graph; a GPU EP (CUDA, DirectML) leaves shape ops to the CPU
         # by design, so there the split is allowed and reported (``assignment``) instead of refused
-        so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    ep_dev = ort.get_ep_devices()[dev.index]
+        config["session.disable_cpu_ep_fallback"] = "1"
+    for key, value in {**config, **(session_config or {})}.items():
+        so.add_session_config_entry(key, value)
     opts = dict(provider_options or {})
     if dev.provider == "OpenVINOExecutionProvider":
         # OpenVINO on CPU silently computes in bf16 unless told otherwise (FACTS.md)

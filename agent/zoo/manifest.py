@@ -67,8 +67,9 @@ its measurements use ``device = "remote"`` (latency includes the network; energy
     version = "1"                 # optional
     timeout_s = 5.0               # optional
 
-    [serving]                     # optional, tensor models (docs/SERVING.md)
-    max_batch = 16                # stack up to this many rows of concurrent requests into one run
+    [serving]                     # optional (docs/SERVING.md)
+    max_batch = 16                # tensor: stack up to this many rows of concurrent requests into one run;
+                                  # causal-lm: up to this many streams share each decode step
     max_queue_delay_ms = 2.0      # the longest a request waits for others to join its batch
     cache_bytes = 8388608         # exact-match response cache, bounded in bytes (0: off)
 
@@ -372,7 +373,13 @@ def _serving(c: Checker | None, kind: str, inputs: tuple[TensorSpec, ...],
     max_batch = c.num("max_batch", required=False, lo=1, hi=4096, integer=True) or 1
     delay = c.num("max_queue_delay_ms", required=False, lo=0, hi=1000)
     cache = c.num("cache_bytes", required=False, lo=0, integer=True) or 0
-    if max_batch > 1:
+    if max_batch > 1 and kind == "causal-lm":   # continuous batching: streams join at the next step
+        if delay:
+            raise c.error("max_queue_delay_ms", "a causal-lm model batches decode steps: new streams join at "
+                                                "the next step, nothing waits")
+        if max_batch > 256:
+            raise c.error("max_batch", f"expected at most 256 streams for a causal-lm model, got {max_batch}")
+    elif max_batch > 1:
         if kind != "tensor":
             raise c.error("max_batch", f"dynamic batching is for tensor models; this model is {kind}")
         if delay is None:

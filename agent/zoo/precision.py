@@ -135,7 +135,8 @@ def verify(declared: str, path: Path) -> tuple[str, str]:
 
     A quantizing build whose graph still stores float weights, or an fp16/bf16 build whose weights are
     still fp32, changed nothing: LoadError with the evidence. A declared float label on a quantized graph
-    is corrected to what the graph holds; two quantized labels keep the declared (more specific) one.
+    is corrected to what the graph holds, and so is a declared fp32 on a graph of fp16/bf16 weights (a copy
+    of a half-precision file is half precision); two quantized labels keep the declared (more specific) one.
     """
     got = detect(path)
     if declared not in FLOAT and got.label in FLOAT:
@@ -144,5 +145,7 @@ def verify(declared: str, path: Path) -> tuple[str, str]:
     if declared in ("fp16", "bf16") and got.label == "fp32":
         raise LoadError(f"the build changed nothing: declared {declared}, but the graph holds {got.evidence}")
     if declared in FLOAT and got.label not in FLOAT:
+        return got.label, got.evidence
+    if declared == "fp32" and got.label in ("fp16", "bf16"):
         return got.label, got.evidence
     return declared, got.evidence

@@ -103,13 +103,13 @@ def test_open_session_refuses_an_absent_device_naming_what_exists(tensor_zoo):
         open_session(tensor_zoo / "mlp" / "fp32.onnx", "gpu")
 
 
-def test_llm_worker_refuses_an_absent_device_instead_of_running_on_cpu():
-    from agent.runtime.llm_worker import _device
+def test_llm_backend_device_selection_refuses_an_absent_device_instead_of_running_on_cpu():
+    from agent.runtime.session import select_device  # the LLM backend opens its session through it
 
     with pytest.raises(LoadError, match="no device matches 'gpu'; available: cpu:CPUExecutionProvider"):
-        _device("gpu")
-    dev, ep = _device("cpu")
-    assert dev.provider == "CPUExecutionProvider" and ep is None
+        select_device("gpu")
+    dev, ep = select_device("cpu")
+    assert dev.provider == "CPUExecutionProvider" and ep.ep_name == "CPUExecutionProvider"
 
 
 @pytest.mark.integration

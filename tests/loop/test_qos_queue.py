@@ -28,8 +28,10 @@ def test_demand_book_keeps_the_tightest_recent_deadline_and_forgets_old_requests
     book.note("m", QoS(900, None, 3), 64)
     d = book.demand()["m"]
     assert (d.deadline_ms, d.min_quality, d.priority, d.tokens) == (900, 0.8, 3, 64)
+    assert d.rate_per_s == pytest.approx(2 / 30)       # what decide() prices a swap against
     now[0] = 35
     assert book.demand()["m"].deadline_ms == 900 and book.demand()["m"].tokens == 64
+    assert book.demand()["m"].rate_per_s == pytest.approx(1 / 30)
     now[0] = 45
     assert "m" not in book.demand()
 

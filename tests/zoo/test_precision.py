@@ -94,6 +94,15 @@ def test_verify_keeps_honest_labels_and_corrects_a_float_label(tmp_path: Path):
     assert verify("mixed", tmp_path / "q.onnx")[0] == "mixed"    # quantized either way: the builder's word
 
 
+def test_a_half_precision_file_declared_fp32_is_labelled_by_its_weights(tmp_path: Path):
+    half = fp32_matmul()
+    half.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones((D, D), np.float16), "w"))
+    onnx.save(half, tmp_path / "h.onnx")
+    label, evidence = verify("fp32", tmp_path / "h.onnx")    # e.g. method "copy" of a file that is really fp16
+    assert label == "fp16" and "float16" in evidence
+    assert verify("fp16", tmp_path / "h.onnx")[0] == "fp16"
+
+
 def test_matmulnbits_bits_decide_int4_or_int8(tmp_path: Path):
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 

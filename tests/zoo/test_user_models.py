@@ -15,10 +15,16 @@ from onnx import TensorProto, helper, numpy_helper
 from zoo_helpers import make_mlp, write_recipe
 
 from agent.errors import InvalidParams
+from agent.policy.loader import load_policy
+from agent.policy.simulate import simulate
+from agent.policy.synthetic import scenario
 from agent.policy.table import table_from_manifests
+from agent.policy.workload import parse_workload
 from agent.zoo.importer import import_variant, remove_variant
 from agent.zoo.manifest import load_manifest
 from agent.zoo.measure import measure_variants
+
+BALANCED = Path(__file__).resolve().parents[2] / "policies" / "balanced.toml"
 
 
 def two_input_model(path: Path, order=("a", "b"), names=None, extra_out=False, unused_in=False) -> Path:
@@ -100,6 +106,14 @@ def test_an_imported_variant_is_measured_and_gets_a_policy_row(zoo: Path, mlp_fi
     assert row.latency_ms_p50 and row.latency_ms_p50 > 0 and row.energy_j is not None
     assert row.precision == "int8" and 0.5 < row.quality_rel <= 1.0
     assert m.variant("int8-other-producer").unfit is None          # above the default floor
+    # the simulator (the same decide() the daemon runs) can choose it: it has its own static baseline, and
+    # with the reference gone from the table the policy serves the whole trace with it
+    rep = simulate(scenario("discharge", 300), load_policy([BALANCED]), rows, parse_workload("rate=1/s"))
+    methods = rep.to_dict()["methods"]
+    assert "static:int8-other-producer@cpu" in methods
+    only = [r for r in rows if r.variant == "int8-other-producer"]
+    alone = simulate(scenario("discharge", 300), load_policy([BALANCED]), only, parse_workload("rate=1/s"))
+    assert set(alone.to_dict()["methods"]["policy"]["time_in_s"]) == {"mlp:int8-other-producer@cpu"}
 
 
 def test_a_different_model_with_a_matching_signature_measures_low_quality(zoo: Path, mlp_file: Path,

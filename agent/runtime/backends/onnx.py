@@ -1,0 +1,97 @@
+"""The tensor backend: one variant's ONNX Runtime session (plain, split or remote) and ``run``.
+
+``load`` opens the variant through :func:`agent.runtime.session.open_variant` (explicit device, no silent
+CPU fallback), checks it against the manifest's signature, warms it up and, when the model batches,
+measures whether its rows are independent. ``run`` {inputs: [descs]} + the tensors' bytes ->
+{outputs, run_ms, cpu_s} + the output buffers. An onnxruntime failure is mapped by
+:func:`agent.errors.from_run_error`: the request's fault is InvalidParams, the execution provider's
+ExecutionFailed (retryable).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from agent.errors import LoadError, WorkerError, from_run_error
+from agent.ipc import protocol as P
+from agent.runtime.backends import Call, Channel, Reply
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self) -> None:
+        self.sess: Any = None
+        self.out_names: list[str] = []
+        self.closed = False
+
+    def load(self, params: Mapping[str, Any], channel: Channel) -> dict[str, Any]:
+        from agent.runtime.session import open_variant, warm_up
+
+        if self.sess is not None or self.closed:
+            raise LoadError("this worker already held a variant")
+        sess, info = open_variant(dict(params))   # plain, split (parts on their devices) or remote (KServe v2)
+        expect = params.get("signature")
+        if expect:
+            check_signature(expect, info)
+        t0 = time.perf_counter()
+        info["warmup"] = warm_up(sess, int(params.get("warmup_runs", 3)), params.get("warmup_file"))
+        info["warmup_ms"] = (time.perf_counter() - t0) * 1e3
+        if params.get("batch_check"):
+            info["batch_invariant"] = batch_invariant(sess)
+        self.sess = sess
+        self.out_names = [o.name for o in sess.get_outputs()]
+        return info
+
+    def run(self, call: Call) -> Reply | None:
+        if self.sess is None:
+            raise WorkerError("backend is closed" if self.closed else "no variant loaded")
+        if call.method != "run":
+            raise WorkerError(f"the onnx backend has no method {call.method!r}")
+        feed = P.tensors_from(call.params["inputs"], call.payload)
+        c0, t0 = time.process_time(), time.perf_counter()
+        try:
+            outs = self.sess.run(self.out_names, feed)
+        except Exception as e:  # noqa: BLE001 - ours keep their type; ORT's: bad input or EP failure
+            raise from_run_error(e) from None
+        run_ms = (time.perf_counter() - t0) * 1e3
+        cpu_s = time.process_time() - c0
+        del feed
+        descs, bufs = P.tensor_descs(dict(zip(self.out_names, outs, strict=True)))
+        return {"outputs": descs, "run_ms": run_ms, "cpu_s": cpu_s}, bufs
+
+    def close(self) -> None:
+        self.sess = None
+        self.closed = True
+
+
+def batch_invariant(sess: Any) -> bool:
+    """Whether a row's outputs do not depend on the other rows of its batch (so dynamic batching may stack
+    requests). Measured, not assumed: dynamic int8 quantization, for one, picks one activation scale for
+    the whole batch, so a request's outputs would change with its neighbours."""
+    import numpy as np
+
+    from agent.runtime.session import sample_inputs
+
+    one = sample_inputs(sess)
+    rng = np.random.default_rng(1)
+    other = {k: (rng.standard_normal(v.shape) * 50).astype(v.dtype) if v.dtype.kind == "f" else v
+             for k, v in one.items()}
+    try:
+        alone = sess.run(None, one)
+        both = sess.run(None, {k: np.concatenate([one[k], other[k]]) for k in one})
+    except Exception:  # noqa: BLE001 - any failure to run a batch of 2 (shape, EP) means not batchable
+        return False
+    return all(b.shape[:1] == (2,) and a.shape[:1] == (1,) and np.allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
+               for a, b in zip(alone, both, strict=True))
+
+
+def check_signature(expect: Mapping[str, Any], info: Mapping[str, Any]) -> None:
+    """LoadError when the variant's inputs or outputs (name, dtype) are not the manifest's."""
+    for key in ("inputs", "outputs"):
+        want = [(t["name"], t["dtype"]) for t in expect.get(key, [])]
+        got = [(t["name"], t["dtype"]) for t in info.get(key, [])]
+        if want and sorted(want) != sorted(got):
+            raise LoadError(f"variant {key} {got} do not match the model's signature {want}")
