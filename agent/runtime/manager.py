@@ -367,6 +367,12 @@ class Runtime:
                     "model": model, "to": variant, "device": device, "error": str(e),
                     "still_serving": cur.variant if cur else None}})
                 raise LoadError(str(e), data={"model": model, "variant": variant}) from None
+            except BaseException:
+                if h is not None:
+                    h.kill()   # cancelled mid-load (the runtime closing): the worker is nobody's now
+                st.status, st.last_change = ("active" if cur is not None and cur.variant == variant
+                                             else "unloaded"), time.time()
+                raise
             load_ms = info.get("load_ms", 0.0)
             warm_ms = info.get("warmup_ms", 0.0)
             h.variant, h.model, h.device = variant, model, device
