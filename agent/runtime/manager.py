@@ -196,7 +196,7 @@ class Runtime:
                     log.warning("could not pre-spawn a spare worker: %s", e)
                     return
                 if self.closing:
-                    await h.stop()
+                    h.kill()   # never used; no await here that close() could cancel half-way
                     return
                 self._spares.append(h)
 
