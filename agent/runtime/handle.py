@@ -187,14 +187,19 @@ class WorkerHandle:
         h.pid = h.proc.pid
         h._hello = loop.create_future()
         parent.setblocking(False)
-        h._transport, _ = await loop.create_unix_connection(lambda: _Proto(h), sock=parent)
-        h._fd = P.transport_fd(h._transport)
-        h.alive = True
         try:
+            h._transport, _ = await loop.create_unix_connection(lambda: _Proto(h), sock=parent)
+            h._fd = P.transport_fd(h._transport)
+            h.alive = True
             await asyncio.wait_for(asyncio.shield(h._hello), start_timeout)
         except (TimeoutError, WorkerDied) as e:
             h.kill()
             raise WorkerDied(f"worker did not start: {e or 'timeout'}") from None
+        except BaseException:
+            h.kill()   # cancelled mid-start (a runtime closing): nobody else will ever stop this process
+            if h._transport is None:
+                parent.close()
+            raise
         h.start_watch(heartbeat_s, hang_after_s)
         return h
 
@@ -468,7 +473,20 @@ class WorkerHandle:
             except subprocess.TimeoutExpired:
                 pass
             return
-        self._reaper = loop.create_task(self.exited(REAP_S), name=f"reap-worker-{self.pid}")
+        self._reaper = loop.create_task(self._reap(), name=f"reap-worker-{self.pid}")
+
+    async def _reap(self) -> bool:
+        try:
+            return await self.exited(REAP_S)
+        except asyncio.CancelledError:
+            # the loop is shutting down: collect a SIGKILLed process (gone in moments) rather than leave
+            # it unreaped; a bounded wait, on this path only
+            if self.proc is not None:
+                try:
+                    self.proc.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    pass
+            raise
 
     def _close_shm(self) -> None:
         for s in (getattr(self, "shm_in", None), getattr(self, "shm_out", None)):

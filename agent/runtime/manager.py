@@ -196,7 +196,7 @@ class Runtime:
                     log.warning("could not pre-spawn a spare worker: %s", e)
                     return
                 if self.closing:
-                    await h.stop()
+                    h.kill()   # never used; no await here that close() could cancel half-way
                     return
                 self._spares.append(h)
 
@@ -367,6 +367,12 @@ class Runtime:
                     "model": model, "to": variant, "device": device, "error": str(e),
                     "still_serving": cur.variant if cur else None}})
                 raise LoadError(str(e), data={"model": model, "variant": variant}) from None
+            except BaseException:
+                if h is not None:
+                    h.kill()   # cancelled mid-load (the runtime closing): the worker is nobody's now
+                st.status, st.last_change = ("active" if cur is not None and cur.variant == variant
+                                             else "unloaded"), time.time()
+                raise
             load_ms = info.get("load_ms", 0.0)
             warm_ms = info.get("warmup_ms", 0.0)
             h.variant, h.model, h.device = variant, model, device
@@ -732,8 +738,14 @@ class Runtime:
         while any(h.inflight for h in hs) and time.monotonic() < deadline:  # noqa: ASYNC110 - a counter, see above
             await asyncio.sleep(0.01)
         await asyncio.gather(*(h.stop() for h in hs), return_exceptions=True)
-        for t in list(self._tasks):
+        tasks = list(self._tasks) + ([self._spare_task] if self._spare_task is not None else [])
+        for t in tasks:
             t.cancel()
+        # let them unwind here (a spawn cut short kills its worker) rather than after the loop is gone
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for h in self._spares:   # filled by a spawn that finished meanwhile
+            h.kill()
+        self._spares.clear()
 
     def supervising(self) -> bool:
         """Every model that had a worker has a live one or a restart under way (the watchdog's check)."""

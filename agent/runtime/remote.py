@@ -215,6 +215,10 @@ class RemoteSession:
     def get_providers(self) -> list[str]:
         return [f"remote:{self.client.url}/{self.model}"]
 
+    def close(self) -> None:
+        """Close the keep-alive connection (a worker's ends with its process; an in-process caller's here)."""
+        self.client.close()
+
     def run(self, names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         want = names or [o.name for o in self._outputs]
         got = self.client.infer(self.model, feed, want, self.version)
@@ -247,10 +251,14 @@ def open_remote(remote: dict[str, Any]) -> tuple[RemoteSession, dict[str, Any]]:
         meta = client.metadata(model, version)
         if not client.model_ready(model, version):
             raise LoadError(f"{url}: model {model!r} is not ready")
+        inputs, outputs = _args(meta.get("inputs"), "input"), _args(meta.get("outputs"), "output")
     except RemoteUnavailable as e:
+        client.close()
         raise LoadError(f"remote server unreachable: {e.message}") from None
-    sess = RemoteSession(client, model, version, _args(meta.get("inputs"), "input"),
-                         _args(meta.get("outputs"), "output"))
+    except BaseException:
+        client.close()   # refused: nobody else holds the keep-alive connection it opened
+        raise
+    sess = RemoteSession(client, model, version, inputs, outputs)
     where = f"remote:{url}/{model}"
     info = {"device": {"kind": "remote", "provider": where, "vendor": meta.get("platform") or "kserve-v2",
                        "device_id": 0, "label": where},

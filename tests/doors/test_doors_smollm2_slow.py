@@ -38,8 +38,7 @@ def smol(tmp_path_factory):  # type: ignore[no-untyped-def]
 def test_smollm2_answers_paris_through_the_ollama_client_and_tags_follow_the_pin(smol):
     ollama = pytest.importorskip("ollama")
     d, url = smol
-    c = ollama.Client(host=url, timeout=300)
-    with d.client(timeout=300) as ipc:
+    with ollama.Client(host=url, timeout=300) as c, d.client(timeout=300) as ipc:
         ipc.pin("smollm2", "fp32")
         r = c.chat(model="smollm2", messages=CHAT, options={"num_predict": 16})
         assert "Paris" in r.message.content and r.model == "smollm2:fp32"

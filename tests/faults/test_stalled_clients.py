@@ -50,9 +50,10 @@ def test_the_limit_error_says_how_many_are_open_and_since_when(daemon):
             c = Client(daemon.socket, timeout=10)
             c.hold("power-saver", "test")
             held.append(c)
-        with pytest.raises(Busy, match=r"too many connections from uid \d+: 16 open \(limit 16\), "
-                                       r"the oldest since \d{4}-\d\d-\d\dT[\d:]+Z .*none of them is idle") as ei:
-            Client(daemon.socket, timeout=10).status()
+        with Client(daemon.socket, timeout=10) as extra, \
+                pytest.raises(Busy, match=r"too many connections from uid \d+: 16 open \(limit 16\), "
+                                          r"the oldest since \d{4}-\d\d-\d\dT[\d:]+Z .*none of them is idle") as ei:
+            extra.status()
         assert ei.value.data["open"] == 16 and ei.value.data["oldest_since"] <= time.time()
     finally:
         for c in held:

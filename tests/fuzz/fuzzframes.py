@@ -250,7 +250,11 @@ class Counts:
 
 def _connect(path: str, timeout: float) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(path)
+    try:
+        s.connect(path)
+    except OSError:
+        s.close()
+        raise
     s.settimeout(timeout)
     return s
 

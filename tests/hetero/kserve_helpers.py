@@ -73,4 +73,5 @@ def start_kserve(models: dict[str, Path], log: Path, python: str | None = None, 
             pass
         time.sleep(0.3)
     proc.kill()
+    proc.wait(10)
     raise AssertionError("kserve server did not become ready:\n" + log.read_text(errors="replace")[-3000:])

@@ -32,10 +32,6 @@ def gpu() -> D.Device:
     return D.select("gpu", devs)
 
 
-def _run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.new_event_loop().run_until_complete(coro)
-
-
 def _infer(rt: Runtime, x: np.ndarray):  # type: ignore[no-untyped-def]
     descs, bufs = P.tensor_descs({"x": x})
     return rt.infer("mlp", descs, memoryview(b"".join(bytes(b) for b in bufs)))
@@ -81,7 +77,7 @@ def test_tensor_variant_loads_and_infers_on_the_gpu_and_reports_its_provider(gpu
         finally:
             await rt.close()
 
-    _run(go())
+    asyncio.run(go())
 
 
 def test_swapping_cpu_and_gpu_under_load_loses_no_request(gpu, tensor_zoo):
@@ -115,7 +111,7 @@ def test_swapping_cpu_and_gpu_under_load_loses_no_request(gpu, tensor_zoo):
             await rt.close()
         assert failures == [] and {"cpu", "gpu"} <= set(devices)
 
-    _run(go())
+    asyncio.run(go())
 
 
 def test_gpu_memory_is_returned_when_the_gpu_variant_is_unloaded(gpu, tensor_zoo):
@@ -141,7 +137,7 @@ def test_gpu_memory_is_returned_when_the_gpu_variant_is_unloaded(gpu, tensor_zoo
         finally:
             await rt.close()
 
-    _run(go())
+    asyncio.run(go())
 
 
 def test_llm_worker_generates_on_the_gpu(gpu, tmp_path: Path):
@@ -163,7 +159,7 @@ def test_llm_worker_generates_on_the_gpu(gpu, tmp_path: Path):
         finally:
             await rt.close()
 
-    _run(go())
+    asyncio.run(go())
 
 
 def test_cpu_and_gpu_workers_serve_side_by_side_threads(gpu, tensor_zoo):
@@ -183,7 +179,7 @@ def test_cpu_and_gpu_workers_serve_side_by_side_threads(gpu, tensor_zoo):
             finally:
                 await rt.close()
         try:
-            _run(go())
+            asyncio.run(go())
         except Exception as e:  # noqa: BLE001 - every failure counts
             errors.append(repr(e))
 

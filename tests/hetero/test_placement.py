@@ -17,10 +17,6 @@ from agent.runtime.session import open_session
 from agent.zoo.manifest import load_zoo
 
 
-def _run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.new_event_loop().run_until_complete(coro)
-
-
 def _ran_on(path: Path) -> list[str]:
     """The providers ONNX Runtime assigned nodes to, read from a session of our own."""
     import onnxruntime as ort
@@ -73,7 +69,7 @@ def test_swap_to_a_device_that_was_not_discovered_is_refused_with_the_list_and_c
         finally:
             await rt.close()
 
-    _run(go())
+    asyncio.run(go())
 
 
 def test_reported_providers_equal_the_providers_that_ran_the_nodes(tensor_zoo):
@@ -99,7 +95,7 @@ def test_reported_providers_equal_the_providers_that_ran_the_nodes(tensor_zoo):
         finally:
             await rt.close()
 
-    _run(go())
+    asyncio.run(go())
 
 
 def test_open_session_refuses_an_absent_device_naming_what_exists(tensor_zoo):

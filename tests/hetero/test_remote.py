@@ -7,11 +7,13 @@ wraps onnxruntime (tests/hetero/kserve_onnx.py), started by the test in its own 
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import onnxruntime as ort
@@ -27,10 +29,6 @@ from tests.conftest import start_daemon
 from tests.hetero.kserve_helpers import free_port, start_kserve
 
 
-def _run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.new_event_loop().run_until_complete(coro)
-
-
 def _local(zoo: Path, x: np.ndarray) -> np.ndarray:
     s = ort.InferenceSession(str(zoo / "mlp" / "fp32.onnx"), providers=["CPUExecutionProvider"])
     return s.run(None, {"x": x})[0]
@@ -38,16 +36,22 @@ def _local(zoo: Path, x: np.ndarray) -> np.ndarray:
 
 def test_client_speaks_kserve_v2_binary_tensors_and_matches_local_onnxruntime(kserve, tensor_zoo):
     c = KServeClient(kserve.url)
-    assert c.ready() and c.model_ready("mlp")
-    meta = c.metadata("mlp")
-    assert meta["inputs"][0]["name"] == "x" and meta["inputs"][0]["datatype"] == "FP32"
-    x = np.random.default_rng(0).standard_normal((3, 256)).astype(np.float32)
-    y = c.infer("mlp", {"x": x}, ["y"])["y"]
-    np.testing.assert_allclose(y, _local(tensor_zoo, x), rtol=1e-5, atol=1e-5)
-    assert c.bytes_sent > x.nbytes and c.bytes_received > y.nbytes
+    try:
+        assert c.ready() and c.model_ready("mlp")
+        meta = c.metadata("mlp")
+        assert meta["inputs"][0]["name"] == "x" and meta["inputs"][0]["datatype"] == "FP32"
+        x = np.random.default_rng(0).standard_normal((3, 256)).astype(np.float32)
+        y = c.infer("mlp", {"x": x}, ["y"])["y"]
+        np.testing.assert_allclose(y, _local(tensor_zoo, x), rtol=1e-5, atol=1e-5)
+        assert c.bytes_sent > x.nbytes and c.bytes_received > y.nbytes
+    finally:
+        c.close()
     sess, info = open_remote({"endpoint": kserve.url, "model": "mlp"})
-    assert [i.name for i in sess.get_inputs()] == ["x"] and info["device"]["kind"] == "remote"
-    assert info["providers"] == [f"remote:{kserve.url}/mlp"]
+    try:
+        assert [i.name for i in sess.get_inputs()] == ["x"] and info["device"]["kind"] == "remote"
+        assert info["providers"] == [f"remote:{kserve.url}/mlp"]
+    finally:
+        sess.close()
     with pytest.raises(LoadError, match="not served there"):
         open_remote({"endpoint": kserve.url, "model": "nosuchmodel"})
 
@@ -62,6 +66,41 @@ def test_an_unreachable_or_malformed_endpoint_is_a_clear_error():
         with pytest.raises(LoadError):
             KServeClient(bad)
     assert probe(url, "mlp", 0.5)[0] is False
+
+
+class _HalfServer(http.server.BaseHTTPRequestHandler):
+    """Ready, but serves no model: every refusal path of open_remote after it has connected."""
+
+    protocol_version = "HTTP/1.1"   # keep-alive: the connection stays open until the client closes it
+    closed: ClassVar[threading.Event]
+
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/v2/health/ready" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def finish(self) -> None:
+        super().finish()
+        type(self).closed.set()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_refused_open_remote_closes_the_connection_it_opened():
+    """The LoadError's traceback keeps open_remote's frame (and its client) alive: the server sees the
+    connection end only if open_remote closed it itself."""
+    _HalfServer.closed = threading.Event()
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HalfServer)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(LoadError, match="not served there") as e:
+            open_remote({"endpoint": f"http://127.0.0.1:{srv.server_address[1]}", "model": "mlp"})
+        assert _HalfServer.closed.wait(10), "open_remote left its connection open"
+        assert e.value is not None   # still alive here, with its traceback
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def test_remote_variant_is_measured_from_here_network_included(kserve, tensor_zoo):
@@ -133,7 +172,7 @@ def test_runtime_fails_over_to_the_local_variant_when_the_server_dies_under_load
             await rt.close()
 
     with caplog.at_level("INFO", logger="agent.swap"):
-        _run(go())
+        asyncio.run(go())
     failovers = [e for e in events if e["event"] == "swap" and e["reason"].get("why") == "failover"]
     assert len(failovers) == 1 and failovers[0]["from"] == "remote" and failovers[0]["to"] == "fp32"
     assert failovers[0]["reason"]["error"]
@@ -307,7 +346,7 @@ def test_a_probe_that_finds_the_server_gone_fails_over_before_any_request_meets_
         finally:
             await rt.close()
 
-    _run(go())
+    asyncio.run(go())
     fo = [e for e in events if e["event"] == "swap" and e["reason"].get("why") == "failover"]
     assert len(fo) == 1 and fo[0]["reason"]["error"].startswith("probe: ")
     assert any(e["event"] == "remote_unreachable" for e in events)

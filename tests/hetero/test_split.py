@@ -28,10 +28,6 @@ from agent.zoo.build.split import build_split, cut_candidates
 from agent.zoo.manifest import load_manifest, load_zoo, save_manifest
 
 
-def _run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.new_event_loop().run_until_complete(coro)
-
-
 def _infer(rt: Runtime, x: np.ndarray):  # type: ignore[no-untyped-def]
     descs, bufs = P.tensor_descs({"x": x})
     return rt.infer("mlp", descs, memoryview(b"".join(bytes(b) for b in bufs)))
@@ -93,7 +89,7 @@ def test_split_served_by_the_runtime_matches_the_unsplit_model_and_reports_each_
         finally:
             await rt.close()
 
-    _run(go())
+    asyncio.run(go())
 
 
 def test_the_policy_can_choose_the_split_row(split_zoo):

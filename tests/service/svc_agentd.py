@@ -82,6 +82,7 @@ def start_agentd(workdir: Path, zoo: Path, notify: NotifySocket, *, activate: bo
             connect_when_listening(str(sock), timeout=60).close()
     except (AssertionError, OSError):
         proc.kill()
+        proc.wait(10)
         raise
     return Agentd(proc, sock, notify, log)
 

@@ -188,8 +188,8 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(
     assert a.proc.wait(30) == 0, a.log_text()
     assert '"drained":true' in a.log_text()
     # it stopped accepting: nobody listens on the path any more
-    with pytest.raises(OSError):
-        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).connect(str(a.socket_path))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s, pytest.raises(OSError):
+        s.connect(str(a.socket_path))
 
 
 def test_second_sigterm_forces_exit(

@@ -78,8 +78,9 @@ def test_connections_over_the_per_uid_limit_are_refused_with_busy(limited_agentd
     held = [_settled_client(limited_agentd) for _ in range(6)]
     for c in held:   # a connection holding a profile is in use, never closed as idle
         c.hold("power-saver", "limit test")
-    with pytest.raises(Busy, match=r"too many connections .*6 open"):
-        Client(limited_agentd.socket_path, timeout=10).status()
+    with Client(limited_agentd.socket_path, timeout=10) as extra, \
+            pytest.raises(Busy, match=r"too many connections .*6 open"):
+        extra.status()
     held.pop().close()
     with _settled_client(limited_agentd) as c:  # the freed slot is usable again
         assert c.status()["models"]["mlp"]["active"] is not None

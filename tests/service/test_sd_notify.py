@@ -197,16 +197,16 @@ def test_unix_listener_takes_the_socket_passed_by_systemd(tmp_path: Path) -> Non
 
     proc, sock_path = _activate(tmp_path, "agent")
     try:
-        c = connect_when_listening(str(sock_path))
-        c.settimeout(30)
-        data = b""
-        while chunk := c.recv(4096):
-            data += chunk
+        with connect_when_listening(str(sock_path)) as c:
+            c.settimeout(30)
+            data = b""
+            while chunk := c.recv(4096):
+                data += chunk
         info = json.loads(data)
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.wait(timeout=10)
+        proc.communicate(timeout=10)   # reaps it and closes its stdout/stderr pipes
     assert info == {"fds": [[3, "agent"]], "env_left": False, "inheritable": [False], "listener": True}
 
 

@@ -69,3 +69,24 @@ def test_a_lost_connection_does_not_wait_for_a_worker_that_is_still_running():
                 h.proc.wait(10)
             await other.stop()
     _run(go())
+
+
+def test_a_spawn_cancelled_before_the_worker_said_hello_kills_that_worker():
+    """A runtime closing cancels its spare-worker task, perhaps mid-spawn: the half-started worker must
+    not be left running (nor its channel open) with nobody holding its handle."""
+    import psutil
+
+    async def go() -> None:
+        me = psutil.Process()
+        before = {p.pid for p in me.children()}
+        t = asyncio.ensure_future(WorkerHandle.spawn())
+        await _until(lambda: {p.pid for p in me.children()} - before != set())  # started, no hello yet
+        new = [psutil.Process(pid) for pid in {p.pid for p in me.children()} - before]
+        assert not t.done()
+        t.cancel()
+        await asyncio.gather(t, return_exceptions=True)
+
+        def gone() -> bool:
+            return all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in new)
+        await _until(gone, within_s=30)
+    _run(go())

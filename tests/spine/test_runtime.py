@@ -97,3 +97,31 @@ def test_swap_reports_assignment_of_nodes_to_providers(tensor_zoo):
     (ev,) = [e for e in events if e["event"] == "swap"]
     assert ev["assignment"].get("CPUExecutionProvider", 0) > 0
     assert ev["reason"] == {"why": "test"} and ev["to"] == "int8" and ev["from"] is None
+
+
+def test_close_while_a_spare_worker_is_starting_leaves_no_worker_running(tensor_zoo):
+    """A swap takes the pre-spawned spare and starts its replacement; closing right away cancels that
+    start, which must still end the half-started worker. (When the replacement's start already finished
+    before close(), this passes either way; test_handle_reaping checks the cancelled spawn itself.)"""
+    import time
+
+    import psutil
+
+    models, _ = load_zoo(tensor_zoo)
+    me = psutil.Process()
+
+    async def go() -> None:
+        before = {p.pid for p in me.children()}
+        rt = Runtime(models, spare_workers=1)
+        try:
+            await rt.start({"mlp": ("fp32", "cpu")})
+            await rt.swap("mlp", "int8", "cpu")
+        finally:
+            await rt.close()
+        left = [p for p in me.children() if p.pid not in before]
+        end = time.monotonic() + 30
+        while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in left):
+            assert time.monotonic() < end, [(p.pid, p.cmdline()) for p in left if p.is_running()]
+            await asyncio.sleep(0.05)
+
+    asyncio.run(go())

@@ -55,7 +55,7 @@ def add_remote(zoo: Path, model: str, *, endpoint: str, remote_model: str, versi
     remote = Remote(endpoint, remote_model, version, timeout_s)
     spec = {"endpoint": endpoint, "model": remote_model, "version": version, "timeout_s": timeout_s}
     sess, _ = open_remote(spec)          # LoadError when unreachable or not served
-    sess.client.close()
+    sess.close()
     for what, mine, got in (("inputs", m.inputs, sess.get_inputs()), ("outputs", m.outputs, sess.get_outputs())):
         theirs = tuple(TensorSpec(a.name, _np_name(a.type), tuple(d if d is not None else f"dim{i}"
                                                                   for i, d in enumerate(a.shape)))
