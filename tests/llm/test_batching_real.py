@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.llm.test_batching import together
+from tests.llm.test_llm_batching import together
 from tests.llm.test_greedy_cache_real import _variants
 
 pytestmark = pytest.mark.slow
