@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.llm.test_llm_batching import together
 from tests.llm.test_greedy_cache_real import _variants
+from tests.llm.test_llm_batching import together
 
 pytestmark = pytest.mark.slow
 
