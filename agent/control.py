@@ -31,7 +31,7 @@ from agent.errors import AgentError, DeadlineInfeasible, InvalidParams
 from agent.policy.costs import compute_state
 from agent.policy.decide import Decision
 from agent.policy.engine import PolicyEngine
-from agent.policy.model import Demand
+from agent.policy.model import DEMAND_WINDOW_S, Demand
 from agent.policy.table import VariantRow, table_from_manifests
 from agent.runtime.manager import Runtime
 from agent.sensors.energy import EnergyAccountant, EnergyReading
@@ -93,7 +93,7 @@ class DemandBook:
     tightest deadline, the strictest quality floor, the highest priority, the most tokens, and the request
     rate over the window (what decide() prices a swap against)."""
 
-    def __init__(self, window_s: float = 30.0, clock: Any = time.monotonic) -> None:
+    def __init__(self, window_s: float = DEMAND_WINDOW_S, clock: Any = time.monotonic) -> None:
         self.window_s, self.clock = window_s, clock
         self._recent: dict[str, deque[tuple[float, QoS, int | None]]] = defaultdict(deque)
 

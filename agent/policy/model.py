@@ -61,6 +61,11 @@ class Constraints:
         }
 
 
+# How far back the live demand looks (the daemon's DemandBook) and the window a simulated request file's
+# rate is counted over, so decide() sees the same rate in both.
+DEMAND_WINDOW_S = 30.0
+
+
 @dataclass(frozen=True)
 class Demand:
     """What the live requests of one model ask for (aggregated by the controller; a workload in the

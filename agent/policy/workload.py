@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import InvalidParams
-from agent.policy.model import Demand
+from agent.policy.model import DEMAND_WINDOW_S, Demand
 
 _RATE = re.compile(r"^rate=([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)/(s|min|h)$")
 _PER = {"s": 1.0, "min": 60.0, "h": 3600.0}
 DEFAULT_TOKENS = 32
-RATE_WINDOW_S = 30.0   # the daemon's DemandBook window
 _QOS = {"deadline_ms": (1e-3, 1e9), "min_quality": (0.0, 1.0), "tokens": (1, 1e6), "priority": (-1e6, 1e6)}
 
 
@@ -38,8 +37,9 @@ class Workload:
 
     def demand(self, model: str, t: float | None = None) -> Demand:
         """What every request for ``model`` asks (model-specific keys override the general ones), with the
-        request rate: a rate workload's own; a file's, the requests of the :data:`RATE_WINDOW_S` before
-        ``t`` (as the daemon's DemandBook counts them), none when ``t`` is not given."""
+        request rate: a rate workload's own; a file's, the requests of the
+        :data:`~agent.policy.model.DEMAND_WINDOW_S` before ``t`` (as the daemon's DemandBook counts them),
+        none when ``t`` is not given."""
         vals: dict[str, float] = {}
         for scope in ("", model):
             for m, k, v in self.qos:
@@ -47,7 +47,7 @@ class Workload:
                     vals[k] = v
         rate = self.rate_per_s
         if rate is None and t is not None:
-            rate = self.count(t - RATE_WINDOW_S, t) / RATE_WINDOW_S
+            rate = self.count(t - DEMAND_WINDOW_S, t) / DEMAND_WINDOW_S
         return Demand(deadline_ms=vals.get("deadline_ms"), min_quality=vals.get("min_quality"),
                       priority=int(vals.get("priority", 0)), tokens=int(vals.get("tokens", DEFAULT_TOKENS)),
                       rate_per_s=rate)
