@@ -5,11 +5,24 @@ Needs the ``build`` extra (onnx). Nothing here runs at import time.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+async def until(pred: Callable[[], bool], within_s: float = 5.0, step_s: float = 0.002) -> None:
+    """Poll ``pred`` on the event loop until it holds; AssertionError after ``within_s`` (a bound on a
+    wait, not a timing assertion)."""
+    end = time.monotonic() + within_s
+    while not pred():
+        if time.monotonic() >= end:
+            raise AssertionError(f"condition not met within {within_s:g} s")
+        await asyncio.sleep(step_s)
 
 
 def make_mlp(path: Path, in_features: int = 256, hidden: int = 512, out_features: int = 64, seed: int = 0) -> Path:

@@ -15,6 +15,7 @@ from agent.errors import LoadError, WorkerDied
 from agent.ipc import protocol as P
 from agent.runtime.backends.fake import PROVIDER, fake_spawner
 from agent.runtime.manager import Runtime
+from agent.testing import until as _until
 from agent.zoo.manifest import Manifest, TensorSpec, Variant
 
 SCALE = {"fp32": 1.0, "int8": 2.0}   # the fake's output is scale x the input's row sum: it names the variant
@@ -37,14 +38,6 @@ def _runtime(tmp_path: Path, events: list[dict[str, Any]] | None = None, **fake:
 async def _infer(rt: Runtime, value: float) -> Any:
     descs, bufs = P.tensor_descs({"x": np.full((1, 4), value, np.float32)})
     return await rt.infer("m", descs, memoryview(bytes(bufs[0])), deadline_s=10)
-
-
-async def _until(cond: Any) -> None:
-    for _ in range(2500):   # at most ~5 s: a bound, not a timing assertion
-        if cond():
-            return
-        await asyncio.sleep(0.002)
-    raise AssertionError("condition never became true")
 
 
 def _y(r: Any) -> np.ndarray:

@@ -8,23 +8,19 @@ gave up after a blocking 0.5 s wait and never reaped (connection lost), and both
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
-import time
 from typing import Any
 
 from agent.runtime.handle import WorkerHandle
+from agent.testing import until
+
+_until = functools.partial(until, within_s=60.0, step_s=0.02)
 
 
 def _run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-async def _until(pred: Any, within_s: float = 60.0) -> None:
-    end = time.monotonic() + within_s
-    while not pred():
-        assert time.monotonic() < end, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def test_kill_returns_at_once_and_the_process_is_reaped_in_the_background():
