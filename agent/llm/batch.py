@@ -165,10 +165,14 @@ class Batcher:
                     if not s.left.is_set():
                         s.q.put(err)
                         s.left.set()
-                self._rows, self._pool, self._binding, self._views = [], [], None, []
+                self._reset()
         for s in dropped:
             s.q.put(WorkerError("the engine was closed during the generation"))
             s.left.set()
+        self._reset()
+
+    def _reset(self) -> None:
+        """No stream, no batch buffer, no binding."""
         self._rows, self._pool, self._binding, self._views = [], [], None, []
 
     def _turn(self, joiners: list[Stream]) -> None:
@@ -266,7 +270,7 @@ class Batcher:
         new_t = max(new_t, self.dec.min_capacity)
         shape = (new_rows, self.dec.kv_heads, new_t, self.dec.head_dim)
         new = [np.zeros(shape, np.float32) for _ in self.dec.past_names]
-        live = [s for s in self._rows]
+        live = list(self._rows)
         if live and self._pool:
             m = max(s.length for s in live)
             for dst, src in zip(new, self._pool, strict=True):
