@@ -241,12 +241,15 @@ def prefix_cache_ttft(client: Any, model: str, reps: int = 3, chars: int = 1200)
 def speculative(targets: dict[str, Path], draft: Path, tok: Path, table: dict[str, Any], threads: int,
                 prompts: list[str], n: int, k: int, rounds: int, min_p: float = 0.0) -> dict[str, Any]:
     from agent.llm.engine import LLMEngine
+    from agent.llm.speculative import SESSION_CONFIG
 
     out: dict[str, Any] = {}
     for name, path in targets.items():
         plain = LLMEngine(path, tok, table, threads=threads, prefix_cache_bytes=0)
-        spec = LLMEngine(path, tok, table, threads=threads, prefix_cache_bytes=0)
-        spec.set_draft(LLMEngine(draft, tok, table, threads=threads, prefix_cache_bytes=0), k, min_p)
+        # the session config agentd's worker uses for a variant served with a draft
+        spec = LLMEngine(path, tok, table, threads=threads, prefix_cache_bytes=0, session_options=SESSION_CONFIG)
+        spec.set_draft(LLMEngine(draft, tok, table, threads=threads, prefix_cache_bytes=0,
+                                 session_options=SESSION_CONFIG), k, min_p)
         rows: dict[str, list[float | None]] = {"plain": [], "spec": [], "ratio": []}
         same = total = 0
         for _ in range(rounds):

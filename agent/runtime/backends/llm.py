@@ -74,12 +74,15 @@ class LLMBackend:
         device = str(params.get("device") or "cpu")
         threads = int(params.get("threads") or os.cpu_count() or 1)
         max_batch = int(params.get("llm_max_batch", 1) or 1)
-        engine, opened = self._engine(LLMEngine, path, tok_path, llm, device, threads, params.get("sha256"),
-                                      int(params.get("prefix_cache_bytes", 64 << 20)), max_batch)
         draft = params.get("draft")
+        config = LLM_SESSION_CONFIG
+        if draft:   # two sessions take turns: neither may spin on after its run (see speculative.py)
+            from agent.llm.speculative import SESSION_CONFIG as config
+        engine, opened = self._engine(LLMEngine, path, tok_path, llm, device, threads, params.get("sha256"),
+                                      int(params.get("prefix_cache_bytes", 64 << 20)), max_batch, config)
         if draft:
             d, _ = self._engine(LLMEngine, Path(draft["path"]), tok_path, llm, device, threads, draft.get("sha256"),
-                                0, 1)
+                                0, 1, config)
             engine.set_draft(d, int(draft.get("k", 4)), float(draft.get("min_p", 0.0)))
         if int(params.get("warmup_runs", 3)):  # warm up: one short greedy generation
             for _ in engine.generate("Hello", {"max_tokens": 2}):
@@ -94,11 +97,13 @@ class LLMBackend:
 
     @staticmethod
     def _engine(cls: Any, path: Path, tok_path: Path, llm: dict[str, Any], device: str, threads: int,
-                sha256: str | None, prefix_cache_bytes: int, max_batch: int) -> tuple[Any, dict[str, Any]]:
-        """An engine on a session opened on ``device``, and what that session really got."""
+                sha256: str | None, prefix_cache_bytes: int, max_batch: int,
+                config: Mapping[str, str]) -> tuple[Any, dict[str, Any]]:
+        """An engine on a session opened on ``device`` with ORT session ``config``, and what that session
+        really got."""
         from agent.runtime.session import open_session
 
-        sess, info = open_session(path, device, threads=threads, sha256=sha256, session_config=LLM_SESSION_CONFIG)
+        sess, info = open_session(path, device, threads=threads, sha256=sha256, session_config=dict(config))
         engine = cls(path, tok_path, llm, threads=threads, prefix_cache_bytes=prefix_cache_bytes, session=sess,
                      max_batch=max_batch)
         engine.load_ms = info["load_ms"]
