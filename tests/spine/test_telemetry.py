@@ -89,3 +89,27 @@ def test_a_flush_that_fails_keeps_its_rows_for_the_next_one(tmp_path):
     finally:
         blocker.close()
         t.close()
+
+
+def test_rows_with_different_and_new_columns_keep_every_value_in_its_column(tmp_path):
+    import numpy as np
+
+    t = Telemetry(tmp_path / "t.db", flush_s=60)
+    try:
+        t.record("requests", {"model": "a", "latency_ms": 1.5, "ok": True})
+        t.flush()
+        # a later batch: a column the table lacks, a row without some columns, odd values
+        t.record("requests", {"model": "b", "ok": False, "error": "Timeout", 'odd "name"': 3})
+        t.record("requests", {"latency_ms": np.float32(2.25), "batch": np.int64(4), "ok": np.bool_(True),
+                              "reason": {"why": ["x", 1]}, "model": "c"})
+        t.record("requests", {"model": "d", "when": object.__new__(type("Stamp", (), {"__str__": lambda s: "S"}))})
+        t.flush()
+        rows = {r["model"]: r for r in t.history(60, ["requests"])["requests"]}
+    finally:
+        t.close()
+    assert rows["a"]["latency_ms"] == 1.5 and rows["a"]["error"] is None
+    assert rows["b"]["ok"] == 0 and rows["b"]["error"] == "Timeout" and rows["b"]['odd "name"'] == 3
+    assert rows["b"]["latency_ms"] is None
+    assert rows["c"]["latency_ms"] == 2.25 and rows["c"]["batch"] == 4 and rows["c"]["ok"] == 1
+    assert rows["c"]["reason"] == '{"why": ["x", 1]}'
+    assert rows["d"]["when"] == "S"
