@@ -14,8 +14,9 @@ back to back, each with ``deadline_ms``:
 * ``policy``: unpinned; the live sensors read the cgroup's quota (``cpu.quota_cores``), decide() reads the
   measured cost curves at that compute state, and the runtime swaps.
 
-Every request is classified met / late / refused (``DeadlineInfeasible``: no loaded variant could make it,
-said at once) / failed (any other error); the policy arm's swaps come from telemetry with their reasons.
+Every request is classified met / late (also a ``Timeout``: the daemon cut it off at its deadline) /
+refused (``DeadlineInfeasible``: no loaded variant could make it, said at once) / failed (any other error);
+the policy arm's swaps come from telemetry with their reasons.
 The result (JSON) has per arm and per phase counts, the miss rates, and the swaps.
 """
 
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cpulimit import CpuLimiter, make_limiter
-from agent.errors import AgentError, CpuLimitError, DeadlineInfeasible, exit_code
+from agent.errors import AgentError, CpuLimitError, DeadlineInfeasible, Timeout, exit_code
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY = REPO / "policies" / "quality-first.toml"
@@ -79,6 +80,24 @@ def _why(reason: Any) -> Any:
     return r.get("explanation", r) if isinstance(r, dict) else r
 
 
+def error_outcome(e: AgentError) -> str:
+    """How a request that raised ``e`` counts: ``refused`` (DeadlineInfeasible: no loaded variant could make
+    the deadline, said at once), ``late`` (Timeout: the daemon cut the generation off when its deadline
+    passed, i.e. it missed the deadline), else ``failed``."""
+    if isinstance(e, DeadlineInfeasible):
+        return "refused"
+    if isinstance(e, Timeout):
+        return "late"
+    return "failed"
+
+
+def spawn_logged(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` with stdout and stderr to ``log_path``; the child keeps its copy of the file, ours is
+    closed here (left open, it leaked for the life of the harness: a ResourceWarning, an error under pytest)."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
 def start_agentd(lim: CpuLimiter, zoo: Path, workdir: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
     if not lim.kind.startswith("cgroup"):
         raise CpuLimitError(f"a live throttle needs a writable cgroup; only {lim.describe()} is available")
@@ -88,8 +107,7 @@ def start_agentd(lim: CpuLimiter, zoo: Path, workdir: Path, extra: list[str]) ->
            "--state-dir", str(workdir / "state"), "--policy", str(POLICY), "--sample-interval", "0.5", *extra]
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    log = open(workdir / "agentd.log", "wb")
-    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    p = spawn_logged(cmd, env, workdir / "agentd.log")
     from agent.client import wait_for_socket
 
     wait_for_socket(sock, timeout=120)
@@ -117,11 +135,9 @@ def run_arm(name: str, sock: Path, lim: CpuLimiter, model: str, schedule: list[t
                     rec.update(variant=final.variant, latency_ms=round(ms, 1),
                                tokens=(final.usage or {}).get("completion_tokens"),
                                outcome="met" if ms <= deadline_ms else "late")
-                except DeadlineInfeasible as e:
-                    rec.update(outcome="refused", error=str(e), latency_ms=round((time.perf_counter() - t0) * 1000, 1))
-                    time.sleep(0.2)
                 except AgentError as e:
-                    rec.update(outcome="failed", error=f"{type(e).__name__}: {e}")
+                    rec.update(outcome=error_outcome(e), error=f"{type(e).__name__}: {e}",
+                               latency_ms=round((time.perf_counter() - t0) * 1000, 1))
                     time.sleep(0.2)
                 arm.requests.append(rec)
 
@@ -144,23 +160,37 @@ def run_arm(name: str, sock: Path, lim: CpuLimiter, model: str, schedule: list[t
 
 
 def pick_deadline(zoo: Path, model: str, tokens: int, quota_cores: float, slack: float = 1.25) -> float:
-    """A deadline the reference (fp32) meets at full CPU with ``slack``, from the zoo's measured figures at
-    that state: the p95 request latency of fp32 at compute 1.0 x slack. Raises if the fastest variant could
-    not meet it at the throttled quota either (then no deadline separates static fp32 from the policy)."""
+    """The deadline both arms run under, from the zoo's measured rows (see :func:`deadline_from_rows`)."""
     from agent.policy.cli import zoo_table
-    from agent.policy.costs import NOMINAL, ComputeState
 
     rows = [r for r in zoo_table(zoo)[0] if r.model == model]
+    return deadline_from_rows(rows, tokens, quota_cores, float(os.cpu_count() or 1), slack)
+
+
+def deadline_from_rows(rows: list[Any], tokens: int, quota_cores: float, ncpu: float, slack: float = 1.25) -> float:
+    """A deadline that separates static fp32 from the policy, from the measured request latencies (p95 at
+    ``tokens``): fp32 meets it at full CPU with ``slack`` (fp32's full-CPU p95 x slack) and the fastest
+    variant meets it at the cut quota with the same slack (its p95 there x slack), whichever is larger; fp32's
+    typical (p50) request at the cut must still miss it. Raises CpuLimitError when no such deadline exists
+    (then the cut does not separate the arms)."""
+    from agent.policy.costs import NOMINAL, ComputeState
+
     ref = next((r for r in rows if r.variant == "fp32"), None)
     if ref is None:
-        raise CpuLimitError(f"{zoo}: model {model!r} has no measured fp32 row")
-    d = float(ref.at(NOMINAL).request_ms(tokens) or 0.0) * slack
-    c = quota_cores / float(os.cpu_count() or 1)
-    fastest = min(float(r.at(ComputeState(c, 0.0, c, 1.0)).request_ms(tokens) or 1e18) for r in rows)
-    if fastest > d:
-        raise CpuLimitError(f"no deadline separates the arms: fp32 needs {d / slack:.0f} ms at full CPU, the "
-                            f"fastest variant {fastest:.0f} ms at {quota_cores:g} cores")
-    return round(d, -1)
+        raise CpuLimitError(f"model {rows[0].model if rows else '?'!r} has no measured fp32 row")
+    full = float(ref.at(NOMINAL).request_ms(tokens) or 0.0)
+    c = quota_cores / ncpu
+    cut = ComputeState(c, 0.0, c, 1.0)
+    fastest = min(rows, key=lambda r: float(r.at(cut).request_ms(tokens) or 1e18))
+    fastest_ms = float(fastest.at(cut).request_ms(tokens) or 1e18)
+    ref_cut_p50 = float(ref.at(cut).request_ms(tokens, 50) or 0.0)
+    d = round(max(full, fastest_ms) * slack, -1)
+    if not (fastest_ms < d < ref_cut_p50):
+        raise CpuLimitError(f"no deadline separates the arms: fp32 needs {full:.0f} ms at full CPU and "
+                            f"{ref_cut_p50:.0f} ms (p50) at {quota_cores:g} cores, the fastest variant "
+                            f"({fastest.variant}) {fastest_ms:.0f} ms at {quota_cores:g} cores; "
+                            f"x {slack:g} = {d:.0f} ms")
+    return d
 
 
 def run(zoo: Path, model: str = "smollm2", deadline_ms: float | None = None, tokens: int = 16, phase_s: float = 40.0,
@@ -169,7 +199,8 @@ def run(zoo: Path, model: str = "smollm2", deadline_ms: float | None = None, tok
     workdir = workdir or Path(tempfile.mkdtemp(prefix="throttle-"))
     if deadline_ms is None:
         deadline_ms = pick_deadline(zoo, model, tokens, quota_cores)
-        log(f"deadline {deadline_ms:g} ms (fp32's measured p95 request latency at full CPU x 1.25)")
+        log(f"deadline {deadline_ms:g} ms (measured p95 request latency x 1.25: the larger of fp32 at full CPU "
+            f"and the fastest variant at {quota_cores:g} cores)")
     lim = make_limiter(f"agentd-throttle-{os.getpid()}", prefer=mechanism)
     proc = None
     try:
@@ -211,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m agent.throttle", description=__doc__.split("\n")[0])
     ap.add_argument("--zoo", type=Path, required=True)
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--deadline-ms", type=float, help="default: fp32's measured p95 request latency at full CPU x 1.25")
+    ap.add_argument("--deadline-ms", type=float,
+                    help="default: x 1.25 the larger measured p95 request latency of fp32 at full CPU and of the "
+                         "fastest variant at --quota-cores")
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--phase-s", type=float, default=40.0)
     ap.add_argument("--quota-cores", type=float, default=0.5)
