@@ -195,7 +195,8 @@ def deadline_from_rows(rows: list[Any], tokens: int, quota_cores: float, ncpu: f
 
 def run(zoo: Path, model: str = "smollm2", deadline_ms: float | None = None, tokens: int = 16, phase_s: float = 40.0,
         quota_cores: float = 0.5, prompt: str = "Tell me a long story about a robot who learns to paint.",
-        workdir: Path | None = None, mechanism: str | None = None, log: Any = print) -> dict[str, Any]:
+        workdir: Path | None = None, mechanism: str | None = None, log: Any = print,
+        spare_workers: int = 0) -> dict[str, Any]:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="throttle-"))
     if deadline_ms is None:
         deadline_ms = pick_deadline(zoo, model, tokens, quota_cores)
@@ -204,7 +205,7 @@ def run(zoo: Path, model: str = "smollm2", deadline_ms: float | None = None, tok
     lim = make_limiter(f"agentd-throttle-{os.getpid()}", prefer=mechanism)
     proc = None
     try:
-        proc, sock = start_agentd(lim, zoo, workdir, ["--spare-workers", "0"])
+        proc, sock = start_agentd(lim, zoo, workdir, ["--spare-workers", str(spare_workers)])
         # the quota falls in steps, as a thermal governor clocks down, holds, then comes back at once
         ncpu = float(os.cpu_count() or 1)
         steps = [round(ncpu * f, 2) for f in (0.6, 0.4) if ncpu * f > quota_cores]
@@ -249,10 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--phase-s", type=float, default=40.0)
     ap.add_argument("--quota-cores", type=float, default=0.5)
     ap.add_argument("--mechanism", choices=("cgroup2", "cgroup1"))
+    ap.add_argument("--spare-workers", type=int, default=0,
+                    help="agentd's pre-started idle workers (agentd's own default is 1; default here: %(default)s)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
     try:
-        res = run(a.zoo, a.model, a.deadline_ms, a.tokens, a.phase_s, a.quota_cores, mechanism=a.mechanism)
+        res = run(a.zoo, a.model, a.deadline_ms, a.tokens, a.phase_s, a.quota_cores, mechanism=a.mechanism,
+                  spare_workers=a.spare_workers)
     except AgentError as e:
         print(f"error: {e}", file=sys.stderr)
         return exit_code(e)
