@@ -155,3 +155,16 @@ def test_the_same_metrics_come_over_the_unix_socket_and_agentctl(traffic, doors_
     st, _, body = raw(url, "POST", "/metrics", b"{}")
     assert st == 405 and body.decode().startswith("POST /metrics")
     alive(doors_daemon, url)
+
+
+def test_label_children_stay_bounded_and_counts_survive_the_bound() -> None:
+    from agent.http.metrics import MAX_CHILDREN, Metrics
+
+    m = Metrics(None)
+    row = {"model": "m", "variant": "v", "device": "cpu", "ok": True}
+    m.on_record("requests", row)
+    for i in range(MAX_CHILDREN + 10):   # more distinct label sets than the cache keeps
+        m.on_record("requests", {**row, "variant": f"v{i}"})
+    m.on_record("requests", row)
+    assert len(m._children) <= MAX_CHILDREN
+    assert m.requests.labels("m", "v", "cpu", "infer")._value.get() == 2
