@@ -254,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="agentd's pre-started idle workers (agentd's own default is 1; default here: %(default)s)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
+    if a.spare_workers < 0:
+        ap.error(f"--spare-workers: expected 0 or more, got {a.spare_workers}")
     try:
         res = run(a.zoo, a.model, a.deadline_ms, a.tokens, a.phase_s, a.quota_cores, mechanism=a.mechanism,
                   spare_workers=a.spare_workers)

@@ -71,3 +71,14 @@ def test_the_daemon_log_file_is_not_left_open(tmp_path: Path) -> None:
         gc.collect()
     assert (tmp_path / "agentd.log").read_text().strip() == "hello from the child"
     assert not [w for w in seen if issubclass(w.category, ResourceWarning)], [str(w.message) for w in seen]
+
+
+def test_a_negative_spare_worker_count_is_refused_before_anything_starts(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.throttle import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--zoo", str(tmp_path), "--spare-workers", "-1"])
+    assert e.value.code == 2
+    assert "--spare-workers: expected 0 or more, got -1" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
