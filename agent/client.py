@@ -5,6 +5,10 @@
         r = c.infer("mlp", {"x": x})          # -> InferResult(outputs, variant, device, latency_ms, ...)
         r.outputs["y"], r.variant, r.device
 
+Tensor requests without QoS hints go over a *lane* (:mod:`agent.ipc.lane`) when the daemon grants one:
+straight to the worker serving the model, past the daemon's event loop; a swap ends the lane and the
+request is sent through the daemon instead (``Client(lanes=False)`` or ``AGENT_LANES=0`` turns lanes off).
+
 Errors come back as the agent's own exception types (:mod:`agent.errors`), rebuilt from the JSON-RPC
 error code, e.g. ``NotFound`` for an unknown model, ``InvalidParams`` for a wrong dtype or shape.
 """
@@ -26,9 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import AgentError, ConnectionClosed, ProtocolError, error_from_jsonrpc
+from agent.errors import AgentError, ConnectionClosed, ProtocolError, Unavailable, error_from_jsonrpc
 from agent.ipc import protocol as P
+from agent.ipc.lane import Lane, LaneClosed, open_lane
 from agent.paths import default_socket
+
+LANE_RETRY_S = 2.0   # after the daemon refused a lane to a model, ask again no sooner than this
+LANE_AFTER = 2       # requests to a model that go framed before a lane is asked for: a one-shot client
+                     # (agentctl infer) would only pay for the lane (a grant round trip, two memfds, a thread)
 
 
 @dataclass
@@ -90,9 +99,14 @@ class Client:
     for the request it belongs to."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None, timeout: float | None = 120.0,
-                 max_frame: int = P.DEFAULT_MAX_FRAME) -> None:
+                 max_frame: int = P.DEFAULT_MAX_FRAME, lanes: bool = True) -> None:
         self.path = _sock_path(path)
         self.max_frame = max_frame
+        self.lanes = lanes and os.environ.get("AGENT_LANES", "1") != "0"
+        self._lanes: dict[str, Lane] = {}
+        self._no_lane: dict[str, float] = {}   # model -> monotonic time before which no lane is asked for
+        self._framed: collections.Counter[str] = collections.Counter()   # requests sent framed, per model
+        self._lane_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._send_lock = threading.Lock()
         self._cv = threading.Condition()   # guards _inbox and _reading (one reader of the socket at a time)
@@ -114,7 +128,60 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        with self._lane_lock:
+            for lane in self._lanes.values():
+                lane.close()
+            self._lanes.clear()
         self.sock.close()
+
+    def _lane(self, model: str, eager: bool = False) -> Lane | None:
+        """This client's lane to ``model`` (asked for after LANE_AFTER framed requests, or at once when
+        ``eager``), or None (not yet, refused lately, or lanes off)."""
+        with self._lane_lock:
+            lane = self._lanes.get(model)
+            if lane is not None and not lane.closed:
+                return lane
+            if time.monotonic() < self._no_lane.get(model, 0.0):
+                return None
+            if self._framed[model] < LANE_AFTER and not eager:
+                self._framed[model] += 1
+                return None
+            try:
+                lane = open_lane(self.path, model, self.sock.gettimeout())
+            except AgentError:
+                self._no_lane[model] = time.monotonic() + LANE_RETRY_S
+                return None
+            self._lanes[model] = lane
+            return lane
+
+    def _on_lane(self, model: str, descs: list[dict[str, Any]], bufs: list[Any], t0: float) -> InferResult | None:
+        """The request over this client's lane; None when it must go through the daemon instead: no
+        lane, the lane busy with another thread, the lane ended (a swap), or an error (the daemon's path
+        gives the error its full context, e.g. the expected signature)."""
+        lane = self._lane(model)
+        if lane is None or not lane.lock.acquire(blocking=False):
+            return None
+        try:
+            res, payload = lane.call("run", {"inputs": descs}, bufs)
+        except LaneClosed:
+            return None
+        except AgentError:
+            return None
+        finally:
+            lane.lock.release()
+        res["model"] = model
+        return _infer_result(res, payload, t0)
+
+    def lane_ping(self, model: str) -> dict[str, Any]:
+        """One round trip on this client's lane to ``model``'s worker, no work (Unavailable: no lane)."""
+        lane = self._lane(model, eager=True)
+        if lane is None:
+            raise Unavailable(f"no lane to {model!r} (refused lately, or lanes are off)")
+        with lane.lock:
+            try:
+                return lane.call("ping", {})[0]
+            except LaneClosed as e:
+                raise Unavailable(f"the lane to {model!r} ended: {e}") from None
 
     def _open(self) -> int:
         with self._cv:
@@ -199,6 +266,10 @@ class Client:
         variant can finish within its deadline raises DeadlineInfeasible at once)."""
         descs, bufs = P.tensor_descs(inputs)
         t0 = time.perf_counter()
+        if self.lanes and all(v is None for v in qos.values()):
+            r = self._on_lane(model, descs, list(bufs), t0)
+            if r is not None:
+                return r
         res, payload = self.call("infer", {"model": model, "inputs": descs, **qos}, bufs)
         return _infer_result(res, payload, t0)
 

@@ -384,14 +384,16 @@ class Controller:
                                             "loaded": f"{variant}@{device}", "waited_ms": round(waited_ms, 1)})
 
     # -- energy -------------------------------------------------------------------------------------
-    def attribute(self, model: str, variant: str, cpu_s: float, wall_s: float, tokens: int = 0) -> tuple[float, str]:
+    def attribute(self, model: str, variant: str, cpu_s: float, wall_s: float, tokens: int = 0,
+                  requests: int = 1) -> tuple[float, str]:
+        """Joules of ``requests`` requests (or one generation) that used ``cpu_s`` of CPU over ``wall_s``."""
         r0, r1 = self._readings
         if r0 is not None and r1 is not None:
             j, meter = self.acct.joules(cpu_s, wall_s, r0, r1)
         else:
             j, meter = self.acct.model(cpu_s), "model"
         e = self.energy[(model, variant)]
-        e[0] += 1
+        e[0] += requests
         e[1] += j
         e[2] += wall_s
         e[3] += tokens

@@ -53,21 +53,23 @@ def model_figures(rows: list[dict[str, Any]], now: float) -> dict[str, dict[str,
     for r in rows:
         m = out.setdefault(str(r.get("model")), {"recent": 0, "lat": [], "tps": [], "joules": 0.0, "tokens": 0,
                                                  "ok": 0, "errors": 0, "generate": False})
+        n = int(r.get("count") or 1)   # a lane row stands for `count` requests (means per request)
         if r.get("ts", 0) >= now - RATE_WINDOW_S:
-            m["recent"] += 1
+            m["recent"] += n
         if not r.get("ok"):
             m["errors"] += 1
             continue
-        m["ok"] += 1
-        if r.get("latency_ms") is not None:
-            m["lat"].append(float(r["latency_ms"]))
+        m["ok"] += n
+        lat = r.get("latency_p95_ms") if r.get("latency_p95_ms") is not None else r.get("latency_ms")
+        if lat is not None:
+            m["lat"].append(float(lat))
         if r.get("kind") == "generate":
             m["generate"] = True
             m["tokens"] += int(r.get("tokens") or 0)
             if r.get("tokens_per_s") is not None:
                 m["tps"].append(float(r["tokens_per_s"]))
         if r.get("joules") is not None:
-            m["joules"] += float(r["joules"])
+            m["joules"] += float(r["joules"]) * n
     for m in out.values():
         m["rate"] = m.pop("recent") / RATE_WINDOW_S
         m["p95_ms"] = _p95(m.pop("lat"))

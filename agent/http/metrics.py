@@ -106,14 +106,18 @@ class Metrics:
     def _request(self, row: dict[str, Any]) -> None:
         lab = (_s(row.get("model")), _s(row.get("variant")), _s(row.get("device")))
         kind = _s(row.get("kind") or "infer")
-        self._child(self.requests, *lab, kind).inc()
+        n = int(row.get("count") or 1)   # a lane row: `count` requests, with means per request
+        self._child(self.requests, *lab, kind).inc(n)
         if not row.get("ok"):
             self._child(self.errors, *lab, kind, _s(row.get("error")) or "error").inc()
             return
         if row.get("latency_ms") is not None:
-            self._child(self.latency, *lab, kind).observe(float(row["latency_ms"]) / 1e3)
+            hist = self._child(self.latency, *lab, kind)
+            for _ in range(min(n, 4096)):   # the mean once per request (at most 4096 per worker report; the
+                # requests counter above counts every one)
+                hist.observe(float(row["latency_ms"]) / 1e3)
         if row.get("joules") is not None:
-            self._child(self.joules, *lab, _s(row.get("meter"))).inc(max(0.0, float(row["joules"])))
+            self._child(self.joules, *lab, _s(row.get("meter"))).inc(max(0.0, float(row["joules"]) * n))
         if kind == "generate":
             if row.get("tokens"):
                 self._child(self.tokens, *lab).inc(int(row["tokens"]))

@@ -15,7 +15,7 @@ from typing import Any
 
 from agent.errors import AgentError, InvalidParams
 from agent.ipc.peer import Role
-from agent.ipc.server import REQUEST_ID, FastHandler, Handler, Peer, Reply
+from agent.ipc.server import REQUEST_ID, FastHandler, Handler, Peer, Reply, WithFds
 from agent.ops.records import Caller, GenerateRequest, InferReply, InferRequest, name_param
 from agent.ops.service import Ops
 from agent.telemetry import parse_duration
@@ -48,6 +48,13 @@ def infer_now(ops: Ops, peer: Peer, params: dict[str, Any], payload: memoryview,
         else:
             reply.ok({}, [])
     return ops.infer_nowait(req, payload, done)
+
+
+async def lane(ops: Ops, peer: Peer, params: dict[str, Any], payload: memoryview) -> Result:
+    """A direct lane to the model's active worker: the reply carries three fds (SCM_RIGHTS): the lane's
+    socket, the inputs memfd and the outputs memfd (agent.ipc.lane speaks it)."""
+    fds, info = ops.open_lane(name_param(params, "model"))
+    return WithFds(info, fds), []
 
 
 async def generate(ops: Ops, peer: Peer, params: dict[str, Any], payload: memoryview) -> Result:
@@ -130,6 +137,7 @@ class Method:
 METHODS: tuple[Method, ...] = (
     Method("ping", Role.CLIENT, None),
     Method("infer", Role.CLIENT, infer, infer_now),
+    Method("lane", Role.CLIENT, lane),
     Method("generate", Role.CLIENT, generate),
     Method("cancel", Role.CLIENT, cancel),
     Method("models", Role.CLIENT, models),

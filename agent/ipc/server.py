@@ -61,7 +61,15 @@ class Peer:
     cancel: Callable[[Any], bool] = field(default=lambda rid: False, repr=False)
 
 
-# a handler gets (peer, params, payload) and returns (result, buffers)
+@dataclass(frozen=True)
+class WithFds:
+    """A handler's result that carries file descriptors (SCM_RIGHTS) with its reply frame; the server
+    closes its copies once they are sent (or could not be)."""
+    result: Any
+    fds: list[int]
+
+
+# a handler gets (peer, params, payload) and returns (result, buffers); the result may be a WithFds
 Handler = Callable[[Peer, dict[str, Any], memoryview], Awaitable[tuple[Any, list[Any]]]]
 
 
@@ -149,6 +157,28 @@ class _Conn(asyncio.BufferedProtocol):
     def send(self, header: dict[str, Any], bufs: list[Any]) -> None:
         if self.transport is not None and not self.transport.is_closing():
             P.write_parts(self.transport, self.fd, P.encode(header, bufs))
+
+    def send_fds(self, header: dict[str, Any], fds: list[int]) -> None:
+        """One small frame with ``fds`` attached, written to the socket directly: only when nothing of
+        ours is queued before it (else Busy; the frame must not overtake queued bytes)."""
+        try:
+            if self.transport is None or self.transport.is_closing() or self.fd < 0:
+                return
+            if self.transport.get_write_buffer_size():
+                raise Busy("replies are queued on this connection; ask for the lane again")
+            dup = socket.socket(fileno=os.dup(self.fd))   # the same socket; closing the dup leaves it open
+            try:
+                socket.send_fds(dup, [P.encode_bytes(header)], fds)
+            except OSError as e:
+                raise Busy(f"could not pass the file descriptors: {e}") from None
+            finally:
+                dup.close()
+        finally:
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     def close(self) -> None:
         if self.transport is not None:
@@ -288,7 +318,9 @@ class _Conn(asyncio.BufferedProtocol):
         REQUEST_ID.set(rid)
         try:
             result, bufs = await handler(self.peer, params, payload)
-            if rid is not None:
+            if isinstance(result, WithFds):
+                self.send_fds(P.response(rid, result.result), result.fds)
+            elif rid is not None:
                 self.send(P.response(rid, result), bufs)
         except AgentError as e:
             self.send(P.error_response(rid, e.to_jsonrpc()), [])

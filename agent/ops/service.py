@@ -83,6 +83,9 @@ class Ops:
     # -- events -------------------------------------------------------------------------------------
     def on_event(self, ev: dict[str, Any]) -> None:
         kind = ev.get("event")
+        if kind == "lanes":   # requests served on lanes since the worker's last report (not broadcast)
+            self._lane_requests(ev)
+            return
         if kind == "swap":
             self.telemetry.record("swaps", {k: v for k, v in ev.items() if k != "event"})
         else:
@@ -162,6 +165,26 @@ class Ops:
         except AgentError as e:
             self._failed(req.model, t0, e)
             raise
+
+    def open_lane(self, model: str) -> tuple[list[int], dict[str, Any]]:
+        """A direct lane to the model's active worker (agent.runtime.lanes): fds for the client."""
+        return self.rt().open_lane(model)
+
+    def _lane_requests(self, ev: dict[str, Any]) -> None:
+        """One telemetry row per worker report: how many lane requests, their CPU time and energy (lane
+        requests carry no QoS hints, so, like hint-less framed requests, they add nothing to the demand)."""
+        model, variant, n = ev["model"], ev["variant"], int(ev["requests"])
+        if n <= 0:
+            return
+        ran = n - int(ev["hits"])
+        joules, meter = (self.controller.attribute(model, variant, ev["cpu_s"], ev["run_ms"] / 1e3, requests=ran)
+                         if self.controller is not None and variant and ran > 0 else (None, None))
+        win = ev.get("window") or {}
+        self.telemetry.record("requests", {
+            "model": model, "variant": variant, "device": ev["device"], "ok": True, "kind": "lane", "count": n,
+            "latency_ms": win.get("mean_ms"), "latency_p95_ms": win.get("p95_ms"), "run_ms": ev["run_ms"] / n,
+            "cpu_s": ev["cpu_s"] / n, "joules": joules / n if joules is not None else None, "meter": meter,
+            "cached": int(ev["hits"])})
 
     def _admit(self, model: str, qos: QoS, tokens: int | None = None, waited_ms: float = 0.0,
                hint: bool = True) -> None:

@@ -294,6 +294,12 @@ def status_lines(model_status: dict[str, Any]) -> list[str]:
         out.append(f"  response cache: {c['hits']} hits, {c['misses']} misses, {c['entries']} entries, "
                    f"{c['bytes']} of {c['max_bytes']} bytes, {c['evictions']} evictions, "
                    f"{c['invalidations']} invalidations")
+    ln = model_status.get("lanes")
+    if ln:
+        lc = ln.get("cache")
+        out.append(f"  lanes: {ln.get('open', 0)} open, {ln.get('requests', 0)} requests, {ln.get('errors', 0)} errors"
+                   + (f"; worker cache {lc['hits']} hits, {lc['entries']} entries, {lc['bytes']} of "
+                      f"{lc['max_bytes']} bytes" if lc else ""))
     b = model_status.get("batching")
     if b:
         state = "on" if b["active_variant_batches"] else "off for this variant (its rows depend on the batch)"

@@ -160,6 +160,9 @@ class WorkerHandle:
         self.hung: str | None = None          # why it was declared hung, once it was
         self._watch_task: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[bool] | None = None
+        self._lane_ctl: socket.socket | None = None   # lanes go to the worker over this (agent.runtime.lanes)
+        self.lanes: dict[str, Any] = {}               # the worker's last lane report (heartbeat)
+        self.on_lanes: Callable[[WorkerHandle, dict[str, Any], dict[str, Any]], None] | None = None
 
     @classmethod
     async def spawn(cls, shm_size: int = 4 << 20, start_timeout: float = 60.0, *,
@@ -172,6 +175,7 @@ class WorkerHandle:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         P.widen(parent)
         P.widen(child)
+        h._lane_ctl, lane_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         h.shm_in = _Shm("agent-in", shm_size)
         h.shm_out = _Shm("agent-out", shm_size)
         env = dict(os.environ)
@@ -179,11 +183,13 @@ class WorkerHandle:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         cmd = [sys.executable, "-m", "agent.runtime.worker", "--fd", str(child.fileno()),
                "--shm-in", str(h.shm_in.fd), "--shm-out", str(h.shm_out.fd), "--inline-max", str(INLINE_MAX),
-               "--heartbeat", str(heartbeat_s), "--backend", backend, "--backend-config", backend_config]
+               "--heartbeat", str(heartbeat_s), "--backend", backend, "--backend-config", backend_config,
+               "--lane-fd", str(lane_child.fileno())]
         h.proc = subprocess.Popen(  # noqa: ASYNC220 - returns once the child is exec'd; exited() polls and reaps it
-            cmd, pass_fds=(child.fileno(), h.shm_in.fd, h.shm_out.fd), env=env,
+            cmd, pass_fds=(child.fileno(), h.shm_in.fd, h.shm_out.fd, lane_child.fileno()), env=env,
             stdin=subprocess.DEVNULL, start_new_session=False)
         child.close()
+        lane_child.close()
         h.pid = h.proc.pid
         h._hello = loop.create_future()
         parent.setblocking(False)
@@ -242,6 +248,16 @@ class WorkerHandle:
     # -- protocol callbacks -------------------------------------------------------------------------
     def _on_frame(self, f: P.Frame) -> None:
         hd = f.header
+        if hd.get("method") == "heartbeat":
+            lanes = (hd.get("params") or {}).get("lanes")
+            if isinstance(lanes, dict):
+                before, self.lanes = self.lanes, lanes
+                if self.on_lanes is not None:
+                    try:
+                        self.on_lanes(self, before, lanes)
+                    except Exception:
+                        log.exception("lane report callback failed")
+            return
         if hd.get("method") == "hello":
             if self._hello is not None and not self._hello.done():
                 self._hello.set_result(hd.get("params"))
@@ -275,6 +291,9 @@ class WorkerHandle:
     def _on_lost(self) -> None:
         was_alive = self.alive
         self.alive = False
+        if self._lane_ctl is not None:   # no lane can be granted to a worker that is gone
+            self._lane_ctl.close()
+            self._lane_ctl = None
         if self._watch_task is not None and self._watch_task is not asyncio.current_task():
             self._watch_task.cancel()
         err: WorkerDied = (WorkerHung(f"worker {self.pid} ({self.model}/{self.variant}) hung: {self.hung}; killed",
@@ -488,7 +507,42 @@ class WorkerHandle:
                     pass
             raise
 
+    # -- lanes --------------------------------------------------------------------------------------
+    def open_lane(self) -> list[int]:
+        """A direct lane to this worker (:mod:`agent.runtime.lanes`): the worker gets one end of a new
+        socketpair and two fresh memfds; returns the client's end and the same memfds (the caller sends
+        them on and closes them). Raises :class:`WorkerDied` when the worker is gone."""
+        if not self.alive or self._lane_ctl is None:
+            raise WorkerDied(f"worker {self.pid} is not running")
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = [os.memfd_create("agent-lane-in", os.MFD_CLOEXEC), os.memfd_create("agent-lane-out", os.MFD_CLOEXEC)]
+        try:
+            P.widen(mine)
+            socket.send_fds(self._lane_ctl, [b"lane"], [theirs.fileno(), *fds])
+        except OSError as e:
+            for fd in fds:
+                os.close(fd)
+            mine.close()
+            raise WorkerDied(f"worker {self.pid} did not take a lane: {e}") from None
+        finally:
+            theirs.close()
+        return [mine.detach(), *fds]
+
+    async def close_lanes(self, timeout: float = 10.0) -> int:  # noqa: ASYNC109 - passed on to call()
+        """End the worker's lanes after the request each one is running (their clients go on through
+        the daemon, then open a lane to the new active worker); returns how many were open."""
+        if not self.alive or not self.lanes.get("open"):
+            return 0
+        try:
+            res, _ = await self.call("lanes_close", {"wait_s": max(0.0, timeout - 0.5)}, timeout=timeout)
+        except (TimeoutError, AgentError):
+            return 0
+        return int((res or {}).get("closed", 0))
+
     def _close_shm(self) -> None:
+        if self._lane_ctl is not None:
+            self._lane_ctl.close()
+            self._lane_ctl = None
         for s in (getattr(self, "shm_in", None), getattr(self, "shm_out", None)):
             if s is not None and s.fd >= 0:
                 try:

@@ -50,6 +50,7 @@ from agent.runtime import devices as devmod
 from agent.runtime.batching import Done, TensorFront
 from agent.runtime.deadlines import DeadlinePolicy, timeout_error, watch_progress
 from agent.runtime.handle import HANG_AFTER_S, HEARTBEAT_S, WorkerHandle
+from agent.runtime.lanes import MAX_LANES
 from agent.runtime.slots import InferResult, Slot, VariantState  # noqa: F401  (re-exported)
 from agent.zoo.manifest import Manifest, Variant, safe_join
 
@@ -176,10 +177,12 @@ class Runtime:
             h = self._spares.pop()
             if h.alive:
                 self._refill_spares()
+                h.on_lanes = self._on_lanes
                 return h
             h.kill()   # a spare that died idle: give back its shared memory
         h = await self.spawner()
         self._refill_spares()
+        h.on_lanes = self._on_lanes
         return h
 
     def _refill_spares(self) -> None:
@@ -238,6 +241,7 @@ class Runtime:
             "path": str(m.path_of(v)) if v.remote is None else "", "sha256": v.sha256, "device": device,
             "threads": self.threads, "warmup_runs": self.warmup_runs, "kind": m.kind, "llm": m.llm,
             "batch_check": m.serving.batching,
+            "lane_cache_bytes": m.serving.cache_bytes if m.kind == "tensor" else 0,
             "warmup_file": str(safe_join(m.folder, m.warmup)) if m.warmup else None,
             "signature": {"inputs": [s.to_toml() for s in m.inputs], "outputs": [s.to_toml() for s in m.outputs]}}
         if v.parts:
@@ -401,6 +405,7 @@ class Runtime:
             self.emit(event)
             if old is not None:
                 slot.draining.add(old)
+                await old.close_lanes()   # before the swap returns: its lane clients move on to h
                 self._bg(self._drain(slot, old))
             return {"model": model, "variant": variant, "device": device, "changed": True,
                     "providers": devmod.providers_ran(info), "load_ms": load_ms, "warmup_ms": warm_ms,
@@ -416,6 +421,42 @@ class Runtime:
         slot.draining.discard(h)
         if h.variant and (slot.active is None or slot.active.variant != h.variant):
             slot.state(h.variant).status = "unloaded"
+
+    # -- lanes (agent.runtime.lanes) --------------------------------------------------------------------
+    def open_lane(self, model: str) -> tuple[list[int], dict[str, Any]]:
+        """fds of a direct lane to the model's active worker (client socket, inputs memfd, outputs memfd)
+        and what it serves; Unavailable when the model is served another way (an LLM, batching, remote)."""
+        slot = self.slot(model)
+        m = slot.manifest
+        why = ("it is not a tensor model" if m.kind != "tensor" else
+               "dynamic batching is on (requests queue in the daemon)" if m.serving.batching else None)
+        h = slot.active
+        if why is None and (self.closing or h is None or not h.alive or h.stopping):
+            why = "no worker serves it now"
+        if why is None and h is not None and h.info.get("remote"):
+            why = "a remote server serves it"
+        if why is None and h is not None and int(h.lanes.get("open", 0)) >= MAX_LANES:
+            why = f"its worker has {MAX_LANES} lanes open"
+        if why is not None:
+            raise Unavailable(f"no lane to {model!r}: {why}", data={"model": model, "lane": False})
+        assert h is not None
+        fds = h.open_lane()
+        h.lanes = {**h.lanes, "open": int(h.lanes.get("open", 0)) + 1}   # until the worker's next report
+        return fds, {"model": model, "variant": h.variant, "device": h.device, "pid": h.pid}
+
+    def _on_lanes(self, h: WorkerHandle, before: dict[str, Any], now: dict[str, Any]) -> None:
+        if h.model is None or h.model not in self.slots:
+            return
+        delta = {k: now.get(k, 0) - before.get(k, 0) for k in ("requests", "hits", "errors", "cpu_s", "run_ms")}
+        slot = self.slots[h.model]
+        for k in ("requests", "hits", "errors"):
+            slot.lanes[k] = slot.lanes.get(k, 0) + int(delta[k])
+        slot.requests += int(delta["requests"])
+        if delta["requests"] > 0:
+            self.emit({"event": "lanes", "model": h.model, "variant": h.variant, "device": h.device,
+                       "requests": int(delta["requests"]), "hits": int(delta["hits"]),
+                       "cpu_s": round(float(delta["cpu_s"]), 6), "run_ms": round(float(delta["run_ms"]), 3),
+                       "window": now.get("window")})
 
     # -- failures -----------------------------------------------------------------------------------
     def _on_worker_death(self, h: WorkerHandle) -> None:
@@ -734,6 +775,7 @@ class Runtime:
                 hs.append(s.active)
             hs.extend(s.draining)
         deadline = time.monotonic() + timeout
+        await asyncio.gather(*(h.close_lanes(timeout) for h in hs), return_exceptions=True)   # lane requests answered
         # a bounded poll: h.inflight is a plain counter with many decrement sites, not an Event
         while any(h.inflight for h in hs) and time.monotonic() < deadline:  # noqa: ASYNC110 - a counter, see above
             await asyncio.sleep(0.01)
@@ -767,6 +809,8 @@ class Runtime:
                             "remote": a.info.get("remote")} if a else None),
                 "pinned": {"variant": pin[0], "device": pin[1]} if pin else None,
                 "requests": s.requests, "errors": s.errors,
+                **({"lanes": {**s.lanes, "open": sum(int(w.lanes.get("open", 0)) for w in (a, *s.draining) if w),
+                              "cache": a.lanes.get("cache") if a else None}} if s.lanes or (a and a.lanes) else {}),
                 **(self.fronts[name].stats() if name in self.fronts else {}),
                 "variants": {v.id: {"precision": v.precision, "placement": v.placement, **vars(s.state(v.id)),
                                     **({"unfit": v.unfit} if v.unfit else {})} for v in s.manifest.variants},

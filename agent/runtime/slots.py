@@ -32,6 +32,7 @@ class Slot:
     failures: int = 0
     requests: int = 0
     errors: int = 0
+    lanes: dict[str, int] = field(default_factory=dict)   # lane requests, cache hits, errors (worker reports)
 
     def state(self, vid: str) -> VariantState:
         return self.states.setdefault(vid, VariantState())

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import mmap
 import os
 import resource
 import signal
@@ -25,30 +24,9 @@ from typing import Any
 
 from agent.errors import LoadError, WorkerError, error_payload
 from agent.ipc import protocol as P
+from agent.ipc.shm import Shm, place
 from agent.runtime.backends import NAMES, Backend, Call, Reply, create
-
-
-class Shm:
-    """One memfd mapped in this process; grows when the peer says it grew."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.size = 0
-        self.mm: mmap.mmap | None = None
-        self.remap()
-
-    def remap(self) -> None:
-        size = os.fstat(self.fd).st_size
-        if size != self.size or self.mm is None:
-            if self.mm is not None:
-                self.mm.close()
-            self.mm = mmap.mmap(self.fd, max(size, 1))
-            self.size = size
-
-    def ensure(self, n: int) -> None:
-        if n > self.size:
-            os.ftruncate(self.fd, max(n, self.size * 2))
-            self.remap()
+from agent.runtime.lanes import LaneServer
 
 
 class Worker:
@@ -58,8 +36,11 @@ class Worker:
     are large and the request holds the token (``shm_out``)."""
 
     def __init__(self, sock: socket.socket, shm_in: Shm, shm_out: Shm, inline_max: int,
-                 backend: str = "auto", backend_config: Mapping[str, Any] | None = None) -> None:
+                 backend: str = "auto", backend_config: Mapping[str, Any] | None = None,
+                 lanes: LaneServer | None = None) -> None:
         self.sock, self.shm_in, self.shm_out = sock, shm_in, shm_out
+        self.run_lock = lanes.run_lock if lanes is not None else threading.Lock()
+        self.lanes = lanes
         self.inline_max = inline_max
         self.backend_name = backend
         self.backend_config = dict(backend_config or {})
@@ -87,11 +68,17 @@ class Worker:
                 h = frame.header
                 rid, method = h.get("id"), str(h.get("method"))
                 if method == "exit":
+                    if self.lanes is not None:   # lane requests being run are answered first
+                        self.lanes.close_all(wait_s=float((h.get("params") or {}).get("lanes_wait_s", 3.0)))
                     self.close()
                     self.send(P.response(rid, {"bye": True}))
                     return
                 if method == "crash":  # used by tests to simulate an EP segfault
                     os.kill(os.getpid(), signal.SIGKILL)
+                if method == "lanes_close":   # the daemon swapped this variant out
+                    wait_s = float((h.get("params") or {}).get("wait_s", 0.0))
+                    self.send(P.response(rid, {"closed": self.lanes.close_all(wait_s) if self.lanes else 0}))
+                    continue
                 try:
                     out = self.dispatch(rid, method, h.get("params") or {}, frame.payload)
                     if out is not None:
@@ -112,7 +99,11 @@ class Worker:
             self.shm_in.remap()
             assert self.shm_in.mm is not None
             payload = memoryview(self.shm_in.mm)[:P.iter_nbytes(params["inputs"])]
-        out = self.backend.run(Call(rid, method, params, payload))
+        if self.lanes is not None and self.lanes.used:   # lane threads run this variant too: one at a time
+            with self.run_lock:
+                out = self.backend.run(Call(rid, method, params, payload))
+        else:
+            out = self.backend.run(Call(rid, method, params, payload))
         del payload
         if out is None:
             return None
@@ -128,20 +119,13 @@ class Worker:
             backend.close()
             raise
         self.backend, self.info = backend, info
+        if self.lanes is not None and backend.name in ("onnx", "fake") and not params.get("remote"):
+            self.lanes.serve(backend, info, params)
         return {**info, "backend": backend.name, "rss_bytes": _rss(), "peak_rss_bytes": _peak_rss()}
 
     def place(self, result: dict[str, Any], bufs: list[Any], shm_out: bool) -> Reply:
         """Large outputs of the request holding the shared buffers go there, the rest inline."""
-        total = sum(b.nbytes for b in bufs)
-        if not bufs or total <= self.inline_max or not shm_out:
-            return result, bufs
-        self.shm_out.ensure(total)
-        assert self.shm_out.mm is not None
-        off = 0
-        for b in bufs:
-            self.shm_out.mm[off: off + b.nbytes] = b
-            off += b.nbytes
-        return {**result, "shm": True, "shm_size": self.shm_out.size}, []
+        return place(result, bufs, self.shm_out if shm_out else None, self.inline_max)
 
     def close(self) -> None:
         if self.backend is not None:
@@ -170,9 +154,12 @@ def start_heartbeat(worker: Worker, period_s: float) -> threading.Thread | None:
     def loop() -> None:
         while True:
             time.sleep(period_s)
+            lanes = worker.lanes.report() if worker.lanes is not None else None
+            frame = beat if lanes is None else P.encode_bytes(
+                {"jsonrpc": "2.0", "method": "heartbeat", "params": {"lanes": lanes}})
             try:
                 with worker._send_lock:
-                    worker.sock.sendall(beat)
+                    worker.sock.sendall(frame)
             except OSError:
                 return  # the daemon is gone
 
@@ -187,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shm-in", type=int, required=True)
     ap.add_argument("--shm-out", type=int, required=True)
     ap.add_argument("--inline-max", type=int, default=64 * 1024)
+    ap.add_argument("--lane-fd", type=int, default=-1, help="the socket lanes arrive on (-1: no lanes)")
     ap.add_argument("--heartbeat", type=float, default=0.0, help="seconds between heartbeats (0: none)")
     ap.add_argument("--backend", choices=NAMES, default="auto", help="what runs the variant (tests: fake)")
     ap.add_argument("--backend-config", type=json.loads, default={}, help="the backend's settings (JSON)")
@@ -197,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
 
     sock = socket.socket(fileno=a.fd)
     sock.setblocking(True)
-    w = Worker(sock, Shm(a.shm_in), Shm(a.shm_out), a.inline_max, a.backend, a.backend_config)
+    lanes = None
+    if a.lane_fd >= 0:
+        lanes = LaneServer(socket.socket(fileno=a.lane_fd), threading.Lock(), a.inline_max)
+        lanes.start()
+    w = Worker(sock, Shm(a.shm_in), Shm(a.shm_out), a.inline_max, a.backend, a.backend_config, lanes)
     start_heartbeat(w, a.heartbeat)
     w.serve()
     return 0
