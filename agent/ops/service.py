@@ -184,7 +184,7 @@ class Ops:
             "model": model, "variant": variant, "device": ev["device"], "ok": True, "kind": "lane", "count": n,
             "latency_ms": win.get("mean_ms"), "latency_p95_ms": win.get("p95_ms"), "run_ms": ev["run_ms"] / n,
             "cpu_s": ev["cpu_s"] / n, "joules": joules / n if joules is not None else None, "meter": meter,
-            "cached": int(ev["hits"])})
+            "cached": int(ev["hits"]), "batches": ev.get("batches", 0), "batched": ev.get("batched_requests", 0)})
 
     def _admit(self, model: str, qos: QoS, tokens: int | None = None, waited_ms: float = 0.0,
                hint: bool = True) -> None:

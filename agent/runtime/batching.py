@@ -27,15 +27,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import numpy as np
 import orjson
 
-from agent.errors import AgentError, WorkerDied, WorkerError
-from agent.ipc import protocol as P
+from agent.errors import AgentError, WorkerDied
 from agent.runtime.cache import Entry, ResponseCache, digest
 from agent.runtime.devices import providers_ran
 from agent.runtime.handle import WorkerHandle
 from agent.runtime.slots import InferResult
+from agent.runtime.stacking import group as _group
+from agent.runtime.stacking import split as _split
+from agent.runtime.stacking import stack as _stack
 from agent.zoo.manifest import ServingConfig
 
 log = logging.getLogger("agent.runtime")
@@ -52,10 +53,6 @@ class Pending:
                  retried: bool) -> None:
         self.descs, self.payload, self.done, self.key, self.retried = descs, payload, done, key, retried
         self.rows = int(descs[0]["shape"][0]) if descs and descs[0]["shape"] else 1
-
-
-def _group(descs: list[dict[str, Any]]) -> tuple[Any, ...]:
-    return tuple(sorted((d["name"], d["dtype"], tuple(d["shape"][1:])) for d in descs))
 
 
 class TensorFront:
@@ -248,44 +245,6 @@ def _call(done: Done, r: InferResult | None, err: AgentError | None) -> None:
         log.exception("a request's completion callback failed")
 
 
-def _stack(batch: list[Pending]) -> tuple[list[dict[str, Any]], memoryview]:
-    """One payload with every input stacked along dim 0, written in place (one copy of the inputs)."""
-    feeds = [P.tensors_from(p.descs, p.payload) for p in batch]
-    rows = sum(p.rows for p in batch)
-    descs: list[dict[str, Any]] = []
-    sizes = []
-    for d in batch[0].descs:
-        shape = [rows, *d["shape"][1:]]
-        descs.append({"name": d["name"], "dtype": d["dtype"], "shape": shape})
-        sizes.append(P.check_desc(descs[-1])[3])
-    buf = bytearray(sum(sizes))
-    off = 0
-    for d, size in zip(descs, sizes, strict=True):
-        dt = np.dtype(d["dtype"])
-        out = np.frombuffer(buf, dtype=dt, count=size // dt.itemsize, offset=off).reshape(d["shape"])
-        np.concatenate([f[d["name"]] for f in feeds], axis=0, out=out)
-        off += size
-    return descs, memoryview(buf)
-
-
-def _split(outputs: list[dict[str, Any]], data: memoryview, batch: list[Pending]
-           ) -> list[tuple[list[dict[str, Any]], list[Any]]]:
-    """Each request's rows of every output, as views (no copy)."""
-    outs = P.tensors_from(outputs, data)
-    rows = sum(p.rows for p in batch)
-    for name, a in outs.items():
-        if a.ndim == 0 or a.shape[0] != rows:
-            raise WorkerError(f"output {name!r} has shape {list(a.shape)} for a batch of {rows} rows: its first "
-                              f"dimension is not the batch dimension; set max_batch = 1 for this model")
-    parts = []
-    off = 0
-    for p in batch:
-        descs, bufs = P.tensor_descs({name: a[off: off + p.rows] for name, a in outs.items()})
-        parts.append((descs, list(bufs)))
-        off += p.rows
-    return parts
-
-
 def status_lines(model_status: dict[str, Any]) -> list[str]:
     """``agentctl status`` lines for a tensor model's cache and batching (empty when both are off)."""
     out = []
@@ -297,9 +256,12 @@ def status_lines(model_status: dict[str, Any]) -> list[str]:
     ln = model_status.get("lanes")
     if ln:
         lc = ln.get("cache")
+        lb = ln.get("batching")
         out.append(f"  lanes: {ln.get('open', 0)} open, {ln.get('requests', 0)} requests, {ln.get('errors', 0)} errors"
                    + (f"; worker cache {lc['hits']} hits, {lc['entries']} entries, {lc['bytes']} of "
-                      f"{lc['max_bytes']} bytes" if lc else ""))
+                      f"{lc['max_bytes']} bytes" if lc else "")
+                   + (f"; {lb['batches']} batches of up to {lb['max_batch']} ({lb['batched_requests']} requests, "
+                      f"largest {lb['max_batch_seen']})" if lb else ""))
     b = model_status.get("batching")
     if b:
         state = "on" if b["active_variant_batches"] else "off for this variant (its rows depend on the batch)"

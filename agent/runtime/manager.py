@@ -242,6 +242,7 @@ class Runtime:
             "threads": self.threads, "warmup_runs": self.warmup_runs, "kind": m.kind, "llm": m.llm,
             "batch_check": m.serving.batching,
             "lane_cache_bytes": m.serving.cache_bytes if m.kind == "tensor" else 0,
+            "lane_max_batch": m.serving.max_batch if m.kind == "tensor" else 1,
             "warmup_file": str(safe_join(m.folder, m.warmup)) if m.warmup else None,
             "signature": {"inputs": [s.to_toml() for s in m.inputs], "outputs": [s.to_toml() for s in m.outputs]}}
         if v.parts:
@@ -428,8 +429,7 @@ class Runtime:
         and what it serves; Unavailable when the model is served another way (an LLM, batching, remote)."""
         slot = self.slot(model)
         m = slot.manifest
-        why = ("it is not a tensor model" if m.kind != "tensor" else
-               "dynamic batching is on (requests queue in the daemon)" if m.serving.batching else None)
+        why = "it is not a tensor model" if m.kind != "tensor" else None
         h = slot.active
         if why is None and (self.closing or h is None or not h.alive or h.stopping):
             why = "no worker serves it now"
@@ -448,6 +448,9 @@ class Runtime:
         if h.model is None or h.model not in self.slots:
             return
         delta = {k: now.get(k, 0) - before.get(k, 0) for k in ("requests", "hits", "errors", "cpu_s", "run_ms")}
+        b0, b1 = before.get("batching") or {}, now.get("batching") or {}
+        batches = int(b1.get("batches", 0)) - int(b0.get("batches", 0))
+        batched = int(b1.get("batched_requests", 0)) - int(b0.get("batched_requests", 0))
         slot = self.slots[h.model]
         for k in ("requests", "hits", "errors"):
             slot.lanes[k] = slot.lanes.get(k, 0) + int(delta[k])
@@ -456,7 +459,7 @@ class Runtime:
             self.emit({"event": "lanes", "model": h.model, "variant": h.variant, "device": h.device,
                        "requests": int(delta["requests"]), "hits": int(delta["hits"]),
                        "cpu_s": round(float(delta["cpu_s"]), 6), "run_ms": round(float(delta["run_ms"]), 3),
-                       "window": now.get("window")})
+                       "window": now.get("window"), "batches": batches, "batched_requests": batched})
 
     # -- failures -----------------------------------------------------------------------------------
     def _on_worker_death(self, h: WorkerHandle) -> None:
@@ -810,7 +813,9 @@ class Runtime:
                 "pinned": {"variant": pin[0], "device": pin[1]} if pin else None,
                 "requests": s.requests, "errors": s.errors,
                 **({"lanes": {**s.lanes, "open": sum(int(w.lanes.get("open", 0)) for w in (a, *s.draining) if w),
-                              "cache": a.lanes.get("cache") if a else None}} if s.lanes or (a and a.lanes) else {}),
+                              "cache": a.lanes.get("cache") if a else None,
+                              "batching": a.lanes.get("batching") if a else None}}
+                   if s.lanes or (a and a.lanes) else {}),
                 **(self.fronts[name].stats() if name in self.fronts else {}),
                 "variants": {v.id: {"precision": v.precision, "placement": v.placement, **vars(s.state(v.id)),
                                     **({"unfit": v.unfit} if v.unfit else {})} for v in s.manifest.variants},

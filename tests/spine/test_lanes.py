@@ -153,19 +153,43 @@ def test_a_lane_to_an_unknown_model_is_refused_and_lanes_can_be_off(daemon):
         assert c.infer("mlp", {"x": _x()}).extra.get("lane") is None
 
 
-def test_batched_model_is_served_through_the_daemon(tmp_path, tensor_zoo):
+def test_lanes_batch_concurrent_requests_and_each_gets_its_own_rows(tmp_path, tensor_zoo):
+    import onnxruntime as ort
+
     from tests.conftest import start_daemon
 
     set_serving(tensor_zoo / "mlp", max_batch=8, max_queue_delay_ms=2)
+    ref = ort.InferenceSession(str(tensor_zoo / "mlp" / "fp32.onnx"), providers=["CPUExecutionProvider"])
     d = start_daemon(tensor_zoo, tmp_path)
-    try:
-        with pytest.raises(Exception, match="dynamic batching"):
-            open_lane(str(d.socket), "mlp")
+    failures: list[str] = []
+    batches: list[int] = []
+
+    def client(i: int) -> None:
         with _lane_client(d) as c:
-            r = c.infer("mlp", {"x": _x()})
-            assert not r.extra.get("lane") and r.variant == "fp32"
+            for k in range(60):
+                x = _x(rows=1 + (i + k) % 2, seed=100 * i + k)
+                try:
+                    r = c.infer("mlp", {"x": x})
+                    np.testing.assert_allclose(r.outputs["y"], ref.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+                    assert r.extra.get("lane") and r.variant == "fp32"
+                    batches.append(int(r.extra.get("batch", 1)))
+                except Exception as e:  # noqa: BLE001 - any failure counts
+                    failures.append(repr(e))
+    try:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        with d.client() as c:
+            lanes = _lane_stats(c, want=300)
+            shown = c.status()["models"]["mlp"]
     finally:
         d.stop()
+    assert failures == []
+    assert max(batches) > 1, "concurrent lane requests were never stacked"
+    assert lanes["batching"]["batches"] >= 1 and lanes["batching"]["max_batch_seen"] <= 8
+    assert shown["lanes"]["batching"]["max_batch"] == 8
 
 
 def test_lane_response_cache_hits_and_dies_with_the_swap(tmp_path, tensor_zoo):
