@@ -73,15 +73,32 @@ def open_lane(path: str, model: str, timeout: float | None = 5.0) -> Lane:
         s.close()
 
 
-class Lane:
+class LaneEnd:
+    """One end of a lane (the client's, or the worker's in agent.runtime.lanes): its blocking socket and
+    the two shared buffers, closed together."""
+
+    def __init__(self, sock: socket.socket, shm_in: Shm, shm_out: Shm) -> None:
+        self.sock, self.shm_in, self.shm_out = sock, shm_in, shm_out
+        sock.setblocking(True)
+        P.widen(sock)
+        self.closed = False
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.sock.close()
+        self.shm_in.close()
+        self.shm_out.close()
+
+
+class Lane(LaneEnd):
     """One lane: one request at a time (``lock``); ``call`` raises LaneClosed when the worker is gone."""
 
     def __init__(self, sock: socket.socket, shm_in: Shm, shm_out: Shm, info: dict[str, Any]) -> None:
-        self.sock, self.shm_in, self.shm_out, self.info = sock, shm_in, shm_out, info
-        sock.setblocking(True)
-        P.widen(sock)
+        super().__init__(sock, shm_in, shm_out)
+        self.info = info
         self.lock = threading.Lock()
-        self.closed = False
         self._ids = 0
         self._poller = select.poll()
         self._poller.register(sock, select.POLLIN)
@@ -118,11 +135,3 @@ class Lane:
             finally:
                 view.release()
         return res, f.payload
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.sock.close()
-        self.shm_in.close()
-        self.shm_out.close()

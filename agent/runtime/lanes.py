@@ -32,6 +32,7 @@ import orjson
 
 from agent.errors import InvalidParams, error_payload
 from agent.ipc import protocol as P
+from agent.ipc.lane import LaneEnd
 from agent.ipc.shm import Shm, place
 from agent.runtime.backends import Backend, Call
 from agent.runtime.cache import Entry, ResponseCache, digest
@@ -403,16 +404,13 @@ class _Req:
         self.key: bytes | None = None
 
 
-class _Lane:
-    """One lane's socket (blocking; read with MSG_DONTWAIT on readiness), its frames, its shared memory."""
+class _Lane(LaneEnd):
+    """The worker's end of one lane (its socket read with MSG_DONTWAIT on readiness) and its frames."""
 
     def __init__(self, sock: socket.socket, shm_in: Shm, shm_out: Shm) -> None:
-        self.sock, self.shm_in, self.shm_out = sock, shm_in, shm_out
-        sock.setblocking(True)
-        P.widen(sock)
+        super().__init__(sock, shm_in, shm_out)
         self.asm = P.FrameAssembler()
         self.frames: collections.deque[P.Frame] = collections.deque()
-        self.closed = False
 
     def read(self) -> int | None:
         """Take what the socket holds now into complete frames; None at EOF or on an error."""
@@ -443,11 +441,3 @@ class _Lane:
             return self.sock.sendmsg(parts, [], socket.MSG_DONTWAIT) == total
         except OSError:
             return False
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.sock.close()
-        self.shm_in.close()
-        self.shm_out.close()
