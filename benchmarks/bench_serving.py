@@ -152,7 +152,7 @@ def load_phase(sock: Path, model: str, seconds: float, lanes: bool = True) -> di
     batch: list[list[int]] = [[] for _ in range(CLIENTS)]
     runs: list[list[float]] = [[] for _ in range(CLIENTS)]
     errors: list[str] = []
-    on_lane = [0]
+    lane: list[list[bool]] = [[] for _ in range(CLIENTS)]
     go = threading.Event()
     stop = threading.Event()
 
@@ -169,7 +169,7 @@ def load_phase(sock: Path, model: str, seconds: float, lanes: bool = True) -> di
                 lat[i].append((time.perf_counter() - t0) * 1e6)
                 batch[i].append(int(r.extra.get("batch", 1)))
                 runs[i].append(r.run_ms)
-                on_lane[0] += bool(r.extra.get("lane"))
+                lane[i].append(bool(r.extra.get("lane")))
 
     ts = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
     for t in ts:
@@ -183,6 +183,8 @@ def load_phase(sock: Path, model: str, seconds: float, lanes: bool = True) -> di
         x.clear()
     for x in runs:
         x.clear()
+    for y in lane:
+        y.clear()
     t0 = time.perf_counter()
     time.sleep(seconds)
     stop.set()
@@ -195,7 +197,7 @@ def load_phase(sock: Path, model: str, seconds: float, lanes: bool = True) -> di
     return {"rps": len(all_lat) / wall, "p50_us": pct(all_lat, 50), "p99_us": pct(all_lat, 99),
             "mean_batch": float(np.mean(all_b)) if all_b else 0.0, "max_batch": max(all_b, default=0),
             "batch_run_ms_p50": pct(all_runs, 50) if all_runs else None, "errors": len(errors),
-            "lane_share": on_lane[0] / max(1, on_lane[0] + len(all_lat))}
+            "lane_share": sum(map(sum, lane)) / max(1, len(all_lat))}
 
 
 def bench_batching(sock: Path, rounds: int, seconds: float) -> dict[str, Any]:
