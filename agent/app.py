@@ -43,7 +43,7 @@ class App:
         self.server.handlers.update(methods.handlers(self.ops))
         self.server.fast.update(methods.fast_handlers(self.ops))
         # a connection that holds a profile is never closed as idle (its hold ends with it)
-        self.server.is_held = lambda peer: self.ops.is_held(peer.conn_id)
+        self.server.is_held = lambda peer: self.ops.is_held(peer.conn_id) or self.ops.holds_lane(peer.pid)
         self.http: Any = None
 
     @property

@@ -1,7 +1,9 @@
 """Lanes, the client's side: tensor requests straight to the worker that serves the model.
 
 A lane is granted by the daemon (method ``lane``, on a connection of its own: the reply carries three
-file descriptors with SCM_RIGHTS, which a normal connection's reader would drop): a socket whose other
+file descriptors with SCM_RIGHTS, which a normal connection's reader would drop; that connection stays
+open as the lane's *lease*: it counts against the uid's connection limit, keeps the client's other
+connections from being evicted as idle, and the daemon closes it when the lane ends): a socket whose other
 end is held by the model's active worker, and two memfds shared with it (inputs over
 ``INLINE_MAX`` go in the first, large outputs come back in the second; one copy each way). Access
 control is the daemon's, at grant time. Frames are the usual ones (:mod:`agent.ipc.protocol`), so a
@@ -64,13 +66,15 @@ def open_lane(path: str, model: str, timeout: float | None = 5.0) -> Lane:
         if len(fds) != 3:
             raise ConnectionClosed(f"agentd granted a lane with {len(fds)} file descriptors, not 3")
         shm_in, shm_out = Shm(fds[1]), Shm(fds[2])
-        lane = Lane(socket.socket(fileno=fds[0]), shm_in, shm_out, f.header.get("result") or {})
+        lane = Lane(socket.socket(fileno=fds[0]), shm_in, shm_out, f.header.get("result") or {}, lease=s)
         fds = []
         return lane
+    except BaseException:
+        s.close()
+        raise
     finally:
         for fd in fds:
             os.close(fd)
-        s.close()
 
 
 class LaneEnd:
@@ -95,9 +99,11 @@ class LaneEnd:
 class Lane(LaneEnd):
     """One lane: one request at a time (``lock``); ``call`` raises LaneClosed when the worker is gone."""
 
-    def __init__(self, sock: socket.socket, shm_in: Shm, shm_out: Shm, info: dict[str, Any]) -> None:
+    def __init__(self, sock: socket.socket, shm_in: Shm, shm_out: Shm, info: dict[str, Any],
+                 lease: socket.socket | None = None) -> None:
         super().__init__(sock, shm_in, shm_out)
         self.info = info
+        self.lease = lease   # the connection that was granted the lane: open while the lane is used
         self.lock = threading.Lock()
         self._ids = 0
         self._poller = select.poll()
@@ -135,3 +141,8 @@ class Lane(LaneEnd):
             finally:
                 view.release()
         return res, f.payload
+
+    def close(self) -> None:
+        super().close()
+        if self.lease is not None:
+            self.lease.close()

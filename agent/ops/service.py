@@ -68,6 +68,7 @@ class Ops:
         self.engine: PolicyEngine | None = None
         self.controller: Controller | None = None
         self.http_url: str | None = None
+        self._leases: dict[int, tuple[int, int, Callable[[], None]]] = {}   # conn -> (client pid, worker pid, close)
         self.ready = asyncio.Event()
         self.metrics = Metrics(self)   # Prometheus, fed by telemetry rows (GET /metrics, IPC metrics)
         telemetry.listeners.append(self.metrics.on_record)
@@ -86,6 +87,11 @@ class Ops:
         if kind == "lanes":   # requests served on lanes since the worker's last report (not broadcast)
             self._lane_requests(ev)
             return
+        if kind in ("lanes_closed", "worker_died"):   # that worker's lanes ended: so do their leases
+            for _, _, close in [v for v in self._leases.values() if v[1] == ev.get("pid")]:
+                close()
+            if kind == "lanes_closed":
+                return
         if kind == "swap":
             self.telemetry.record("swaps", {k: v for k, v in ev.items() if k != "event"})
         else:
@@ -95,7 +101,8 @@ class Ops:
         self.broadcast({"jsonrpc": "2.0", "method": "event", "params": {"ts": time.time(), **ev}})
 
     def on_disconnect(self, conn_id: int) -> None:
-        """A client left: the holds its connection owned end with it."""
+        """A client left: the holds its connection owned end with it (and the lane it leased)."""
+        self._leases.pop(conn_id, None)
         if self.engine is None:
             return
         owner = Caller(-1, -1, conn_id).owner
@@ -104,6 +111,11 @@ class Ops:
         for h in gone:
             self.on_event({"event": "hold_released", "cookie": h.cookie, "profile": h.profile,
                            "why": "client disconnected"})
+
+    def holds_lane(self, pid: int) -> bool:
+        """Whether process ``pid`` holds a lane lease: its connections are then not idle (never evicted
+        to make room, though their own traffic goes over the lane)."""
+        return any(client == pid for client, _, _ in self._leases.values())
 
     def is_held(self, conn_id: int) -> bool:
         owner = Caller(-1, -1, conn_id).owner
@@ -166,9 +178,15 @@ class Ops:
             self._failed(req.model, t0, e)
             raise
 
-    def open_lane(self, model: str) -> tuple[list[int], dict[str, Any]]:
-        """A direct lane to the model's active worker (agent.runtime.lanes): fds for the client."""
-        return self.rt().open_lane(model)
+    def open_lane(self, model: str, conn_id: int, pid: int,
+                  close: Callable[[], None]) -> tuple[list[int], dict[str, Any]]:
+        """A direct lane to the model's active worker (agent.runtime.lanes): fds for the client. The
+        connection that asked (``conn_id``) is the lane's *lease*: the client keeps it open while it
+        uses the lane, so the lane counts as one connection of its uid (the access limits); it is
+        closed (``close``) when the worker's lanes end (a swap, a death)."""
+        fds, info = self.rt().open_lane(model)
+        self._leases[conn_id] = (pid, int(info.get("pid") or -1), close)
+        return fds, info
 
     def _lane_requests(self, ev: dict[str, Any]) -> None:
         """One telemetry row per worker report: how many lane requests, their CPU time and energy (lane

@@ -406,7 +406,8 @@ class Runtime:
             self.emit(event)
             if old is not None:
                 slot.draining.add(old)
-                await old.close_lanes()   # before the swap returns: its lane clients move on to h
+                if await old.close_lanes():   # before the swap returns: its lane clients move on to h
+                    self.emit({"event": "lanes_closed", "model": model, "variant": old.variant, "pid": old.pid})
                 self._bg(self._drain(slot, old))
             return {"model": model, "variant": variant, "device": device, "changed": True,
                     "providers": devmod.providers_ran(info), "load_ms": load_ms, "warmup_ms": warm_ms,

@@ -231,3 +231,43 @@ def test_sigterm_answers_a_lane_request_in_flight_then_exits_0(daemon):
     t.join(30)
     c.close()
     assert res["r"].outputs["y"].shape == (60000, 64) and res["r"].extra.get("lane")
+
+
+def test_a_lane_is_a_connection_of_its_uid_and_its_client_is_never_evicted_as_idle(tmp_path, tensor_zoo):
+    """The lane's lease (the connection that was granted it) counts against max_connections, and the
+    connections of a process that holds a lane are not idle: eviction to make room takes another one."""
+    import subprocess
+    import sys
+
+    from tests.conftest import start_daemon
+
+    access = tmp_path / "access.toml"
+    access.write_text("[access]\nmax_connections = 3\n")
+    d = start_daemon(tensor_zoo, tmp_path, "--access-config", str(access))
+    script = (
+        "import sys, numpy as np\n"
+        "from agent.client import Client\n"
+        "c = Client(sys.argv[1])\n"
+        "x = np.ones((1, 256), np.float32)\n"
+        "for _ in range(3): r = c.infer('mlp', {'x': x})\n"
+        "print('lane', r.extra.get('lane'), flush=True)\n"
+        "sys.stdin.readline()\n"                       # the test fills the uid's connections meanwhile
+        "print('lane', c.infer('mlp', {'x': x}).extra.get('lane'), c.ping()['pong'], flush=True)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(d.socket)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().split() == ["lane", "True"]   # main connection + lease: 2 of 3
+        with Client(d.socket, lanes=False) as b:
+            b.ping()
+            with Client(d.socket, lanes=False) as c:   # the 4th: the idle one evicted is b, not the holder's
+                c.ping()
+                with pytest.raises(Exception, match="idle"):
+                    b.ping()
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().split() == ["lane", "True", "True"]
+    finally:
+        holder.kill()
+        holder.communicate(timeout=10)   # reaps it and closes its pipes
+        d.stop()
