@@ -19,7 +19,7 @@ import collections
 import os
 import struct
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -254,19 +254,38 @@ class SocketFrames:
 SOCK_BUFFER = 4 << 20
 
 
-def poll_readable(poller: Any, budget_s: float) -> bool:
-    """Busy-poll ``poller`` (a ``select.poll`` with one socket registered) for up to ``budget_s``; True
-    once it is readable. On these VMs a thread blocked in ``recv`` on an idle vCPU takes 30-60 µs to be
-    woken; a peer that answers within the budget is caught without that wake-up (lanes: a burst of small
-    requests). The caller blocks as usual when this returns False."""
-    if budget_s <= 0:
-        return False
-    end = time.perf_counter() + budget_s
-    while True:
-        if poller.poll(0):
-            return True
-        if time.perf_counter() >= end:
-            return False
+class BusyPoll:
+    """Busy-poll before blocking, while it pays. On these VMs a thread blocked in ``recv`` on an idle vCPU
+    takes 30-60 µs to be woken; a peer that answers within ``budget_s`` is caught without that wake-up
+    (lanes: a burst of small requests). When the machine is busy the peer may not even be scheduled
+    within the budget, and spinning only takes its CPU: so once most recent polls came back empty (a
+    moving average of hits under ``MIN_HIT``) only every ``PROBE``-th wait polls, until polls hit again."""
+
+    MIN_HIT = 0.3
+    PROBE = 32
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self.hit = 1.0     # moving average of polls that caught the peer
+        self._n = 0
+        self.cpu_s = 0.0   # thread CPU time spent polling
+
+    def wait(self, check: Callable[[], Any], budget_s: float | None = None) -> Any:
+        """Call ``check`` (a non-blocking readiness test) until it returns something truthy or the budget
+        is spent; returns its last result (falsy: the caller blocks as usual)."""
+        budget = self.budget_s if budget_s is None else budget_s
+        self._n += 1
+        if budget <= 0 or (self.hit < self.MIN_HIT and self._n % self.PROBE):
+            return None
+        c0 = time.thread_time()
+        end = time.perf_counter() + budget
+        while True:
+            got = check()
+            if got or time.perf_counter() >= end:
+                break
+        self.cpu_s += time.thread_time() - c0
+        self.hit += 0.1 * ((1.0 if got else 0.0) - self.hit)
+        return got
 
 
 def widen(sock: Any) -> None:

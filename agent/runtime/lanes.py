@@ -44,7 +44,7 @@ MAX_LANES = 256           # per worker; the daemon refuses more (the client then
 MAX_QUEUED = 16           # frames queued on one lane; a lane is one request at a time (the client library)
 WINDOW = 4096             # service times kept between two reports (the latest ones)
 POLL_S = 100e-6           # after the last ready request, the lane loop polls this long before it blocks: a
-                          # burst is not slowed by vCPU wake-ups (see protocol.poll_readable)
+                          # burst is not slowed by vCPU wake-ups (see protocol.BusyPoll)
 COUNTS = ("requests", "hits", "errors")
 
 
@@ -63,6 +63,7 @@ class LaneServer:
         self._idle = threading.Condition(self._lock)   # notified when a lane finishes a request
         self.busy = 0                                  # lane requests being run now
         self.poll_cpu_s = 0.0                          # CPU time spent polling (counted in cpu_s)
+        self._busy = P.BusyPoll(POLL_S)
         self.providers: list[str] = []
         self.opened = 0
         self.max_batch = 1
@@ -127,16 +128,9 @@ class LaneServer:
             sel.close()
 
     def _wait(self, sel: selectors.BaseSelector) -> list[Any]:
-        c0 = time.thread_time()
-        end = time.perf_counter() + POLL_S
-        try:
-            while time.perf_counter() < end:
-                events = sel.select(0)
-                if events:
-                    return events
-        finally:
-            self.poll_cpu_s += time.thread_time() - c0
-        return sel.select(None)
+        events = self._busy.wait(lambda: sel.select(0))
+        self.poll_cpu_s = self._busy.cpu_s
+        return events or sel.select(None)
 
     def _accept(self, sel: selectors.BaseSelector) -> bool:
         try:
