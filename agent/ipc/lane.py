@@ -127,7 +127,7 @@ class Lane(LaneEnd):
         try:
             P.send_frame(self.sock, P.request(self._ids, method, params), list(bufs))
             self._busy.wait(lambda: self._poller.poll(0), POLL_S if self.rtt_s < POLL_UNDER_S else 0.0)
-            f = P.recv_frame(self.sock)
+            f = P.recv_frame(self.sock)   # a writable payload: the outputs are the caller's arrays
         except (EOFError, OSError) as e:
             self.close()
             raise LaneClosed(f"lane ended: {e}") from None

@@ -411,6 +411,7 @@ class _Lane(LaneEnd):
         n_total = 0
         while True:
             buf = self.asm.get_buffer()
+            room = len(buf)
             try:
                 n = self.sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
@@ -426,6 +427,8 @@ class _Lane(LaneEnd):
                 if isinstance(f, Exception):
                     raise f
                 self.frames.append(f)
+            if n < room:          # the socket is drained (the selector reports it again when more comes):
+                return n_total    # no second recv that could only fail with EAGAIN
 
     def send(self, header: dict[str, Any], bufs: list[Any]) -> bool:
         """The reply, without blocking (False: the peer's buffer is full or the lane is gone)."""
