@@ -32,6 +32,7 @@ from agent.policy.costs import compute_state
 from agent.policy.decide import Decision
 from agent.policy.engine import PolicyEngine
 from agent.policy.model import DEMAND_WINDOW_S, Demand
+from agent.policy.standby import standby_for
 from agent.policy.table import VariantRow, table_from_manifests
 from agent.runtime.manager import Runtime
 from agent.sensors.energy import EnergyAccountant, EnergyReading
@@ -174,6 +175,7 @@ class Controller:
         self.hints: dict[str, dict[str, float]] = {}
         self.demands = DemandBook()
         self.gates: dict[str, EdfGate] = {}
+        self.routed: dict[str, int] = {}   # deadline requests served by the warm standby, per model
         self._readings: tuple[EnergyReading | None, EnergyReading | None] = (None, None)
         # (model, variant) -> [requests, J, wall s, tokens, cpu s]; meter per (model, variant)
         self.energy: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0, 0.0])
@@ -277,7 +279,9 @@ class Controller:
         try:
             # the snapshot's clock: real time when live, trace time when a trace is replayed, so dwell
             # and debounce count the same seconds the rules' readings do
-            d = self.engine.step(snap, self.runtime.placeable(self._table), snap.mono_s, self.demands.demand())
+            demand = self.demands.demand()
+            d = self.engine.step(snap, self.runtime.placeable(self._table), snap.mono_s, demand)
+            self._want_standbys(d, snap, demand)
         except Exception:
             log.exception("policy decision failed")
             return
@@ -295,6 +299,71 @@ class Controller:
             task = asyncio.ensure_future(self._apply(d, changes, snap.mono_s))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        else:
+            self._sync_standbys()
+
+    # -- warm standby -------------------------------------------------------------------------------
+    def _want_standbys(self, d: Decision, snap: Snapshot, demand: Mapping[str, Demand]) -> None:
+        """Tell the runtime what to keep warm next to each causal-lm model's chosen variant (before the
+        swaps of this decision, so a swap away from the wanted variant keeps its worker as the standby)."""
+        prof = self.engine.policy.profiles.get(d.profile)
+        pins = self.engine.pins()
+        cs = compute_state(snap)
+        rows = self.runtime.placeable(self._table)
+        for m, slot in self.runtime.slots.items():
+            if slot.manifest.kind != "causal-lm":
+                continue
+            c = d.choices.get(m)
+            sc = None
+            if prof is None or not prof.standby:
+                why = f"profile {d.profile} has no standby"
+            elif m in pins:
+                why = "pinned"
+            elif c is None:
+                why = "no policy choice"
+            else:
+                sc = standby_for(m, rows, (c.variant, c.device), demand.get(m), cs)
+                why = sc.why if sc is not None else "no deadline demand, or no faster variant meets the floor"
+            want = sc.key if sc is not None else None
+            if want != slot.standby_want:
+                log.info("standby want", extra={"fields": {"model": m, "standby": f"{want[0]}@{want[1]}" if want
+                                                           else None, "reason": why, "profile": d.profile}})
+            self.runtime.want_standby(m, want, why)
+
+    def _sync_standbys(self) -> None:
+        for m, slot in self.runtime.slots.items():
+            if slot.manifest.kind == "causal-lm":
+                self.runtime.sync_standby(m)
+
+    def route(self, model: str, qos: QoS, active: tuple[str, str] | None, standby: tuple[str, str] | None,
+              tokens: int | None, waited_ms: float = 0.0) -> bool:
+        """Where a deadline request goes: False = the active variant (admitted, see :meth:`admit`); True =
+        the warm standby, when the active one's predicted latency misses what is left of the deadline, the
+        standby's meets it and its quality meets the request's floor (one log line each). Neither:
+        DeadlineInfeasible at once (from admit)."""
+        if qos.deadline_ms is None or active is None:
+            return False
+        left = qos.deadline_ms - waited_ms
+        pred = self.predicted_ms(model, active[0], active[1], tokens)
+        if pred is None or pred <= left:
+            return False
+        if standby is not None and model not in self.engine.pins():
+            sp = self.predicted_ms(model, standby[0], standby[1], tokens)
+            q = next((r.quality_rel for r in self._table if r.model == model and r.key == standby), None)
+            floor_ok = qos.min_quality is None or (q or 0.0) >= qos.min_quality
+            if sp is not None and sp <= left and floor_ok:
+                cs = compute_state(self.last) if self.last is not None else None
+                log.info("route standby", extra={"fields": {
+                    "model": model, "to": f"{standby[0]}@{standby[1]}", "from": f"{active[0]}@{active[1]}",
+                    "deadline_ms": qos.deadline_ms, "left_ms": round(left, 1), "active_ms": round(pred, 1),
+                    "standby_ms": round(sp, 1), "quality_rel": q, "min_quality": qos.min_quality,
+                    "reason": f"{active[0]}@{active[1]} ~{pred:.0f} ms misses {left:.0f} ms left; standby "
+                              f"{standby[0]}@{standby[1]} ~{sp:.0f} ms meets it"
+                              + (f" at {cs.describe()}" if cs is not None else "")}})
+                self.routed[model] = self.routed.get(model, 0) + 1
+                return True
+        self.admit(model, qos, active[0], active[1], tokens, waited_ms)
+        return False
 
     async def _apply(self, d: Decision, changes: list[Any], decided_t: float) -> None:
         try:
@@ -313,6 +382,7 @@ class Controller:
                         self.engine.set_current(c.model, a.variant or "", a.device or "cpu", self.now())
         finally:
             self._applying = False
+            self._sync_standbys()
             pending, self._pending = self._pending, None
             if pending is not None:
                 self._decide(pending)

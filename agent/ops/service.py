@@ -214,6 +214,16 @@ class Ops:
         a = self.rt().slot(model).active
         self.controller.admit(model, qos, a.variant if a else None, a.device if a else None, tokens, waited_ms)
 
+    def _route(self, model: str, qos: QoS, tokens: int, waited_ms: float) -> bool:
+        """Admission of a deadline generation: True = serve it from the warm standby (Controller.route)."""
+        if self.controller is None:
+            return False
+        rt = self.rt()
+        a, sb = rt.slot(model).active, rt.standby_of(model)
+        key = (a.variant, a.device) if a is not None and a.variant and a.device else None
+        skey = (sb.variant, sb.device) if sb is not None and sb.variant and sb.device else None
+        return self.controller.route(model, qos, key, skey, tokens, waited_ms)
+
     def _failed(self, model: str, t0: float, err: AgentError | None, kind: str | None = None) -> None:
         self.telemetry.record("requests", failed_row(model, type(err).__name__, (time.perf_counter() - t0) * 1e3,
                                                      kind))
@@ -238,9 +248,10 @@ class Ops:
             gate = self.controller.gate(model)
             await gate.enter(qos, t0)
         try:
+            standby = False
             if qos.deadline_ms is not None:
-                self._admit(model, qos, req.tokens or 16, (time.perf_counter() - t0) * 1e3, hint=False)
-            res = await self.rt().generate(model, req.worker, on_token, req.deadline_s)
+                standby = self._route(model, qos, req.tokens or 16, (time.perf_counter() - t0) * 1e3)
+            res = await self.rt().generate(model, req.worker, on_token, req.deadline_s, standby=standby)
         except asyncio.CancelledError:
             self.telemetry.record("requests", failed_row(model, "cancelled", (time.perf_counter() - t0) * 1e3,
                                                          "generate"))

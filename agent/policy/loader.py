@@ -20,6 +20,7 @@ Format (see docs/POLICY.md and policies/example-annotated.toml)::
     memory_headroom_mb = 512
     allow_devices = ["cpu", "npu"]; deny_devices = ["gpu"]
     thermal_ceiling = "severe"      # at/above it the objective becomes min_energy
+    standby = true                  # warm standby of the fastest variant (causal-lm, deadline demand)
     [[rules]]
     name = "low-battery"
     when = 'battery.percent < 20 && !power.on_ac'     # CEL over the Snapshot
@@ -57,7 +58,7 @@ from agent.tomlfile import Checker, TomlDoc
 
 _CONSTRAINT_KEYS = {"min_quality", "max_latency_p95_ms", "memory_headroom_mb", "allow_devices", "deny_devices",
                     "thermal_ceiling"}
-_PROFILE_KEYS = _CONSTRAINT_KEYS | {"objective", "include", "description"}
+_PROFILE_KEYS = _CONSTRAINT_KEYS | {"objective", "include", "description", "standby"}
 _RULE_KEYS = {"name", "when", "exit_when", "profile", "tighten", "debounce_s", "exit_debounce_s", "description"}
 
 
@@ -159,6 +160,7 @@ def _read_part(path: Path) -> _Part:
             sub.str("include", required=False)
             sub.str("description", required=False)
             sub.str("objective", required=False, choices=OBJECTIVES)
+            sub.bool("standby", required=False)
             _constraints(sub)  # type-check this table's own keys where they are written
             part.profiles[name] = sub
     part.rules = c.array_of_tables("rules")
@@ -204,7 +206,8 @@ def _resolve_profiles(parts: list[_Part]) -> dict[str, Profile]:
             raise c.error(None, "objective: expected an objective (min_energy, min_latency, max_quality) here or "
                                 "in an included profile, got none")
         profiles[name] = Profile(name=name, objective=table["objective"], constraints=_constraints(c, table),
-                                 description=str(table.get("description", "")), include=c.table.get("include"))
+                                 description=str(table.get("description", "")), include=c.table.get("include"),
+                                 standby=bool(table.get("standby", False)))
     return profiles
 
 

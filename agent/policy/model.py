@@ -99,6 +99,10 @@ class Profile:
     constraints: Constraints = field(default_factory=Constraints)
     description: str = ""
     include: str | None = None
+    # warm standby (causal-lm models with deadline demand): keep the fastest variant the requests' quality
+    # floor allows loaded next to the active one, and serve a deadline request the active variant would miss
+    # from it (agent/policy/standby.py, Runtime.want_standby). Costs that variant's memory while on.
+    standby: bool = False
 
 
 @dataclass(frozen=True)

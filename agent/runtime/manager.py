@@ -356,10 +356,16 @@ class Runtime:
             st.status, st.reason, st.last_change = "loading", None, time.time()
             t0 = time.perf_counter()
             h: WorkerHandle | None = None
+            sb = slot.standby
+            promoted = sb is not None and sb.alive and sb.variant == variant and sb.device == device
             try:
-                await self._ensure_memory(slot.manifest, v, device)
-                h = await self._take_worker()
-                info = await h.load(self._load_params(slot.manifest, v, device))
+                if sb is not None and promoted:   # the warm standby is it: no second load
+                    slot.standby, h = None, sb
+                    info = {**sb.info, "load_ms": 0.0, "warmup_ms": 0.0}
+                else:
+                    await self._ensure_memory(slot.manifest, v, device)
+                    h = await self._take_worker()
+                    info = await h.load(self._load_params(slot.manifest, v, device))
             except AgentError as e:
                 if h is not None:
                     h.kill()
@@ -401,10 +407,12 @@ class Runtime:
                      "reason": reason, "load_ms": round(load_ms, 2), "warmup_ms": round(warm_ms, 2),
                      "swap_ms": round(total_ms, 2), "assignment": info.get("assignment"),
                      "providers": devmod.providers_ran(info), "peak_rss_bytes": info.get("peak_rss_bytes"),
-                     "warmup": info.get("warmup")}
+                     "warmup": info.get("warmup"), **({"promoted": "standby"} if promoted else {})}
             swaplog.info("swap", extra={"fields": {k: v_ for k, v_ in event.items() if k != "event"}})
             self.emit(event)
-            if old is not None:
+            if old is not None and self._keep_as_standby(slot, old, variant):
+                pass
+            elif old is not None:
                 slot.draining.add(old)
                 if await old.close_lanes():   # before the swap returns: its lane clients move on to h
                     self.emit({"event": "lanes_closed", "model": model, "variant": old.variant, "pid": old.pid})
@@ -462,6 +470,112 @@ class Runtime:
                        "cpu_s": round(float(delta["cpu_s"]), 6), "run_ms": round(float(delta["run_ms"]), 3),
                        "window": now.get("window"), "batches": batches, "batched_requests": batched})
 
+    # -- warm standby -------------------------------------------------------------------------------
+    def want_standby(self, model: str, want: tuple[str, str] | None, why: str = "") -> None:
+        """What the policy wants kept warm next to ``model``'s active variant (None: nothing). Loads
+        nothing: :meth:`sync_standby` does. A swap to the standby's variant promotes it (no second load);
+        a swap away from the wanted variant keeps the old worker as the standby."""
+        slot = self.slot(model)
+        if slot.manifest.kind != "causal-lm":
+            want = None
+        slot.standby_want, slot.standby_why = want, why
+
+    def _standby_target(self, slot: Slot) -> tuple[str, str] | None:
+        """What should be the standby now: the want, unless the active worker already is that variant."""
+        want, a = slot.standby_want, slot.active
+        if want is not None and a is not None and a.alive and (a.variant, a.device) == want:
+            return None
+        return want
+
+    def sync_standby(self, model: str, retry_s: float = 30.0) -> bool:
+        """Load or stop ``model``'s standby in the background to match the want; True when a task started.
+        A load that failed is not retried for ``retry_s`` (the same want)."""
+        slot = self.slot(model)
+        if self.closing or (slot.standby_task is not None and not slot.standby_task.done()):
+            return False
+        sb, target = slot.standby, self._standby_target(slot)
+        have = (sb.variant or "", sb.device or "") if sb is not None and sb.alive else None
+        if have == target or (target is not None and slot.active is None):
+            return False   # as wanted; or nothing serves yet: the active variant loads first
+        f = slot.standby_failed
+        if target is not None and have is None and f is not None and f[0] == target and \
+                time.monotonic() - f[1] < retry_s:
+            return False
+        slot.standby_task = t = asyncio.ensure_future(self._sync_standby(slot))
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _sync_standby(self, slot: Slot) -> None:
+        model = slot.manifest.name
+        async with self.load_lock:   # one load at a time, standby loads included
+            target, sb = self._standby_target(slot), slot.standby
+            if sb is not None and (not sb.alive or (sb.variant, sb.device) != target):
+                slot.standby = None
+                swaplog.info("standby stop", extra={"fields": {
+                    "model": model, "variant": sb.variant, "device": sb.device, "pid": sb.pid,
+                    "reason": slot.standby_why or "no standby wanted" if target is None else
+                    f"replaced by {target[0]}@{target[1]}: {slot.standby_why}"}})
+                self.emit({"event": "standby_stop", "model": model, "variant": sb.variant, "device": sb.device})
+                slot.draining.add(sb)
+                self._bg(self._drain(slot, sb))
+            if target is None or slot.standby is not None or slot.active is None or self.closing:
+                return
+            await self._load_standby(slot, target)
+
+    async def _load_standby(self, slot: Slot, target: tuple[str, str]) -> None:
+        m, (variant, device) = slot.manifest, target
+        t0 = time.perf_counter()
+        h: WorkerHandle | None = None
+        try:
+            v = m.variant(variant)
+            device = await self.check_placement(m, v, device)
+            await self._ensure_memory(m, v, device)
+            h = await self._take_worker()
+            info = await h.load(self._load_params(m, v, device))
+        except AgentError as e:
+            if h is not None:
+                h.kill()
+            slot.standby_failed = (target, time.monotonic())
+            swaplog.warning("standby load failed", extra={"fields": {
+                "model": m.name, "variant": variant, "device": device, "error": str(e), "reason": slot.standby_why}})
+            self.emit({"event": "standby_failed", "model": m.name, "variant": variant, "error": str(e)})
+            return
+        except BaseException:
+            if h is not None:
+                h.kill()
+            raise
+        h.variant, h.model, h.device = variant, m.name, device
+        h.on_death = self._on_worker_death
+        slot.standby, slot.standby_failed = h, None
+        st = slot.state(variant)
+        st.status, st.device, st.last_change = "standby", device, time.time()
+        st.load_ms, st.warmup_ms = info.get("load_ms", 0.0), info.get("warmup_ms", 0.0)
+        fields = {"model": m.name, "variant": variant, "device": device, "pid": h.pid, "reason": slot.standby_why,
+                  "active": slot.active.variant if slot.active else None, "load_ms": round(st.load_ms or 0.0, 2),
+                  "warmup_ms": round(st.warmup_ms or 0.0, 2), "standby_ms": round((time.perf_counter() - t0) * 1e3, 2),
+                  "rss_bytes": info.get("rss_bytes"), "peak_rss_bytes": info.get("peak_rss_bytes")}
+        swaplog.info("standby", extra={"fields": fields})
+        self.emit({"event": "standby", **fields})
+
+    def _keep_as_standby(self, slot: Slot, old: WorkerHandle, new_variant: str) -> bool:
+        """After a swap: keep the old worker warm as the standby when it is the wanted one (no reload later)."""
+        if not old.alive or old.variant == new_variant or slot.standby is not None or \
+                slot.standby_want != (old.variant, old.device) or self.closing:
+            return False
+        slot.standby = old
+        if old.variant:
+            slot.state(old.variant).status = "standby"
+        fields = {"model": slot.manifest.name, "variant": old.variant, "device": old.device, "pid": old.pid,
+                  "reason": f"kept from the swap to {new_variant}: {slot.standby_why}", "load_ms": 0.0}
+        swaplog.info("standby", extra={"fields": fields})
+        self.emit({"event": "standby", **fields})
+        return True
+
+    def standby_of(self, model: str) -> WorkerHandle | None:
+        h = self.slot(model).standby
+        return h if h is not None and h.alive and not self.closing else None
+
     # -- failures -----------------------------------------------------------------------------------
     def _on_worker_death(self, h: WorkerHandle) -> None:
         if self.closing or h.model is None:
@@ -476,6 +590,10 @@ class Runtime:
                                                   "active": slot.active is h, "failures": slot.failures}})
         self.emit({"event": "worker_died", "model": h.model, "variant": h.variant, "pid": h.pid, "hung": h.hung})
         self._bg(self._reap(h))
+        if slot.standby is h:   # the next sync_standby loads another
+            slot.standby = None
+            if h.variant:
+                slot.state(h.variant).status = "unloaded"
         if slot.active is h:
             slot.active = None
             slot.ready.clear()
@@ -699,11 +817,12 @@ class Runtime:
 
     async def generate(self, model: str, params: dict[str, Any],
                        on_token: Callable[[dict[str, Any]], None],
-                       deadline_s: float | None = None) -> dict[str, Any]:
-        """Stream a generation from the active variant; it finishes on the variant it started on
-        (a swap meanwhile drains this worker after it). Retried once if the worker dies before the
-        first token. ``deadline_s`` bounds the whole generation (Timeout past it); without it, only
-        the model's per-token deadline applies: a worker silent that long is declared hung."""
+                       deadline_s: float | None = None, standby: bool = False) -> dict[str, Any]:
+        """Stream a generation from the active variant (``standby``: from the warm standby when one is
+        loaded, see Controller.route); it finishes on the variant it started on
+        (a swap meanwhile drains this worker after it). Retried once (on the active variant) if the worker
+        dies before the first token. ``deadline_s`` bounds the whole generation (Timeout past it); without it,
+        only the model's per-token deadline applies: a worker silent that long is declared hung."""
         slot = self.slot(model)
         if slot.manifest.kind != "causal-lm":
             raise InvalidParams(f"model {model!r} is a {slot.manifest.kind} model; use infer")
@@ -713,7 +832,8 @@ class Runtime:
         limit = deadline_s if deadline_s is not None else gap_s
         last: WorkerHandle | None = None
         for attempt in (0, 1):
-            h = await self._active_by(slot, end, last, limit)
+            sb = self.standby_of(model) if standby and attempt == 0 else None
+            h = sb if sb is not None else await self._active_by(slot, end, last, limit)
             last = h
             h.inflight += 1
             sent = 0
@@ -777,6 +897,8 @@ class Runtime:
         for s in self.slots.values():
             if s.active is not None:
                 hs.append(s.active)
+            if s.standby is not None:
+                hs.append(s.standby)
             hs.extend(s.draining)
         deadline = time.monotonic() + timeout
         await asyncio.gather(*(h.close_lanes(timeout) for h in hs), return_exceptions=True)   # lane requests answered
@@ -812,6 +934,8 @@ class Runtime:
                             "providers": devmod.providers_ran(a.info), "parts": a.info.get("parts"),
                             "remote": a.info.get("remote")} if a else None),
                 "pinned": {"variant": pin[0], "device": pin[1]} if pin else None,
+                "standby": ({"variant": s.standby.variant, "device": s.standby.device, **s.standby.describe(),
+                             "why": s.standby_why} if s.standby is not None else None),
                 "requests": s.requests, "errors": s.errors,
                 **({"lanes": {**s.lanes, "open": sum(int(w.lanes.get("open", 0)) for w in (a, *s.draining) if w),
                               "cache": a.lanes.get("cache") if a else None,

@@ -13,7 +13,7 @@ from agent.zoo.manifest import Manifest
 
 @dataclass
 class VariantState:
-    status: str = "unloaded"      # unloaded | loading | active | draining | failed
+    status: str = "unloaded"      # unloaded | loading | active | standby | draining | failed
     reason: str | None = None
     device: str | None = None
     load_ms: float | None = None
@@ -33,6 +33,12 @@ class Slot:
     requests: int = 0
     errors: int = 0
     lanes: dict[str, int] = field(default_factory=dict)   # lane requests, cache hits, errors (worker reports)
+    # warm standby (Runtime.want_standby): a second loaded worker, and what the policy wants kept warm
+    standby: WorkerHandle | None = None
+    standby_want: tuple[str, str] | None = None
+    standby_why: str = ""
+    standby_task: asyncio.Task[None] | None = None
+    standby_failed: tuple[tuple[str, str], float] | None = None   # (want, monotonic time) of the last failure
 
     def state(self, vid: str) -> VariantState:
         return self.states.setdefault(vid, VariantState())
