@@ -281,10 +281,13 @@ class Controller:
             # and debounce count the same seconds the rules' readings do
             demand = self.demands.demand()
             d = self.engine.step(snap, self.runtime.placeable(self._table), snap.mono_s, demand)
-            self._want_standbys(d, snap, demand)
         except Exception:
             log.exception("policy decision failed")
             return
+        try:
+            self._want_standbys(d, snap, demand)
+        except Exception:   # a standby is an optimisation: it never stops the decision being applied
+            log.exception("standby choice failed")
         self.last_decision = d
         for u in d.unknown:
             if u not in self._unknown_logged:
