@@ -62,6 +62,7 @@ class Arm:
             p[r["outcome"]] += 1
         out["phases"] = phases
         out["variants"] = sorted({r["variant"] for r in self.requests if r.get("variant")})
+        out["standby_served"] = sum(1 for r in self.requests if r.get("standby"))   # routed to the warm standby
         toks = [r["tokens"] for r in self.requests if r.get("tokens") is not None]
         out["mean_tokens"] = sum(toks) / len(toks) if toks else None
         for ph in phases:
@@ -133,6 +134,7 @@ def run_arm(name: str, sock: Path, lim: CpuLimiter, model: str, schedule: list[t
                                        deadline_ms=deadline_ms)
                     ms = (time.perf_counter() - t0) * 1000
                     rec.update(variant=final.variant, latency_ms=round(ms, 1),
+                               standby=bool((final.result or {}).get("standby")),
                                tokens=(final.usage or {}).get("completion_tokens"),
                                outcome="met" if ms <= deadline_ms else "late")
                 except AgentError as e:

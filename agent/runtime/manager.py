@@ -853,7 +853,8 @@ class Runtime:
                     raise timeout_error(model, h.variant, h.pid, limit, hung=bool(res),
                                         what=f"did not finish ({sent} tokens sent)")
                 h.requests += 1
-                return {**res, "model": model, "variant": h.variant, "device": h.device, "retried": attempt > 0}
+                return {**res, "model": model, "variant": h.variant, "device": h.device, "retried": attempt > 0,
+                        **({"standby": True} if sb is not None and h is sb else {})}
             except WorkerDied:
                 if attempt == 1 or sent:
                     slot.errors += 1

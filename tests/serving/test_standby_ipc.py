@@ -100,6 +100,7 @@ def test_a_deadline_request_fp32_would_miss_at_the_cut_is_served_by_the_warm_int
                 assert time.monotonic() < end, f"not routed to the standby: {served}"
                 try:
                     r = c.complete(MODEL, "hello", max_tokens=4, deadline_ms=1000)
+                    assert r.result.get("standby") is True
                     served.append(r.variant)
                 except DeadlineInfeasible:   # until the standby is back after the unpin
                     time.sleep(0.1)

@@ -75,8 +75,10 @@ def test_standby_loads_serves_is_promoted_by_a_swap_and_kept_by_the_swap_back(tm
             assert rt.status()["lm"]["standby"]["variant"] == "int4"
             assert rt.status()["lm"]["variants"]["int4"]["status"] == "standby"
             # served and named by the standby when asked; by the active worker otherwise
-            assert (await _gen(rt, standby=True))["variant"] == "int4"
-            assert (await _gen(rt))["variant"] == "fp32"
+            served = await _gen(rt, standby=True)
+            assert served["variant"] == "int4" and served["standby"] is True
+            served = await _gen(rt)
+            assert served["variant"] == "fp32" and "standby" not in served
             loads = sum(1 for e in events if e["event"] in ("swap", "standby"))
             # the swap to int4 promotes the warm worker: same process, no load in the swap
             fp32 = slot.active
