@@ -32,7 +32,7 @@ from agent.policy.costs import compute_state
 from agent.policy.decide import Decision
 from agent.policy.engine import PolicyEngine
 from agent.policy.model import DEMAND_WINDOW_S, Demand
-from agent.policy.standby import standby_for
+from agent.policy.standby import standby_why
 from agent.policy.table import VariantRow, table_from_manifests
 from agent.runtime.manager import Runtime
 from agent.sensors.energy import EnergyAccountant, EnergyReading
@@ -325,8 +325,8 @@ class Controller:
             elif c is None:
                 why = "no policy choice"
             else:
-                sc = standby_for(m, rows, (c.variant, c.device), demand.get(m), cs)
-                why = sc.why if sc is not None else "no deadline demand, or no faster variant meets the floor"
+                sc, why = standby_why(m, rows, (c.variant, c.device), demand.get(m), cs)
+                why = sc.why if sc is not None else why
             want = sc.key if sc is not None else None
             if want != slot.standby_want:
                 log.info("standby want", extra={"fields": {"model": m, "standby": f"{want[0]}@{want[1]}" if want

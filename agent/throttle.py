@@ -63,6 +63,9 @@ class Arm:
         out["phases"] = phases
         out["variants"] = sorted({r["variant"] for r in self.requests if r.get("variant")})
         out["standby_served"] = sum(1 for r in self.requests if r.get("standby"))   # routed to the warm standby
+        # every request that missed (the first 50): when, in which phase, on what, how long, why
+        out["misses"] = [{k: r.get(k) for k in ("t", "phase", "outcome", "variant", "latency_ms", "error")}
+                         for r in self.requests if r["outcome"] != "met"][:50]
         toks = [r["tokens"] for r in self.requests if r.get("tokens") is not None]
         out["mean_tokens"] = sum(toks) / len(toks) if toks else None
         for ph in phases:

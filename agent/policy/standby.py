@@ -38,24 +38,32 @@ def _ms(r: VariantRow, cs: ComputeState | None, tokens: int | None) -> float | N
 def standby_for(model: str, rows: list[VariantRow], target: tuple[str, str] | None, demand: Demand | None,
                 cs: ComputeState | None) -> StandbyChoice | None:
     """The standby for ``model`` next to ``target`` (the variant the policy serves it with), or None."""
-    if demand is None or demand.deadline_ms is None or target is None:
-        return None
+    return standby_why(model, rows, target, demand, cs)[0]
+
+
+def standby_why(model: str, rows: list[VariantRow], target: tuple[str, str] | None, demand: Demand | None,
+                cs: ComputeState | None) -> tuple[StandbyChoice | None, str]:
+    """:func:`standby_for` and, when there is none, why not (for the log line)."""
+    if demand is None or demand.deadline_ms is None:
+        return None, "no deadline demand in the last window"
+    if target is None:
+        return None, "nothing is served"
     mine = [r for r in rows if r.model == model and r.unit == "token" and r.reachable is not False
             and r.device != "remote"]
     ok = [r for r in mine if demand.min_quality is None or (r.quality_rel or 0.0) >= demand.min_quality]
     timed = [(ms, r) for r in ok if (ms := _ms(r, cs, demand.tokens)) is not None]
+    floor = f"quality >= {demand.min_quality:g}" if demand.min_quality is not None else "no quality floor"
     if not timed:
-        return None
+        return None, f"no measured row with {floor}"
     best_ms, best = min(timed, key=lambda x: (x[0], x[1].variant, x[1].device))
+    where = f" at {cs.describe()}" if cs is not None else ""
     if best.key == target:
-        return None
+        return None, f"the served {best.label} is the fastest row with {floor} (p95 {best_ms:.0f} ms{where})"
     cur = next((r for r in mine if r.key == target), None)
     cur_ms = _ms(cur, cs, demand.tokens) if cur is not None else None
     if cur_ms is not None and best_ms >= cur_ms:
-        return None
-    where = f" at {cs.describe()}" if cs is not None else ""
-    floor = f"quality >= {demand.min_quality:g}" if demand.min_quality is not None else "no quality floor"
+        return None, f"no row with {floor} is faster than the served {target[0]}@{target[1]}"
     cur_s = f"{cur_ms:.0f} ms" if cur_ms is not None else "unmeasured"
     return StandbyChoice(model, best.variant, best.device,
                          f"deadline {demand.deadline_ms:g} ms demand: fastest row with {floor} is {best.label} "
-                         f"(p95 {best_ms:.0f} ms{where}; active {target[0]}@{target[1]} {cur_s})")
+                         f"(p95 {best_ms:.0f} ms{where}; active {target[0]}@{target[1]} {cur_s})"), ""

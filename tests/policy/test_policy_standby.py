@@ -13,7 +13,7 @@ from agent.errors import PolicyError
 from agent.policy.costs import NOMINAL, ComputeState
 from agent.policy.loader import load_policy
 from agent.policy.model import Demand
-from agent.policy.standby import standby_for
+from agent.policy.standby import standby_for, standby_why
 from agent.policy.table import VariantRow
 
 
@@ -55,6 +55,8 @@ def test_the_standby_is_the_fastest_row_the_requests_floor_allows() -> None:
     assert sc is not None and sc.key == ("int8", "cpu") and "quality >= 0.95" in sc.why
     # none: the served variant is already the fastest, no deadline demand, no demand, nothing faster allowed
     assert standby_for("lm", ROWS, ("int4", "cpu"), demand, NOMINAL) is None
+    assert "the served int4@cpu is the fastest" in standby_why("lm", ROWS, ("int4", "cpu"), demand, NOMINAL)[1]
+    assert standby_why("lm", ROWS, ("fp32", "cpu"), Demand(tokens=16), NOMINAL)[1].startswith("no deadline")
     assert standby_for("lm", ROWS, ("fp32", "cpu"), Demand(tokens=16), NOMINAL) is None
     assert standby_for("lm", ROWS, ("fp32", "cpu"), None, NOMINAL) is None
     assert standby_for("lm", ROWS, ("fp32", "cpu"), Demand(deadline_ms=900, min_quality=0.99), NOMINAL) is None
