@@ -82,3 +82,18 @@ def test_a_negative_spare_worker_count_is_refused_before_anything_starts(tmp_pat
     assert e.value.code == 2
     assert "--spare-workers: expected 0 or more, got -1" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_summary_counts_standby_served_requests_and_lists_each_miss() -> None:
+    from agent.throttle import Arm
+
+    arm = Arm("policy", requests=[
+        {"phase": "full", "t": 1.0, "outcome": "met", "variant": "fp32", "latency_ms": 300.0, "standby": False},
+        {"phase": "throttled", "t": 2.0, "outcome": "late", "variant": "fp32", "latency_ms": 2100.0},
+        {"phase": "throttled", "t": 3.0, "outcome": "met", "variant": "int4", "latency_ms": 900.0, "standby": True},
+        {"phase": "throttled", "t": 4.0, "outcome": "refused", "latency_ms": 1.0, "error": "DeadlineInfeasible: x"}])
+    s = arm.summary()
+    assert s["standby_served"] == 1 and s["met"] == 2 and s["met_rate"] == 0.5
+    assert [(m["t"], m["outcome"], m["variant"]) for m in s["misses"]] == [(2.0, "late", "fp32"),
+                                                                          (4.0, "refused", None)]
+    assert s["misses"][1]["error"] == "DeadlineInfeasible: x"
