@@ -231,9 +231,11 @@ def _choose(model: str, rows: list[VariantRow], cons: Constraints, objective: st
             demand: Demand | None = None) -> ModelChoice:
     """Feasible = the profile's constraints plus the demand's deadline. When no row meets both the profile's
     quality floor and the deadline, the floor relaxes to the requests' own (``demand.min_quality``) and the
-    best-quality row that meets the deadline wins; when no row meets the deadline at all, the fastest row that
-    meets the profile's constraints wins - the closest to the deadline, without giving up quality that would
-    not buy it; requests that cannot make it are refused at once by the daemon."""
+    best-quality row that meets the deadline wins. When no row meets it at p95, the best-quality row (at the
+    requests' floor) whose *typical* (p50) request meets it wins: most of its requests make the deadline, and
+    the daemon's admission, which uses p50, refuses the rest at once. When none meets it even at p50, the
+    fastest row that meets the profile's constraints wins - the closest to the deadline, without giving up
+    quality that would not buy it; requests that cannot make it are refused at once by the daemon."""
     cur_key = state.current.get(model)
     by_key = {r.key: r for r in rows}
     cur = by_key.get(cur_key) if cur_key else None
@@ -245,10 +247,20 @@ def _choose(model: str, rows: list[VariantRow], cons: Constraints, objective: st
         relaxed = replace(cons, min_quality=demand.min_quality if demand is not None else None)
         rv = {r.key: violations(r, relaxed, objective, snapshot, cur) for r in rows}
         rf = sorted((r for r in rows if not rv[r.key]), key=lambda r: rank_key(r, "max_quality"))
+        dl, tok = cons.deadline_ms, cons.request_tokens
+        loose = replace(relaxed, deadline_ms=None)
+        lv = {r.key: violations(r, loose, objective, snapshot, cur) for r in rows}
+        typical = sorted((r for r in rows if not lv[r.key] and (r.request_ms(tok, 50) or float("inf")) <= dl),
+                         key=lambda r: rank_key(r, "max_quality"))
         if rf:
             note = (f"deadline {cons.deadline_ms:g} ms: no variant at quality >= {base_cons.min_quality} meets it; "
                     f"best quality that does (request floor {relaxed.min_quality})")
             cons, viol, feasible, objective = relaxed, rv, rf, "max_quality"
+        elif typical:
+            note = (f"deadline {dl:g} ms: no variant meets it at p95; best quality whose typical (p50) request "
+                    f"does: {typical[0].label} {typical[0].request_ms(tok, 50):.0f} ms (request floor "
+                    f"{relaxed.min_quality})")
+            cons, viol, feasible, objective = loose, lv, typical, "max_quality"
         else:
             fastest = min((r for r in rows if r.request_ms(cons.request_tokens) is not None),
                           key=lambda r: r.request_ms(cons.request_tokens) or 0.0, default=None)

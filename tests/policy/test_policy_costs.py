@@ -239,3 +239,17 @@ def test_quota_reader_takes_the_tightest_along_the_path(tmp_path: Path) -> None:
     (tmp_path / "c2").write_text("0::/s\n")
     assert read_quota_cores(v2, tmp_path / "c2")[0] == 2.0
     assert read_quota_cores(v2, tmp_path / "missing") == (None, None)
+
+
+def test_a_deadline_missed_at_p95_but_met_by_a_typical_request_picks_that_variant_not_the_floor() -> None:
+    """At an eighth of the machine int4's p95 (1552 ms) misses a 1400 ms deadline but its p50 (1322 ms)
+    makes it: int4 serves most requests in time, while the profile's floor (int8, p50 1731 ms) would
+    serve none (the live throttle's failure under load: decide() went back to fp32 there)."""
+    d = decide(snap(quota=0.25), PolicyState(), quality_first(), TABLE, 0.0,
+               {"llm": Demand(deadline_ms=1400.0, tokens=16)})
+    c = d.choices["llm"]
+    assert c.variant == "int4", c.why
+    assert "no variant meets it at p95" in c.why and "int4@cpu 1322 ms" in c.why
+    floor = decide(snap(quota=0.25), PolicyState(), quality_first(), TABLE, 0.0,
+                   {"llm": Demand(deadline_ms=1400.0, min_quality=0.9, tokens=16)}).choices["llm"]
+    assert floor.variant == "int8" and "infeasible on every variant" in floor.why   # the requests' own floor holds
