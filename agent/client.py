@@ -36,6 +36,7 @@ from agent.ipc.lane import Lane, LaneClosed, open_lane
 from agent.paths import default_socket
 
 LANE_RETRY_S = 2.0   # after the daemon refused a lane to a model, ask again no sooner than this
+LANE_OPEN_S = 5.0    # the longest a lane grant may take (then the request goes framed)
 LANE_AFTER = 2       # requests to a model that go framed before a lane is asked for: a one-shot client
                      # (agentctl infer) would only pay for the lane (a grant round trip, two memfds, a thread)
 
@@ -147,7 +148,8 @@ class Client:
                 self._framed[model] += 1
                 return None
             try:
-                lane = open_lane(self.path, model, self.sock.gettimeout())
+                t = self.sock.gettimeout()
+                lane = open_lane(self.path, model, min(t, LANE_OPEN_S) if t is not None else LANE_OPEN_S)
             except AgentError:
                 self._no_lane[model] = time.monotonic() + LANE_RETRY_S
                 return None
