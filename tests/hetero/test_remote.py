@@ -195,6 +195,8 @@ default = "plugged"
 [switching]
 min_dwell_s = 0
 debounce_s = 0
+[switching.margins]
+energy = 0.0    # the remote row is asserted cheaper, but measured here by how much: any saving must do
 [profiles.plugged]
 objective = "min_latency"
 deny_devices = ["remote"]
