@@ -165,9 +165,7 @@ class Client:
             return None
         try:
             res, payload = lane.call("run", {"inputs": descs}, bufs)
-        except LaneClosed:
-            return None
-        except AgentError:
+        except (LaneClosed, AgentError):
             return None
         finally:
             lane.lock.release()

@@ -27,9 +27,8 @@ from typing import Any
 
 from agent.errors import AgentError, ConnectionClosed, error_from_jsonrpc
 from agent.ipc import protocol as P
-from agent.ipc.shm import Shm
+from agent.ipc.shm import INLINE_MAX, Shm
 
-INLINE_MAX = 64 * 1024   # inputs above this go through the lane's shared memory
 POLL_S = 200e-6          # after sending, poll this long for the reply before blocking (P.BusyPoll) ...
 POLL_UNDER_S = 400e-6    # ... when this lane's recent round trips are shorter than this (else block at once:
                          # spinning through a long run would take a core from the worker's own threads)
@@ -108,7 +107,7 @@ class Lane(LaneEnd):
         self._ids = 0
         self._poller = select.poll()
         self._poller.register(sock, select.POLLIN)
-        self._busy = P.BusyPoll(POLL_S)
+        self._poll = P.BusyPoll(POLL_S)
         self.rtt_s = 0.0   # moving average of this lane's round trips
 
     def call(self, method: str, params: dict[str, Any], bufs: list[Any] | tuple[Any, ...] = ()
@@ -126,7 +125,7 @@ class Lane(LaneEnd):
         t0 = time.perf_counter()
         try:
             P.send_frame(self.sock, P.request(self._ids, method, params), list(bufs))
-            self._busy.wait(lambda: self._poller.poll(0), POLL_S if self.rtt_s < POLL_UNDER_S else 0.0)
+            self._poll.wait(lambda: self._poller.poll(0), POLL_S if self.rtt_s < POLL_UNDER_S else 0.0)
             f = P.recv_frame(self.sock)   # a writable payload: the outputs are the caller's arrays
         except (EOFError, OSError) as e:
             self.close()

@@ -11,6 +11,8 @@ import mmap
 import os
 from typing import Any
 
+INLINE_MAX = 64 * 1024   # tensors above this travel in shared memory (daemon <-> worker, lanes), below it inline
+
 
 class Shm:
     """One memfd mapped in this process; grows when asked to hold more, remaps when the peer grew it."""

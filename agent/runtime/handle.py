@@ -38,9 +38,9 @@ from typing import Any
 
 from agent.errors import AgentError, WorkerDied, WorkerHung, error_from_jsonrpc
 from agent.ipc import protocol as P
+from agent.ipc.shm import INLINE_MAX
 
 log = logging.getLogger(__name__)
-INLINE_MAX = 64 * 1024
 HEARTBEAT_S = 0.5     # the worker's beat period
 HANG_AFTER_S = 3.0    # silence after which a worker is declared hung
 REAP_S = 30.0         # how long a background reaper waits for a killed or disconnected worker to exit
@@ -291,9 +291,7 @@ class WorkerHandle:
     def _on_lost(self) -> None:
         was_alive = self.alive
         self.alive = False
-        if self._lane_ctl is not None:   # no lane can be granted to a worker that is gone
-            self._lane_ctl.close()
-            self._lane_ctl = None
+        self._close_lane_ctl()   # no lane can be granted to a worker that is gone
         if self._watch_task is not None and self._watch_task is not asyncio.current_task():
             self._watch_task.cancel()
         err: WorkerDied = (WorkerHung(f"worker {self.pid} ({self.model}/{self.variant}) hung: {self.hung}; killed",
@@ -516,8 +514,7 @@ class WorkerHandle:
             raise WorkerDied(f"worker {self.pid} is not running")
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = [os.memfd_create("agent-lane-in", os.MFD_CLOEXEC), os.memfd_create("agent-lane-out", os.MFD_CLOEXEC)]
-        try:
-            P.widen(mine)
+        try:   # each end is widened where it is used (agent.ipc.lane.LaneEnd)
             socket.send_fds(self._lane_ctl, [b"lane"], [theirs.fileno(), *fds])
         except OSError as e:
             for fd in fds:
@@ -539,10 +536,13 @@ class WorkerHandle:
             return 0
         return int((res or {}).get("closed", 0))
 
-    def _close_shm(self) -> None:
+    def _close_lane_ctl(self) -> None:
         if self._lane_ctl is not None:
             self._lane_ctl.close()
             self._lane_ctl = None
+
+    def _close_shm(self) -> None:
+        self._close_lane_ctl()
         for s in (getattr(self, "shm_in", None), getattr(self, "shm_out", None)):
             if s is not None and s.fd >= 0:
                 try:

@@ -12,20 +12,22 @@ A lane request never fails for the lane's sake: when this worker stops (a swap, 
 closes its lanes, the client sees its lane end and sends the request the framed way through the daemon,
 which retries it like any other. Runs of every lane and of the daemon's framed path take one lock, so
 the variant runs one request at a time, as it always did. The lanes' counts (requests, cache hits,
-CPU time) go to the daemon with the heartbeat; it records them in telemetry and in the demand the
-policy sees. A model whose manifest opts in to the response cache gets one here too, for lane
+CPU time) go to the daemon with the heartbeat; it records them in telemetry and in the energy
+accounting. A model whose manifest opts in to the response cache gets one here too, for lane
 requests (:class:`agent.runtime.cache.ResponseCache`; it dies with the worker, so a swap clears it).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import selectors
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -62,8 +64,7 @@ class LaneServer:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)   # notified when a lane finishes a request
         self.busy = 0                                  # lane requests being run now
-        self.poll_cpu_s = 0.0                          # CPU time spent polling (counted in cpu_s)
-        self._busy = P.BusyPoll(POLL_S)
+        self._poll = P.BusyPoll(POLL_S)                # its cpu_s is counted in the lanes' cpu_s
         self.providers: list[str] = []
         self.opened = 0
         self.max_batch = 1
@@ -72,10 +73,6 @@ class LaneServer:
         self.cpu_s = self.run_ms = 0.0
         self._reported: tuple[Any, ...] = ()
         self._service_ms: collections.deque[float] = collections.deque(maxlen=WINDOW)   # since the last report
-
-    @property
-    def used(self) -> bool:
-        return self.opened > 0
 
     def serve(self, backend: Backend, info: dict[str, Any], params: dict[str, Any]) -> None:
         """The variant is loaded: lanes may run it (its cache bound is ``lane_cache_bytes`` of the load)."""
@@ -128,9 +125,7 @@ class LaneServer:
             sel.close()
 
     def _wait(self, sel: selectors.BaseSelector) -> list[Any]:
-        events = self._busy.wait(lambda: sel.select(0))
-        self.poll_cpu_s = self._busy.cpu_s
-        return events or sel.select(None)
+        return self._poll.wait(lambda: sel.select(0)) or sel.select(None)
 
     def _accept(self, sel: selectors.BaseSelector) -> bool:
         try:
@@ -218,9 +213,7 @@ class LaneServer:
         """One run for the head requests of ``lanes`` (cache hits answered first); if the stacked run
         fails (one bad request), each is served alone, so only the bad one gets the error."""
         reqs = [_Req(lane, lane.frames.popleft()) for lane in lanes]
-        with self._lock:
-            self.busy += 1
-        try:
+        with self._running():
             todo = [r for r in reqs if not self._answer_from_cache(sel, r)]
             if len(todo) > 1:
                 try:
@@ -240,24 +233,46 @@ class LaneServer:
             for r in todo:   # alone (a single miss, or a batch that failed); the cache was looked up
                 r.lane.frames.appendleft(r.frame)
                 self._serve_one(sel, r.lane, lookup=False)
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
+        """Counts a lane request being run (close_all waits for none to be left)."""
+        with self._lock:
+            self.busy += 1
+        try:
+            yield
         finally:
             with self._idle:
                 self.busy -= 1
                 self._idle.notify_all()
 
-    def _answer_from_cache(self, sel: selectors.BaseSelector, r: _Req) -> bool:
+    # -- the worker's response cache (lane requests) ----------------------------------------------------
+    def _lookup(self, descs: list[dict[str, Any]], payload: memoryview, lookup: bool = True
+                ) -> tuple[bytes | None, Entry | None]:
+        """(the request's cache key, its cached entry): (None, None) with the cache off; a hit is counted."""
         if not self.cache.enabled:
-            return False
-        r.key = digest(orjson.dumps(r.descs), r.payload)
+            return None, None
+        key = digest(orjson.dumps(descs), payload)
         with self._lock:
-            e = self.cache.get(self.variant, self.device, r.key)
+            e = self.cache.get(self.variant, self.device, key) if lookup else None
             if e is not None:
                 self.counts["hits"] += 1
                 self.counts["requests"] += 1
+        return key, e
+
+    def _hit(self, e: Entry) -> dict[str, Any]:
+        return {"outputs": e.outputs, "run_ms": e.run_ms, "cpu_s": 0.0, "cached": True, **self._who()}
+
+    def _store(self, key: bytes | None, descs: list[dict[str, Any]], bufs: list[Any], run_ms: float) -> None:
+        """Keep a computed reply (the caller holds ``_lock``)."""
+        if key is not None:
+            self.cache.put(key, Entry(descs, b"".join(bufs), self.variant, self.device, run_ms))
+
+    def _answer_from_cache(self, sel: selectors.BaseSelector, r: _Req) -> bool:
+        r.key, e = self._lookup(r.descs, r.payload)
         if e is None:
             return False
-        self._reply(sel, r.lane, r.frame, {"outputs": e.outputs, "run_ms": e.run_ms, "cpu_s": 0.0, "cached": True,
-                                           **self._who()}, [e.data])
+        self._reply(sel, r.lane, r.frame, self._hit(e), [e.data])
         return True
 
     def _batched(self, sel: selectors.BaseSelector, todo: list[_Req], result: dict[str, Any],
@@ -272,9 +287,7 @@ class LaneServer:
             self.batched_requests += n
             self.max_batch_seen = max(self.max_batch_seen, n)
             for r, (descs, bufs) in zip(todo, parts, strict=True):
-                if r.key is not None:
-                    self.cache.put(r.key, Entry(descs, b"".join(bytes(b) for b in bufs), self.variant, self.device,
-                                                run_ms))
+                self._store(r.key, descs, bufs, run_ms)
         for r, (descs, bufs) in zip(todo, parts, strict=True):
             self._reply(sel, r.lane, r.frame, {"outputs": descs, "run_ms": run_ms, "cpu_s": cpu_s / n, "batch": n,
                                                **self._who()}, bufs)
@@ -289,9 +302,7 @@ class LaneServer:
         f = lane.frames.popleft()
         rid = f.header.get("id")
         t0 = time.perf_counter()
-        with self._lock:
-            self.busy += 1
-        try:
+        with self._running():
             try:
                 result, bufs = self._handle(f, lane.shm_in, lane.shm_out, lookup)
                 header = P.response(rid, result)
@@ -303,10 +314,6 @@ class LaneServer:
                 self._drop(sel, lane)   # a client that does not read its replies loses its lane
             elif f.header.get("method") == "run" and "error" not in header:
                 self._service_ms.append((time.perf_counter() - t0) * 1e3)
-        finally:
-            with self._idle:
-                self.busy -= 1
-                self._idle.notify_all()
 
     def _handle(self, f: P.Frame, shm_in: Shm, shm_out: Shm, lookup: bool = True) -> tuple[dict[str, Any], list[Any]]:
         method, params = f.header.get("method"), f.header.get("params")
@@ -320,17 +327,9 @@ class LaneServer:
         payload = f.payload
         if params.get("shm"):
             payload = shm_in.view(P.iter_nbytes(descs), params.get("shm_size"))
-        key = None
-        if self.cache.enabled:
-            key = digest(orjson.dumps(descs), payload)
-            with self._lock:
-                e = self.cache.get(self.variant, self.device, key) if lookup else None
-                if e is not None:
-                    self.counts["hits"] += 1
-                    self.counts["requests"] += 1
-            if e is not None:
-                return place({"outputs": e.outputs, "run_ms": e.run_ms, "cpu_s": 0.0, "cached": True,
-                              **self._who()}, [e.data], shm_out, self.inline_max)
+        key, e = self._lookup(descs, payload, lookup)
+        if e is not None:
+            return place(self._hit(e), [e.data], shm_out, self.inline_max)
         backend = self.backend
         assert backend is not None
         with self.run_lock:
@@ -342,9 +341,7 @@ class LaneServer:
             self.counts["requests"] += 1
             self.cpu_s += float(result.get("cpu_s", 0.0))
             self.run_ms += float(result.get("run_ms", 0.0))
-            if key is not None:
-                self.cache.put(key, Entry(result["outputs"], b"".join(bytes(b) for b in bufs), self.variant,
-                                          self.device, float(result.get("run_ms", 0.0))))
+            self._store(key, result["outputs"], bufs, float(result.get("run_ms", 0.0)))
         return place({**result, **self._who()}, bufs, shm_out, self.inline_max)
 
     def _who(self) -> dict[str, Any]:
@@ -363,7 +360,7 @@ class LaneServer:
             window = ({"n": len(times), "mean_ms": round(sum(times) / len(times), 4),
                        "p95_ms": round(times[min(len(times) - 1, int(0.95 * len(times)))], 4)} if times else None)
             return {"opened": self.opened, "open": len(self._lanes), **self.counts,
-                    "cpu_s": round(self.cpu_s + self.poll_cpu_s, 6), "poll_cpu_s": round(self.poll_cpu_s, 6),
+                    "cpu_s": round(self.cpu_s + self._poll.cpu_s, 6), "poll_cpu_s": round(self._poll.cpu_s, 6),
                     "run_ms": round(self.run_ms, 3), "window": window,
                     "batching": {"max_batch": self.max_batch, "batches": self.batches,
                                  "batched_requests": self.batched_requests, "max_batch_seen": self.max_batch_seen}

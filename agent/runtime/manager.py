@@ -173,16 +173,19 @@ class Runtime:
         t.add_done_callback(self._tasks.discard)
 
     async def _take_worker(self) -> WorkerHandle:
+        h = await self._spare_or_new()
+        h.on_lanes = self._on_lanes
+        return h
+
+    async def _spare_or_new(self) -> WorkerHandle:
         while self._spares:
             h = self._spares.pop()
             if h.alive:
                 self._refill_spares()
-                h.on_lanes = self._on_lanes
                 return h
             h.kill()   # a spare that died idle: give back its shared memory
         h = await self.spawner()
         self._refill_spares()
-        h.on_lanes = self._on_lanes
         return h
 
     def _refill_spares(self) -> None:
@@ -410,9 +413,7 @@ class Runtime:
                      "warmup": info.get("warmup"), **({"promoted": "standby"} if promoted else {})}
             swaplog.info("swap", extra={"fields": {k: v_ for k, v_ in event.items() if k != "event"}})
             self.emit(event)
-            if old is not None and self._keep_as_standby(slot, old, variant):
-                pass
-            elif old is not None:
+            if old is not None and not self._keep_as_standby(slot, old, variant):
                 slot.draining.add(old)
                 if await old.close_lanes():   # before the swap returns: its lane clients move on to h
                     self.emit({"event": "lanes_closed", "model": model, "variant": old.variant, "pid": old.pid})
@@ -435,7 +436,8 @@ class Runtime:
     # -- lanes (agent.runtime.lanes) --------------------------------------------------------------------
     def open_lane(self, model: str) -> tuple[list[int], dict[str, Any]]:
         """fds of a direct lane to the model's active worker (client socket, inputs memfd, outputs memfd)
-        and what it serves; Unavailable when the model is served another way (an LLM, batching, remote)."""
+        and what it serves; Unavailable when the model is served another way (an LLM, a remote variant,
+        no live worker, a worker with MAX_LANES lanes open)."""
         slot = self.slot(model)
         m = slot.manifest
         why = "it is not a tensor model" if m.kind != "tensor" else None

@@ -24,9 +24,11 @@ from typing import Any
 
 from agent.errors import LoadError, WorkerError, error_payload
 from agent.ipc import protocol as P
-from agent.ipc.shm import Shm, place
+from agent.ipc.shm import INLINE_MAX, Shm, place
 from agent.runtime.backends import NAMES, Backend, Call, Reply, create
 from agent.runtime.lanes import LaneServer
+
+LANES_EXIT_WAIT_S = 3.0   # on exit, how long lane requests being run may take to be answered
 
 
 class Worker:
@@ -69,7 +71,7 @@ class Worker:
                 rid, method = h.get("id"), str(h.get("method"))
                 if method == "exit":
                     if self.lanes is not None:   # lane requests being run are answered first
-                        self.lanes.close_all(wait_s=float((h.get("params") or {}).get("lanes_wait_s", 3.0)))
+                        self.lanes.close_all(wait_s=LANES_EXIT_WAIT_S)
                     self.close()
                     self.send(P.response(rid, {"bye": True}))
                     return
@@ -99,10 +101,7 @@ class Worker:
             self.shm_in.remap()
             assert self.shm_in.mm is not None
             payload = memoryview(self.shm_in.mm)[:P.iter_nbytes(params["inputs"])]
-        if self.lanes is not None and self.lanes.used:   # lane threads run this variant too: one at a time
-            with self.run_lock:
-                out = self.backend.run(Call(rid, method, params, payload))
-        else:
+        with self.run_lock:   # the lane loop runs this variant too: one run at a time (uncontended otherwise)
             out = self.backend.run(Call(rid, method, params, payload))
         del payload
         if out is None:
@@ -173,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fd", type=int, required=True)
     ap.add_argument("--shm-in", type=int, required=True)
     ap.add_argument("--shm-out", type=int, required=True)
-    ap.add_argument("--inline-max", type=int, default=64 * 1024)
+    ap.add_argument("--inline-max", type=int, default=INLINE_MAX)
     ap.add_argument("--lane-fd", type=int, default=-1, help="the socket lanes arrive on (-1: no lanes)")
     ap.add_argument("--heartbeat", type=float, default=0.0, help="seconds between heartbeats (0: none)")
     ap.add_argument("--backend", choices=NAMES, default="auto", help="what runs the variant (tests: fake)")
