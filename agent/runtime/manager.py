@@ -47,6 +47,7 @@ from agent.errors import (
 )
 from agent.ipc import protocol as P
 from agent.runtime import devices as devmod
+from agent.runtime.backends.onnx import ONE_THREAD_MAX_FILE
 from agent.runtime.batching import Done, TensorFront
 from agent.runtime.deadlines import DeadlinePolicy, timeout_error, watch_progress
 from agent.runtime.handle import HANG_AFTER_S, HEARTBEAT_S, WorkerHandle
@@ -209,14 +210,17 @@ class Runtime:
         self._spare_task = asyncio.ensure_future(fill())
 
     def estimate_bytes(self, m: Manifest, v: Variant, device: str) -> int:
-        meas = v.measurement(device.split(":")[0]) if device else None
-        if meas and meas.peak_rss_bytes:
-            return int(meas.peak_rss_bytes)
         if v.remote is not None:
             return 64 << 20                   # a worker holding an HTTP client, no weights
         files = [m.path_of(v)] if not v.parts else [safe_join(m.folder, p.file) for p in v.parts]
         size = v.size_bytes or sum(f.stat().st_size for f in files if f.exists())
-        return int(size * 2.5) + (64 << 20)   # prepacking peaks at ~2x weights (FACTS.md) + runtime
+        # a small plain tensor variant on the CPU may keep a one-thread twin session (backends.onnx)
+        twin = 2 * size if (m.kind == "tensor" and not v.parts and size <= ONE_THREAD_MAX_FILE
+                            and (device or "cpu").split(":")[0] == "cpu") else 0
+        meas = v.measurement(device.split(":")[0]) if device else None
+        if meas and meas.peak_rss_bytes:
+            return int(meas.peak_rss_bytes) + twin
+        return int(size * 2.5) + (64 << 20) + twin   # prepacking peaks at ~2x weights (FACTS.md) + runtime
 
     async def _ensure_memory(self, m: Manifest, v: Variant, device: str) -> None:
         need = self.estimate_bytes(m, v, device)
@@ -410,7 +414,8 @@ class Runtime:
                      "reason": reason, "load_ms": round(load_ms, 2), "warmup_ms": round(warm_ms, 2),
                      "swap_ms": round(total_ms, 2), "assignment": info.get("assignment"),
                      "providers": devmod.providers_ran(info), "peak_rss_bytes": info.get("peak_rss_bytes"),
-                     "warmup": info.get("warmup"), **({"promoted": "standby"} if promoted else {})}
+                     "warmup": info.get("warmup"), **({"promoted": "standby"} if promoted else {}),
+                     **({"one_thread": info["one_thread"]} if info.get("one_thread") else {})}
             swaplog.info("swap", extra={"fields": {k: v_ for k, v_ in event.items() if k != "event"}})
             self.emit(event)
             if old is not None and not self._keep_as_standby(slot, old, variant):
