@@ -192,6 +192,8 @@ class WorkerHandle:
         lane_child.close()
         h.pid = h.proc.pid
         h._hello = loop.create_future()
+        # a start cancelled mid-way (a runtime closing) leaves the shielded hello to fail later, unawaited
+        h._hello.add_done_callback(lambda f: f.cancelled() or f.exception())
         parent.setblocking(False)
         try:
             h._transport, _ = await loop.create_unix_connection(lambda: _Proto(h), sock=parent)
