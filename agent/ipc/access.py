@@ -261,6 +261,7 @@ class AccessGate:
         self.policy = policy
         self.limiter = PeerLimiter(policy)
         self._roles: dict[int, Role] = {}
+        self._leases: dict[int, int] = {}   # connection -> uid, for the connections that lease a lane
         # closes one idle connection of a uid to make room (the server's evict_idle); None: never
         self.evict: Callable[[int], bool] | None = None
 
@@ -295,8 +296,21 @@ class AccessGate:
         return None
 
     def on_disconnect(self, peer: _PeerLike) -> None:
+        self._leases.pop(peer.conn_id, None)
         if self._roles.pop(peer.conn_id, None) is not None:
             self.limiter.close(self.cred(peer))
+
+    def lease(self, peer: _PeerLike) -> None:
+        """This connection is to lease a lane. A lane is a request the daemon does not see begin or end
+        (its client may send one at any time, straight to the worker), so a uid holds at most
+        ``max_concurrent`` lanes: more would run more requests at once than the limit allows. Busy beyond
+        that; the client then sends its requests through the daemon, where the limit applies to each."""
+        n = sum(1 for uid in self._leases.values() if uid == peer.uid)
+        limit = self.policy.max_concurrent
+        if n >= limit:
+            raise Busy(f"uid {peer.uid} holds {n} lanes (limit max_concurrent = {limit}): its further requests "
+                       f"go through the daemon", data={"limit": limit, "lanes": n})
+        self._leases[peer.conn_id] = peer.uid
 
     def authorize(self, peer: _PeerLike, method: str) -> None:
         self.policy.authorize(self.role(peer), method)
@@ -319,6 +333,7 @@ def install(server: Any, policy: AccessPolicy) -> AccessGate:
     server.on_connect = gate.on_connect
     server.authorize = gate.authorize
     server.on_done = gate.done
+    server.on_lease = gate.lease
     server.on_disconnect = on_disconnect
     gate.evict = getattr(server, "evict_idle", None)
     server.max_frame = min(server.max_frame, policy.max_frame_bytes)

@@ -53,8 +53,10 @@ def infer_now(ops: Ops, peer: Peer, params: dict[str, Any], payload: memoryview,
 async def lane(ops: Ops, peer: Peer, params: dict[str, Any], payload: memoryview) -> Result:
     """A direct lane to the model's active worker: the reply carries three fds (SCM_RIGHTS): the lane's
     socket, the inputs memfd and the outputs memfd (agent.ipc.lane speaks it). This connection stays
-    open as the lane's lease (Ops.open_lane)."""
-    fds, info = ops.open_lane(name_param(params, "model"), peer.conn_id, peer.pid, peer.close)
+    open as the lane's lease (Ops.open_lane); a uid holds at most ``max_concurrent`` of them (Busy)."""
+    model = name_param(params, "model")
+    peer.lease()
+    fds, info = ops.open_lane(model, peer.conn_id, peer.pid, peer.close)
     return WithFds(info, fds), []
 
 

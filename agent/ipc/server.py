@@ -59,6 +59,8 @@ class Peer:
     send: Callable[[dict[str, Any], list[Any]], None] = field(default=lambda h, b: None, repr=False)
     close: Callable[[], None] = field(default=lambda: None, repr=False)
     cancel: Callable[[Any], bool] = field(default=lambda rid: False, repr=False)
+    # a handler that makes this connection a lane's lease calls it first (Server.on_lease may refuse)
+    lease: Callable[[], None] = field(default=lambda: None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ class _Conn(asyncio.BufferedProtocol):
         groups = peer_groups(sock, pid, uid, gid) if sock is not None and uid >= 0 else frozenset()
         self.server._next_id += 1
         self.peer = Peer(pid, uid, gid, self.server._next_id, groups=groups, send=self.send, close=self.close,
-                         cancel=self.cancel_request)
+                         cancel=self.cancel_request, lease=self._lease)
         self.server.conns.add(self)
         transport.set_write_buffer_limits(high=self.server.write_high)  # type: ignore[attr-defined]
         self.server._connecting = self   # not a candidate for evict_idle while it is being admitted
@@ -227,6 +229,10 @@ class _Conn(asyncio.BufferedProtocol):
             self.partial_since = time.monotonic()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
+
+    def _lease(self) -> None:
+        if self.server.on_lease is not None and self.peer is not None:
+            self.server.on_lease(self.peer)
 
     def cancel_request(self, rid: Any) -> bool:
         t = self.cancellable.get(rid)
@@ -415,6 +421,7 @@ class Server:
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
         self.on_done: Callable[[Peer], None] | None = None  # after each authorized request (limits)
+        self.on_lease: Callable[[Peer], None] | None = None  # a connection becomes a lane's lease (limits)
         self.conns: set[_Conn] = set()
         self.inflight = 0
         self._next_id = 0

@@ -271,3 +271,35 @@ def test_a_lane_is_a_connection_of_its_uid_and_its_client_is_never_evicted_as_id
         holder.kill()
         holder.communicate(timeout=10)   # reaps it and closes its pipes
         d.stop()
+
+
+def test_a_uid_holds_at_most_max_concurrent_lanes_and_the_rest_of_its_requests_go_framed(tmp_path, tensor_zoo):
+    """A lane is a request the daemon does not see begin or end, so lanes are bounded by the uid's
+    ``max_concurrent``: a client refused a lane is served through the daemon (where the limit applies to
+    each request), and a lane that closes makes room for another."""
+    from tests.conftest import start_daemon
+
+    access = tmp_path / "access.toml"
+    access.write_text("[access]\nmax_concurrent = 2\nmax_connections = 16\n")
+    d = start_daemon(tensor_zoo, tmp_path, "--access-config", str(access))
+    try:
+        c1, c2, c3 = (_lane_client(d) for _ in range(3))
+        assert c1.infer("mlp", {"x": _x()}).extra.get("lane") is True
+        assert c2.infer("mlp", {"x": _x()}).extra.get("lane") is True
+        r = c3.infer("mlp", {"x": _x(seed=3)})          # its lane is refused: served framed, correctly
+        assert not r.extra.get("lane") and r.outputs["y"].shape == (1, 64)
+        with pytest.raises(Exception, match="max_concurrent"):
+            open_lane(str(d.socket), "mlp")            # the refusal says which limit
+        c1.close()
+        end = time.monotonic() + 10
+        while True:                                    # the daemon sees c1's lease close
+            with _lane_client(d) as c4:
+                if c4.infer("mlp", {"x": _x()}).extra.get("lane"):
+                    break
+            assert time.monotonic() < end, "no lane after one was closed"
+            time.sleep(0.1)
+        assert c2.infer("mlp", {"x": _x()}).extra.get("lane") is True
+        c2.close()
+        c3.close()
+    finally:
+        d.stop()
