@@ -20,7 +20,8 @@ from agent.ipc import protocol as P
 from agent.runtime.backends import Call, Channel, Reply
 
 ONE_THREAD_MAX_FILE = 32 << 20   # a one-thread twin session only for variants this small (weights held twice)
-ONE_THREAD_ROUNDS = 30           # interleaved timing runs of each session at load
+ONE_THREAD_ROUNDS = 30           # interleaved timing runs of each session at load ...
+ONE_THREAD_BUDGET_S = 0.25       # ... or fewer (at least 5) when they take longer than this
 ONE_THREAD_GAIN = 0.9            # kept only when its runs take at most this share of the pool session's
 
 
@@ -58,7 +59,8 @@ class OnnxBackend:
         a pool of threads that do not spin (``allow_spinning=0``) wakes a second thread for every operator,
         and on these VMs that wake-up costs more than the work it takes (1 KB MLP: 14.6 against 18.8 µs in
         process, and a lane request 72.5 against 89-99 µs). Measured here, not assumed: a twin session with
-        one thread is opened and both are timed on the warm-up inputs, interleaved; the twin serves requests
+        one thread is opened and both are timed on the warm-up inputs, interleaved (30 rounds, fewer past
+        ONE_THREAD_BUDGET_S: a swap waits for this); the twin serves requests
         no larger than those inputs only when it was faster by at least 10 % (the median of the rounds'
         ratios). CPU only, plain variants of at most ONE_THREAD_MAX_FILE bytes (the twin holds the weights
         a second time)."""
@@ -78,7 +80,10 @@ class OnnxBackend:
             one, _ = open_session(path, str(params.get("device") or "cpu"), threads=1)
             full_t: list[float] = []
             one_t: list[float] = []
-            for _ in range(ONE_THREAD_ROUNDS):
+            stop = time.perf_counter() + ONE_THREAD_BUDGET_S
+            for i in range(ONE_THREAD_ROUNDS):
+                if i >= 5 and time.perf_counter() > stop:   # a swap must not wait long for this
+                    break
                 for s_, ts in ((sess, full_t), (one, one_t)):
                     t0 = time.perf_counter()
                     s_.run(self.out_names, feed)
