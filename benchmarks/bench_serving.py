@@ -113,8 +113,8 @@ def bench_ipc(c: Any, framed: Any, zoo: Path, rounds: int, n: int) -> dict[str, 
         for _ in range(30):
             sess.run(None, {"x": x})
             framed.infer("mlp", {"x": x})
-            r = c.infer("mlp", {"x": x})   # its first requests go framed (client.LANE_AFTER), then a lane
-        assert r.extra.get("lane"), "the default client got no lane"
+            got = c.infer("mlp", {"x": x})   # its first requests go framed (client.LANE_AFTER), then a lane
+        assert got.extra.get("lane"), "the default client got no lane"
         t: dict[str, list[float]] = {k_: [] for k_ in ("inproc", "lane", "framed", "inproc99", "lane99", "framed99")}
         for _ in range(rounds):   # A B C, A B C, ...
             for name, fn in (("inproc", lambda x=x: sess.run(None, {"x": x})),
@@ -355,7 +355,7 @@ def daemon_stream(sock: Path, prompt: str, tokens: int) -> tuple[list[float], st
             if ch.finish_reason is None:
                 stamps.append(time.perf_counter())
             else:
-                text = ch.result["text"]
+                text = (ch.result or {})["text"]
     return stamps, text
 
 

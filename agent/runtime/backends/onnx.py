@@ -23,6 +23,7 @@ ONE_THREAD_MAX_FILE = 32 << 20   # a one-thread twin session only for variants t
 ONE_THREAD_ROUNDS = 30           # interleaved timing runs of each session at load ...
 ONE_THREAD_BUDGET_S = 0.25       # ... or fewer (at least 5) when they take longer than this
 ONE_THREAD_GAIN = 0.9            # kept only when its runs take at most this share of the pool session's
+ONE_THREAD_ATTEMPTS = 3          # timed again (up to this many times) while the ratio is within 0.9-1.11
 
 
 class OnnxBackend:
@@ -60,12 +61,12 @@ class OnnxBackend:
         and on these VMs that wake-up costs more than the work it takes (1 KB MLP: 14.6 against 18.8 µs in
         process, and a lane request 72.5 against 89-99 µs). Measured here, not assumed: a twin session with
         one thread is opened and both are timed on the warm-up inputs, interleaved (30 rounds, fewer past
-        ONE_THREAD_BUDGET_S: a swap waits for this); the twin serves requests
-        no larger than those inputs only when it was faster by at least 10 % (the median of the rounds'
-        ratios). CPU only, plain variants of at most ONE_THREAD_MAX_FILE bytes (the twin holds the weights
-        a second time)."""
-        import numpy as np
-
+        ONE_THREAD_BUDGET_S: a swap waits for this). The twin serves requests no larger than those inputs
+        only when it was faster by at least 10 % (the median of the rounds' ratios). A ratio between 0.9
+        and 1/0.9 is timed again, up to ONE_THREAD_ATTEMPTS times in all: while other work holds the second
+        core (another worker loading), the pool's second thread wakes late, the first one does the whole
+        run, and the pool looks as fast as one thread. CPU only, plain variants of at most
+        ONE_THREAD_MAX_FILE bytes (the twin holds the weights a second time)."""
         from agent.runtime.session import open_session, sample_inputs
 
         path = Path(str(params.get("path") or ""))
@@ -78,25 +79,38 @@ class OnnxBackend:
         try:
             feed = sample_inputs(sess)
             one, _ = open_session(path, str(params.get("device") or "cpu"), threads=1)
-            full_t: list[float] = []
-            one_t: list[float] = []
-            stop = time.perf_counter() + ONE_THREAD_BUDGET_S
-            for i in range(ONE_THREAD_ROUNDS):
-                if i >= 5 and time.perf_counter() > stop:   # a swap must not wait long for this
-                    break
-                for s_, ts in ((sess, full_t), (one, one_t)):
-                    t0 = time.perf_counter()
-                    s_.run(self.out_names, feed)
-                    ts.append((time.perf_counter() - t0) * 1e3)
+            attempts = 0
+            while True:
+                one_ms, full_ms, ratio = self._time_both(sess, one, feed)
+                attempts += 1
+                if attempts >= ONE_THREAD_ATTEMPTS or not ONE_THREAD_GAIN < ratio < 1.0 / ONE_THREAD_GAIN:
+                    break   # clear either way; in between, other loads may have blurred it: again, later
+                time.sleep(0.05)
         except Exception as e:  # noqa: BLE001 - guessed inputs or a second session may fail: serve without it
             return {"used": False, "why": f"not measured: {' '.join(str(e).split())[:120]}"}
-        ratio = float(np.median([a / b for a, b in zip(one_t, full_t, strict=True) if b > 0] or [1.0]))
-        used = ratio <= ONE_THREAD_GAIN   # each round times both back to back: the ratio shares its noise
+        used = ratio <= ONE_THREAD_GAIN
         if used:
             self.one, self.one_max_bytes = one, sum(int(v.nbytes) for v in feed.values())
-        return {"used": used, "one_thread_ms": round(float(np.median(one_t)), 4),
-                "pool_ms": round(float(np.median(full_t)), 4), "ratio": round(ratio, 3),
-                "max_input_bytes": self.one_max_bytes}
+        return {"used": used, "one_thread_ms": round(one_ms, 4), "pool_ms": round(full_ms, 4),
+                "ratio": round(ratio, 3), "attempts": attempts, "max_input_bytes": self.one_max_bytes}
+
+    def _time_both(self, sess: Any, one: Any, feed: Mapping[str, Any]) -> tuple[float, float, float]:
+        """(one-thread median ms, pool median ms, median of the rounds' one/pool ratios): each round runs
+        both back to back, so a round's ratio shares its noise."""
+        import numpy as np
+
+        full_t: list[float] = []
+        one_t: list[float] = []
+        stop = time.perf_counter() + ONE_THREAD_BUDGET_S
+        for i in range(ONE_THREAD_ROUNDS):
+            if i >= 5 and time.perf_counter() > stop:   # a swap must not wait long for this
+                break
+            for s_, ts in ((sess, full_t), (one, one_t)):
+                t0 = time.perf_counter()
+                s_.run(self.out_names, feed)
+                ts.append((time.perf_counter() - t0) * 1e3)
+        ratio = float(np.median([a / b for a, b in zip(one_t, full_t, strict=True) if b > 0] or [1.0]))
+        return float(np.median(one_t)), float(np.median(full_t)), ratio
 
     def run(self, call: Call) -> Reply | None:
         if self.sess is None:
