@@ -245,9 +245,14 @@ class LoadGen:
 
     def close(self) -> None:
         for c in self.conns:
-            c.send(None)
+            try:
+                c.send(None)
+            except OSError:   # that load generator is gone already
+                pass
         for p in self.procs:
             p.join(30)
+            if p.is_alive():
+                p.kill()
 
 
 def bench_batching(sock: Path, rounds: int, seconds: float, layouts: list[int]) -> dict[str, Any]:
