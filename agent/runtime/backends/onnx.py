@@ -72,7 +72,7 @@ class OnnxBackend:
         path = Path(str(params.get("path") or ""))
         if params.get("remote") or params.get("parts") or not path.is_file():
             return {"used": False, "why": "not a plain local variant"}
-        if params.get("threads") == 1 or info.get("providers", [""])[0] != "CPUExecutionProvider":
+        if params.get("threads") == 1 or (info.get("providers") or [""])[0] != "CPUExecutionProvider":
             return {"used": False, "why": "one thread already" if params.get("threads") == 1 else "not on the CPU"}
         if path.stat().st_size > ONE_THREAD_MAX_FILE:
             return {"used": False, "why": f"variant over {ONE_THREAD_MAX_FILE >> 20} MiB"}
