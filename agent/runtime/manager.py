@@ -47,7 +47,7 @@ from agent.errors import (
 )
 from agent.ipc import protocol as P
 from agent.runtime import devices as devmod
-from agent.runtime.backends.onnx import ONE_THREAD_MAX_FILE
+from agent.runtime.backends.onnx import twin_possible
 from agent.runtime.batching import Done, TensorFront
 from agent.runtime.deadlines import DeadlinePolicy, timeout_error, watch_progress
 from agent.runtime.handle import HANG_AFTER_S, HEARTBEAT_S, WorkerHandle
@@ -215,8 +215,7 @@ class Runtime:
         files = [m.path_of(v)] if not v.parts else [safe_join(m.folder, p.file) for p in v.parts]
         size = v.size_bytes or sum(f.stat().st_size for f in files if f.exists())
         # a small plain tensor variant on the CPU may keep a one-thread twin session (backends.onnx)
-        twin = 2 * size if (m.kind == "tensor" and not v.parts and size <= ONE_THREAD_MAX_FILE
-                            and (device or "cpu").split(":")[0] == "cpu") else 0
+        twin = 2 * size if m.kind == "tensor" and twin_possible(size, device, bool(v.parts)) is None else 0
         meas = v.measurement(device.split(":")[0]) if device else None
         if meas and meas.peak_rss_bytes:
             return int(meas.peak_rss_bytes) + twin

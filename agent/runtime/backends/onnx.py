@@ -26,6 +26,18 @@ ONE_THREAD_GAIN = 0.9            # kept only when its runs take at most this sha
 ONE_THREAD_ATTEMPTS = 3          # timed again (up to this many times) while the ratio is within 0.9-1.11
 
 
+def twin_possible(size: int, device: str, split: bool) -> str | None:
+    """Why a variant of ``size`` bytes on ``device`` can have no one-thread twin, or None when it can
+    (the backend then measures whether to keep one; the runtime's memory estimate counts it)."""
+    if split:
+        return "not a plain local variant"
+    if (device or "cpu").split(":")[0] != "cpu":
+        return "not on the CPU"
+    if size > ONE_THREAD_MAX_FILE:
+        return f"variant over {ONE_THREAD_MAX_FILE >> 20} MiB"
+    return None
+
+
 class OnnxBackend:
     name = "onnx"
 
@@ -72,10 +84,12 @@ class OnnxBackend:
         path = Path(str(params.get("path") or ""))
         if params.get("remote") or params.get("parts") or not path.is_file():
             return {"used": False, "why": "not a plain local variant"}
-        if params.get("threads") == 1 or (info.get("providers") or [""])[0] != "CPUExecutionProvider":
-            return {"used": False, "why": "one thread already" if params.get("threads") == 1 else "not on the CPU"}
-        if path.stat().st_size > ONE_THREAD_MAX_FILE:
-            return {"used": False, "why": f"variant over {ONE_THREAD_MAX_FILE >> 20} MiB"}
+        if params.get("threads") == 1:
+            return {"used": False, "why": "one thread already"}
+        cpu = (info.get("providers") or [""])[0] == "CPUExecutionProvider"
+        why = twin_possible(path.stat().st_size, "cpu" if cpu else "other", False)
+        if why is not None:
+            return {"used": False, "why": why}
         try:
             feed = sample_inputs(sess)
             one, _ = open_session(path, str(params.get("device") or "cpu"), threads=1)
