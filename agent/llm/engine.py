@@ -160,14 +160,15 @@ class LLMEngine:
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise LoadError(f"{self.model_path}: cannot load the decoder: {e}") from None
 
-    def set_draft(self, draft: LLMEngine | None, k: int = 4, min_p: float = 0.0) -> None:
+    def set_draft(self, draft: LLMEngine | None, k: int = 4, min_p: float = 0.0, share_kv: bool = True) -> None:
         """Serve greedy requests with speculative decoding: ``draft`` (a smaller variant of the same model,
         same tokenizer) proposes ``k`` tokens, this variant verifies them in one run. The output is this
-        variant's own greedy output. None turns it off."""
+        variant's own greedy output. None turns it off. ``share_kv``: the draft takes this variant's KV
+        where the two graphs' KV signatures match (agent.llm.speculative)."""
         if draft is None:
             self.speculator = None
             return
-        self.speculator = Speculator(self, draft, k, min_p)
+        self.speculator = Speculator(self, draft, k, min_p, share_kv)
 
     def _check_signature(self) -> None:
         self.decoder = open_decoder(self.session, self.model_path.name, self.config)

@@ -8,6 +8,16 @@ given the tokens before it, so the output equals its own greedy output (up to th
 difference between scoring k+1 positions at once and one at a time, which a test checks on a prompt
 set). Both KV caches roll back by length only (``Decoder.truncate``).
 
+**The draft takes the served variant's KV** (``share_kv``, on when both graphs have the same KV signature:
+the builder family, the same layers, KV heads and head size). The draft does not prefill the prompt:
+it gets a copy of the keys and values the served variant has just computed for it, and after a round
+whose every proposal was accepted it gets the last proposal's from the verification instead of running
+it again. Drafts here are the same weights at lower precision (SmolLM2's int4 carries the GGUF's blocks,
+the fp32 is those blocks dequantised), so the served variant's KV is what the draft would have computed,
+only more exact; a draft of other weights would propose worse, never emit differently (every emitted
+token is still the served variant's argmax). Measured on SmolLM2, fp32 served with its int4 draft: the
+draft's prefill had been ~8 % of the speculative decode time (docs/LLM.md).
+
     engine.set_draft(LLMEngine(int4_path, tok, table, threads=2), k=4)
     engine.generate(prompt, {"max_tokens": 64})        # greedy requests are now speculative
 """
@@ -17,7 +27,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -46,7 +56,8 @@ SESSION_CONFIG = {"session.intra_op.allow_spinning": "1", "session.force_spinnin
 
 
 class Speculator:
-    def __init__(self, target: LLMEngine, draft: LLMEngine, k: int = 4, min_p: float = 0.0) -> None:
+    def __init__(self, target: LLMEngine, draft: LLMEngine, k: int = 4, min_p: float = 0.0,
+                 share_kv: bool = True) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise LoadError(f"speculative k: expected an integer in 1..{MAX_K}, got {k!r}")
         if isinstance(min_p, bool) or not isinstance(min_p, (int, float)) or not 0.0 <= min_p < 1.0:
@@ -58,6 +69,7 @@ class Speculator:
             raise LoadError(f"draft {draft.model_path.name}: its vocabulary ({dv}) differs from the served "
                             f"variant's ({tv}); a draft must be a variant of the same model")
         self.target, self.draft, self.k = target, draft, k
+        self.share_kv = share_kv and same_kv_signature(target.decoder, draft.decoder)
         self._lock = threading.Lock()
         self.rounds = self.drafted = self.accepted = self.emitted = 0
 
@@ -76,7 +88,10 @@ class Speculator:
                 emitted += 1
                 if dst is None:  # after the first token, so the draft's prefill does not delay it
                     dst = ddec.new_state(st.capacity)
-                    pending = list(ids)
+                    if self.share_kv:   # the prompt's KV from the served variant, not a second prefill
+                        copy_kv(st, dst, 0, st.length)
+                    else:
+                        pending = list(ids)
                 base = st.length  # the target holds everything before ``tok``
                 props: list[int] = []
                 feed = [*pending, tok]
@@ -100,7 +115,11 @@ class Speculator:
                 # the draft holds tok and the proposals it was fed; keep what the accepted sequence shares
                 keep = min(dst.length, base + 1 + m)
                 ddec.truncate(dst, keep)
-                pending = props[keep - base - 1: m]
+                if self.share_kv and keep < base + 1 + m:   # the draft never ran the last accepted proposal
+                    copy_kv(st, dst, keep, base + 1 + m)
+                    pending = []
+                else:
+                    pending = props[keep - base - 1: m]
                 for j in range(m):
                     yield props[j]
                     emitted += 1
@@ -117,26 +136,51 @@ class Speculator:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             r = self.rounds
-            return {"draft": str(self.draft.model_path), "k": self.k, "min_p": self.min_p, "rounds": r,
+            return {"draft": str(self.draft.model_path), "k": self.k, "min_p": self.min_p,
+                    "share_kv": self.share_kv, "rounds": r,
                     "drafted": self.drafted, "accepted": self.accepted,
                     "acceptance": self.accepted / self.drafted if self.drafted else None,
                     "tokens_per_round": (self.accepted + r) / r if r else None}
 
 
-def draft_for(llm: dict[str, Any] | None, variant: str, variants: set[str]) -> tuple[str, int, float] | None:
-    """The draft variant and k for serving ``variant``, from the manifest's ``[llm.speculative]`` table::
+def same_kv_signature(a: Any, b: Any) -> bool:
+    """Whether decoder ``b`` can take decoder ``a``'s KV: both preallocated builder buffers with the same
+    layers, KV heads and head size."""
+    return (getattr(a, "family", None) == getattr(b, "family", None) == "builder"
+            and a.past_names == b.past_names and (a.kv_heads, a.head_dim) == (b.kv_heads, b.head_dim))
+
+
+def copy_kv(src: DecodeState, dst: DecodeState, start: int, end: int) -> None:
+    """Positions ``start``..``end`` of ``src``'s KV into ``dst`` (builder buffers), which then holds ``end``."""
+    for d, s in zip(dst.kv, src.kv, strict=True):
+        d[:, :, start:end] = s[:, :, start:end]
+    dst.length = end
+
+
+class DraftPlan(NamedTuple):
+    """How to serve one variant with a draft (from ``[llm.speculative]``)."""
+
+    variant: str
+    k: int
+    min_p: float
+    share_kv: bool
+
+
+def draft_for(llm: dict[str, Any] | None, variant: str, variants: set[str]) -> DraftPlan | None:
+    """The draft for serving ``variant``, from the manifest's ``[llm.speculative]`` table::
 
         [llm.speculative]
         k = 4                                          # proposals per round, at most
         min_p = 0.0                                    # stop drafting below this draft probability
+        share_kv = true                                # the draft takes the served variant's KV (when it fits)
         drafts = { fp32 = "int4", int8 = "int4" }     # served variant -> its draft
     """
     spec = (llm or {}).get("speculative")
     if spec is None:
         return None
     where = "[llm.speculative]"
-    if not isinstance(spec, dict) or set(spec) - {"k", "drafts", "min_p"}:
-        raise LoadError(f"{where}: expected a table with 'k', 'min_p' and 'drafts', got {spec!r}")
+    if not isinstance(spec, dict) or set(spec) - {"k", "drafts", "min_p", "share_kv"}:
+        raise LoadError(f"{where}: expected a table with 'k', 'min_p', 'share_kv' and 'drafts', got {spec!r}")
     drafts = spec.get("drafts", {})
     if not isinstance(drafts, dict) or not all(isinstance(v, str) for v in drafts.values()):
         raise LoadError(f"{where} drafts: expected a table of variant = \"draft variant\", got {drafts!r}")
@@ -146,10 +190,13 @@ def draft_for(llm: dict[str, Any] | None, variant: str, variants: set[str]) -> t
     min_p = spec.get("min_p", 0.0)
     if isinstance(min_p, bool) or not isinstance(min_p, (int, float)) or not 0.0 <= min_p < 1.0:
         raise LoadError(f"{where} min_p: expected a number in [0, 1), got {min_p!r}")
+    share_kv = spec.get("share_kv", True)
+    if not isinstance(share_kv, bool):
+        raise LoadError(f"{where} share_kv: expected true or false, got {share_kv!r}")
     d = drafts.get(variant)
     if d is None:
         return None
     if d not in variants or d == variant:
         raise LoadError(f"{where} drafts.{variant}: expected another variant of this model "
                         f"({sorted(variants - {variant})}), got {d!r}")
-    return d, k, float(min_p)
+    return DraftPlan(d, k, float(min_p), share_kv)

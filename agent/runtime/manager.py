@@ -210,6 +210,20 @@ class Runtime:
         self._spare_task = asyncio.ensure_future(fill())
 
     def estimate_bytes(self, m: Manifest, v: Variant, device: str) -> int:
+        """The memory a worker serving ``v`` will hold, with the draft variant it loads beside it (if any)."""
+        need = self._estimate_one(m, v, device)
+        if m.kind == "causal-lm":
+            from agent.llm.speculative import draft_for
+
+            try:
+                d = draft_for(m.llm, v.id, {x.id for x in m.variants})
+            except LoadError:
+                d = None   # the load itself reports the bad table
+            if d is not None:
+                need += self._estimate_one(m, m.variant(d.variant), device)
+        return need
+
+    def _estimate_one(self, m: Manifest, v: Variant, device: str) -> int:
         if v.remote is not None:
             return 64 << 20                   # a worker holding an HTTP client, no weights
         files = [m.path_of(v)] if not v.parts else [safe_join(m.folder, p.file) for p in v.parts]
@@ -263,9 +277,9 @@ class Runtime:
 
             d = draft_for(m.llm, v.id, {x.id for x in m.variants})
             if d is not None:
-                dv = m.variant(d[0])
-                out["draft"] = {"variant": dv.id, "path": str(m.path_of(dv)), "sha256": dv.sha256, "k": d[1],
-                                "min_p": d[2]}
+                dv = m.variant(d.variant)
+                out["draft"] = {"variant": dv.id, "path": str(m.path_of(dv)), "sha256": dv.sha256, "k": d.k,
+                                "min_p": d.min_p, "share_kv": d.share_kv}
         return out
 
     # -- placement ----------------------------------------------------------------------------------

@@ -122,6 +122,7 @@ class Recipe:
     eval: Any
     measure: MeasureSpec
     sources: dict[str, SourceSpec] = field(default_factory=dict)   # [[sources]] by id
+    speculative: dict[str, Any] | None = None   # causal-lm: [speculative] -> the manifest's [llm.speculative]
 
     def source_of(self, source_id: str | None) -> SourceSpec:
         """[source] for None, else the [[sources]] table of that id."""
@@ -283,7 +284,7 @@ def load_recipe(path: Path | str) -> Recipe:
     doc = TomlDoc.load(p, RecipeError)
     c = Checker(doc, doc.data)
     c.only({"schema", "name", "kind", "reference", "description", "source", "sources", "variants", "eval",
-            "measure"})
+            "measure", "speculative"})
     schema = c.num("schema", integer=True)
     if schema != 1:
         raise c.error("schema", f"expected 1, got {schema}")
@@ -350,7 +351,30 @@ def load_recipe(path: Path | str) -> Recipe:
     return Recipe(path=p, name=name, kind=kind, reference=reference,
                   description=c.str("description", required=False) or "", source=source,
                   variants=tuple(variants), eval=eval_spec, measure=_measure(c.table_of("measure")),
-                  sources=sources)
+                  sources=sources, speculative=_speculative(c, kind, seen))
+
+
+def _speculative(c: Checker, kind: str, ids: set[str]) -> dict[str, Any] | None:
+    """``[speculative]`` (causal-lm): copied into the manifest's ``[llm.speculative]``, for the variants built
+    (agent.llm.speculative.draft_for reads it when a variant is loaded)."""
+    if "speculative" not in c.table:
+        return None
+    if kind != "causal-lm":
+        raise c.error("speculative", f"speculative decoding is for causal-lm models, not {kind!r}")
+    t = c.table["speculative"]
+    from agent.errors import LoadError
+    from agent.llm.speculative import draft_for
+
+    try:
+        if not isinstance(t, dict) or not isinstance(t.get("drafts"), dict) or not t["drafts"]:
+            raise LoadError(f"expected a table with a non-empty 'drafts' table, got {t!r}")
+        for served in t["drafts"]:
+            if served not in ids:
+                raise LoadError(f"drafts: {served!r} is not a variant of this recipe ({sorted(ids)})")
+            draft_for({"speculative": t}, served, ids)
+    except LoadError as e:
+        raise c.error("speculative", str(e)) from None
+    return dict(t)
 
 
 def load_eval(path: Path | str, kind: str) -> Any:

@@ -124,6 +124,49 @@ def test_speculative_output_is_token_identical_to_plain_greedy(table):
     assert target.stats()["live_kv_bytes"] == 0
 
 
+def _fed(engine: LLMEngine) -> list[int]:
+    """Records how many tokens each run of ``engine``'s decoder is fed (the run itself is the real one)."""
+    sizes: list[int] = []
+    run = engine.decoder.run
+
+    def counted(st, tokens, keep=1):  # type: ignore[no-untyped-def]
+        sizes.append(len(tokens))
+        return run(st, tokens, keep)
+
+    engine.decoder.run = counted  # type: ignore[method-assign]
+    return sizes
+
+
+def test_a_draft_that_takes_the_served_variants_kv_never_prefills_and_keeps_the_output(table):
+    target = open_engine("fp32", table, prefix_cache_bytes=0)
+    plain = {p: collect(target.generate(p, {"max_tokens": 20}))[0] for p in PROMPTS}
+    runs = {}
+    for share in (True, False):
+        draft = open_engine("int4", table, prefix_cache_bytes=0)
+        runs[share] = _fed(draft)
+        target.set_draft(draft, k=4, share_kv=share)
+        assert target.stats()["speculative"]["share_kv"] is share
+        for p in PROMPTS:
+            assert collect(target.generate(p, {"max_tokens": 20}))[0] == plain[p], (share, p)
+        assert target.stats()["live_kv_bytes"] == 0
+    # sharing: the draft runs one token at a time (no prefill of the prompt, no catch-up of an accepted
+    # proposal); not sharing: it prefills every prompt and catches up
+    assert runs[True] and set(runs[True]) == {1}
+    assert max(runs[False]) >= min(len(target.encode(p)) for p in PROMPTS)
+    assert sum(runs[True]) < sum(runs[False])
+
+
+def test_a_draft_of_another_graph_family_prefills_itself(table, tiny_build):
+    target = open_engine("fp32", table, prefix_cache_bytes=0)
+    plain = {p: collect(target.generate(p, {"max_tokens": 12}))[0] for p in PROMPTS[:3]}
+    legacy = LLMEngine(tiny_build["fp32"], tiny_build["tokenizer"], table, threads=1, prefix_cache_bytes=0)
+    assert legacy.family == "legacy"
+    target.set_draft(legacy, k=3)   # share_kv asked for, but a Concat-grown KV cannot take the buffers
+    assert target.stats()["speculative"]["share_kv"] is False
+    for p in plain:
+        assert collect(target.generate(p, {"max_tokens": 12}))[0] == plain[p], p
+
+
 def test_a_confidence_floor_drafts_fewer_tokens_and_keeps_the_output(table):
     target = open_engine("fp32", table, prefix_cache_bytes=0)
     plain = {p: collect(target.generate(p, {"max_tokens": 20}))[0] for p in PROMPTS}

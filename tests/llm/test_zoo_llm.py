@@ -239,3 +239,39 @@ def test_a_malformed_question_file_fails_the_recipe_naming_both_files(tiny, tmp_
         load_recipe(path)
     assert "recipe.toml" in str(e.value) and "eval.questions" in str(e.value)
     assert "questions.jsonl:2: answers: expected a non-empty list of strings" in str(e.value)
+
+
+def test_the_recipes_speculative_table_reaches_the_manifest_for_the_pairs_built(tiny, tmp_path):
+    from agent.llm.speculative import draft_for
+
+    two = LADDER.split("[[variants]]\nid = \"pruned1\"")[0]
+    path = write_recipe(tmp_path / "r", tiny.path, two + '\n[speculative]\nk = 3\ndrafts = { fp32 = "int8" }\n')
+    recipe = load_recipe(path)
+    assert recipe.speculative == {"k": 3, "drafts": {"fp32": "int8"}}
+    zoo = tmp_path / "zoo"
+    build_recipe(recipe, zoo, only=["fp32"])
+    m = load_manifest(zoo / "tinylm")
+    assert "speculative" not in m.llm   # its draft is not built: fp32 must still load
+    build_recipe(recipe, zoo)
+    m = load_manifest(zoo / "tinylm")
+    assert m.llm["speculative"] == {"k": 3, "drafts": {"fp32": "int8"}}
+    assert draft_for(m.llm, "fp32", set(m.variant_ids())) == ("int8", 3, 0.0, True)
+    # a changed table reaches a built zoo without a rebuild
+    path.write_text(path.read_text().replace("k = 3", "k = 2"))
+    _, again = build_recipe(load_recipe(path), zoo)
+    assert {r.action for r in again} == {"skipped"}
+    assert load_manifest(zoo / "tinylm").llm["speculative"]["k"] == 2
+
+
+@pytest.mark.parametrize("table,msg", [
+    ('drafts = { fp32 = "int4" }', "another variant"),
+    ('drafts = { int4 = "fp32" }', "not a variant of this recipe"),
+    ('k = 0\ndrafts = { fp32 = "int8" }', "k: expected an integer"),
+    ('share_kv = "yes"\ndrafts = { fp32 = "int8" }', "share_kv"),
+    ('k = 2', "non-empty 'drafts'"),
+])
+def test_a_bad_speculative_table_is_a_recipe_error(tiny, tmp_path, table, msg):
+    two = LADDER.split("[[variants]]\nid = \"pruned1\"")[0]
+    path = write_recipe(tmp_path / "r", tiny.path, two + f"\n[speculative]\n{table}\n")
+    with pytest.raises(RecipeError, match=rf"recipe.toml:\d+: speculative: .*{msg}"):
+        load_recipe(path)

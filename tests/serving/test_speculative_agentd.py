@@ -77,6 +77,7 @@ def test_agentd_serves_fp32_with_an_int4_draft_token_identical_to_plain_greedy(t
     ({"drafts": ["int4"]}, "drafts"),
     ({"k": 2, "colour": 1}, "expected a table"),
     ({"min_p": 1.5, "drafts": {"fp32": "int4"}}, "min_p"),
+    ({"share_kv": "yes", "drafts": {"fp32": "int4"}}, "share_kv"),
 ])
 def test_bad_speculative_tables_are_load_errors(spec, msg):
     with pytest.raises(LoadError, match=msg):
@@ -87,4 +88,4 @@ def test_variants_without_a_draft_are_served_plainly():
     assert draft_for({"speculative": {"drafts": {"fp32": "int4"}}}, "int4", {"fp32", "int4"}) is None
     assert draft_for({}, "fp32", {"fp32"}) is None
     assert (draft_for({"speculative": {"k": 2, "drafts": {"fp32": "int4"}}}, "fp32", {"fp32", "int4"})
-            == ("int4", 2, 0.0))
+            == ("int4", 2, 0.0, True))

@@ -28,6 +28,8 @@ def test_shipped_recipes_parse() -> None:
     sil = load_recipe(ROOT / "model_zoo" / "silero_vad")
     assert [v.id for v in sil.variants] == ["fp32", "int8", "int8-qdq", "fp16"]
     assert sil.source.pypi == "silero-vad==6.2.3" and sil.source.wheel_sha256
+    lm = load_recipe(ROOT / "model_zoo" / "smollm2")
+    assert lm.speculative == {"k": 4, "drafts": {"fp32": "int4"}}
     tpl = load_recipe(ROOT / "model_zoo" / "template" / "recipe.toml")
     assert tpl.reference == "fp32" and len(tpl.variants) >= 6
 

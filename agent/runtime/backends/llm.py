@@ -83,7 +83,8 @@ class LLMBackend:
         if draft:
             d, _ = self._engine(LLMEngine, Path(draft["path"]), tok_path, llm, device, threads, draft.get("sha256"),
                                 0, 1, config)
-            engine.set_draft(d, int(draft.get("k", 4)), float(draft.get("min_p", 0.0)))
+            engine.set_draft(d, int(draft.get("k", 4)), float(draft.get("min_p", 0.0)),
+                             bool(draft.get("share_kv", True)))
         if int(params.get("warmup_runs", 3)):  # warm up: one short greedy generation
             for _ in engine.generate("Hello", {"max_tokens": 2}):
                 pass

@@ -191,6 +191,10 @@ class Builder:
             manifest, rep = self._one(spec, manifest, keys[spec.id])
             reports.append(rep)
         assert manifest is not None
+        drafted = self._with_drafts(manifest)   # a recipe's new [speculative] needs no rebuild
+        if drafted.llm != manifest.llm:
+            save_manifest(drafted)
+            manifest = drafted
         self._sweep()
         self._drop_orphans(manifest)
         return manifest, reports
@@ -378,7 +382,20 @@ class Builder:
                          and (x.outputs is None or not _signature_mismatch(res.outputs, x.outputs)))
             manifest = replace(base, reference=v.id, inputs=res.inputs, outputs=res.outputs,
                                description=self.recipe.description, llm=llm, variants=keep)
-        return with_variant(manifest, v)
+        return self._with_drafts(with_variant(manifest, v))
+
+    def _with_drafts(self, m: Manifest) -> Manifest:
+        """The recipe's ``[speculative]`` as the manifest's ``[llm.speculative]``, for the pairs built so far
+        (a draft that is not in the manifest would make its served variant fail to load)."""
+        spec = self.recipe.speculative
+        if spec is None or m.llm is None:
+            return m
+        ids = {x.id for x in m.variants}
+        drafts = {s: d for s, d in spec["drafts"].items() if s in ids and d in ids}
+        llm = {k: v for k, v in m.llm.items() if k != "speculative"}
+        if drafts:
+            llm["speculative"] = {**spec, "drafts": drafts}
+        return replace(m, llm=llm)
 
 
 def build_recipe(recipe: Recipe, zoo: Path, *, only: Sequence[str] | None = None,
