@@ -5,8 +5,10 @@ was given (``join``: a cgroup's ``cgroup.procs`` to write its own pid to, or ``a
 so the whole measurement runs under the quota. Then it times ``requests`` requests back to back:
 
 * ``kind = "tensor"``: one request = one ``session.run`` on the recipe's held-out feeds;
-* ``kind = "causal-lm"``: one request = prefill of the chat prompt + ``tokens`` greedy decode steps; the
-  figures are per token (request decode time / tokens) with the prefill as ``ttft_ms``.
+* ``kind = "causal-lm"``: one request = one greedy ``LLMEngine.generate`` of up to ``tokens`` new tokens on
+  a chat prompt, on the path agentd's worker serves: its session options, the KV buffers shared in place
+  and, when the manifest serves the variant with a draft (``draft``), speculative decoding with that draft.
+  The figures are per token (first to last token / tokens after the first), the first token as ``ttft_ms``.
 
 CPU time is this process's (``time.process_time``: every ORT thread included) per request / token.
 """
@@ -65,26 +67,35 @@ def _tensor(req: dict[str, Any]) -> dict[str, Any]:
             "cpu_ms": cpu_ms, "n": len(lat)}
 
 
+PROMPT = "Tell me a long story about a lighthouse keeper and the sea."   # long greedy answers, no early EOS
+
+
 def _llm(req: dict[str, Any]) -> dict[str, Any]:
-    import numpy as np
-
     from agent.llm.engine import LLMEngine
+    from agent.llm.speculative import SESSION_CONFIG
+    from agent.runtime.backends.llm import LLM_SESSION_CONFIG
 
-    eng = LLMEngine(req["model"], req["tokenizer"], req["llm"], threads=req.get("threads"), prefix_cache_bytes=0)
-    ids = eng.encode([{"role": "user", "content": req.get("prompt", "What is the capital of France?")}])
+    draft = req.get("draft")
+    config = SESSION_CONFIG if draft else LLM_SESSION_CONFIG   # as the worker opens them (backends.llm)
+    threads = req.get("threads")
+
+    def engine(path: str) -> Any:
+        return LLMEngine(path, req["tokenizer"], req["llm"], threads=threads, prefix_cache_bytes=0,
+                         session_options=config)
+
+    eng = engine(req["model"])
+    if draft:
+        eng.set_draft(engine(draft["path"]), int(draft.get("k", 4)), float(draft.get("min_p", 0.0)),
+                      bool(draft.get("share_kv", True)))
+    msgs = [{"role": "user", "content": req.get("prompt", PROMPT)}]
     n_tok = int(req.get("tokens", 16))
 
     def one() -> tuple[float, float]:
-        t = time.perf_counter()
-        logits, past = eng.forward(ids, 0, eng.empty_kv())
-        ttft = (time.perf_counter() - t) * 1000
-        pos, tok = len(ids), int(np.argmax(logits[-1]))
-        t = time.perf_counter()
-        for _ in range(n_tok):
-            logits, past = eng.forward([tok], pos, past)
-            pos += 1
-            tok = int(np.argmax(logits[-1]))
-        return ttft, (time.perf_counter() - t) * 1000 / n_tok
+        t0 = time.perf_counter()
+        stamps = [time.perf_counter() for ev in eng.generate(msgs, {"max_tokens": n_tok}) if ev.token_id is not None]
+        ttft = (stamps[0] - t0) * 1000
+        per_tok = (stamps[-1] - stamps[0]) * 1000 / (len(stamps) - 1) if len(stamps) > 1 else ttft
+        return ttft, per_tok
 
     one()   # warm-up
     ttfts, per_tok = [], []
@@ -94,9 +105,13 @@ def _llm(req: dict[str, Any]) -> dict[str, Any]:
         ttfts.append(a)
         per_tok.append(b)
     cpu_ms = (time.process_time() - cpu0) * 1000 / (len(per_tok) * n_tok)   # prefill CPU spread over tokens
+    spec = eng.stats()["speculative"]
     eng.close()
-    return {"p50": statistics.median(per_tok), "p95": _pct(per_tok, 0.95), "mean": statistics.fmean(per_tok),
-            "ttft_ms": statistics.median(ttfts), "cpu_ms": cpu_ms, "n": len(per_tok)}
+    out = {"p50": statistics.median(per_tok), "p95": _pct(per_tok, 0.95), "mean": statistics.fmean(per_tok),
+           "ttft_ms": statistics.median(ttfts), "cpu_ms": cpu_ms, "n": len(per_tok)}
+    if spec is not None:
+        out["acceptance"] = spec["acceptance"]
+    return out
 
 
 def main() -> int:

@@ -7,7 +7,9 @@ For every (variant, cpu) of the model and every condition in :data:`CONDITIONS` 
 the machine; full quota with one busy spinner per core competing), one fresh process
 (``agent.zoo.build.cost_worker``) joins the limit, loads the variant and times ``requests`` requests. The
 quota is applied by :func:`agent.cpulimit.make_limiter` (cgroup v2 ``cpu.max``, else v1
-``cpu.cfs_quota_us``, else thread count + affinity); the mechanism is written to the file. Energy per
+``cpu.cfs_quota_us``, else thread count + affinity); the mechanism is written to the file. A causal-lm
+variant is timed on the path agentd serves it on (its worker's session options, with the draft the manifest's
+``[llm.speculative]`` gives it, named in the entry's ``info.draft``). Energy per
 request/token = the worker's CPU time x ``cpu_watts`` per busy core (meter ``model``, the same model as the
 manifest's figures). With ``--rounds N`` conditions are interleaved (variant x condition, N times) and the
 medians kept. Results go to ``ZOO/MODEL/costs.toml`` (see :mod:`agent.policy.costs`), keyed by the variant's
@@ -35,6 +37,20 @@ from agent.zoo.manifest import load_manifest
 
 CONDITIONS: tuple[tuple[float, float], ...] = ((1.0, 0.0), (0.5, 0.0), (0.25, 0.0), (1.0, 1.0))  # (compute, load)
 SPIN = "while True: pass"
+
+
+def _drafts(m: Any) -> dict[str, dict[str, Any]]:
+    """Served variant -> the draft agentd loads beside it (manifest ``[llm.speculative]``)."""
+    from agent.llm.speculative import draft_for
+
+    ids = {v.id for v in m.variants}
+    out = {}
+    for v in m.variants:
+        d = draft_for(m.llm, v.id, ids)
+        if d is not None:
+            out[v.id] = {"variant": d.variant, "path": str(m.path_of(m.variant(d.variant))), "k": d.k,
+                         "min_p": d.min_p, "share_kv": d.share_kv}
+    return out
 
 
 def _spinners(n: int) -> list[subprocess.Popen[bytes]]:
@@ -87,6 +103,7 @@ def sweep(folder: Path, *, variants: Sequence[str] | None = None, requests: int 
     log(f"quota mechanism: {lim.describe()}; {ncpu} cpus; {len(todo)} variants x {len(conditions)} conditions "
         f"x {rounds} rounds")
     got: dict[tuple[str, float, float], list[dict[str, Any]]] = {}
+    drafts = _drafts(m) if m.kind == "causal-lm" else {}
     try:
         for _ in range(rounds):
             for v in todo:
@@ -103,6 +120,8 @@ def sweep(folder: Path, *, variants: Sequence[str] | None = None, requests: int 
                         llm = dict(m.llm or {})
                         req.update({"tokenizer": str(m.path_of(v).parent / llm.get("tokenizer", "tokenizer.json")),
                                     "llm": llm})
+                        if v.id in drafts:   # timed as agentd serves it: with its draft
+                            req["draft"] = drafts[v.id]
                     else:
                         req["recipe"] = str(recipe_path)
                     spin = _spinners(round(load * ncpu)) if load > 0 else []
@@ -133,7 +152,8 @@ def sweep(folder: Path, *, variants: Sequence[str] | None = None, requests: int 
         entries.append(CurveEntry(v.id, "cpu", v.sha256, "token" if m.kind == "causal-lm" else "request",
                                   CostCurve(tuple(pts), lim.kind, "model"),
                                   {"requests": requests, "rounds": rounds,
-                                   **({"tokens": tokens} if m.kind == "causal-lm" else {})}))
+                                   **({"tokens": tokens} if m.kind == "causal-lm" else {}),
+                                   **({"draft": drafts[v.id]["variant"]} if v.id in drafts else {})}))
     return save_costs(folder, m.name, entries, {
         "mechanism": lim.kind, "cores": ncpu, "cpu_watts": watts, "host": platform.node(),
         "measured_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
