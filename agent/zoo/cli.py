@@ -130,8 +130,28 @@ def table(m: Manifest) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     notes = [f"! {v.id} is unfit (the policy never picks it): {v.unfit}" for v in m.variants if v.unfit]
+    if m.kind == "causal-lm":
+        notes += _draft_notes(m)
     return "\n".join([f"{m.name} ({m.kind}; * = reference, quality measured against it; ! = unfit)", *lines,
                       *notes])
+
+
+def _draft_notes(m: Any) -> list[str]:
+    """One line per variant agentd serves with a draft (``[llm.speculative]``); tok/s above are without it."""
+    from agent.errors import LoadError
+    from agent.llm.speculative import draft_for
+
+    ids = set(m.variant_ids())
+    out = []
+    for v in m.variants:
+        try:
+            d = draft_for(m.llm, v.id, ids)
+        except LoadError as e:
+            return [f"! [llm.speculative]: {e}"]
+        if d is not None:
+            out.append(f"~ {v.id} is served with draft {d.variant} (speculative, k {d.k}"
+                       f"{', share_kv' if d.share_kv else ''}; tok/s above is without it)")
+    return out
 
 
 def cmd_build(args: argparse.Namespace) -> int:

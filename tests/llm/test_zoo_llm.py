@@ -261,6 +261,9 @@ def test_the_recipes_speculative_table_reaches_the_manifest_for_the_pairs_built(
     _, again = build_recipe(load_recipe(path), zoo)
     assert {r.action for r in again} == {"skipped"}
     assert load_manifest(zoo / "tinylm").llm["speculative"]["k"] == 2
+    from agent.zoo.cli import table
+
+    assert "~ fp32 is served with draft int8 (speculative, k 2, share_kv" in table(load_manifest(zoo / "tinylm"))
 
 
 @pytest.mark.parametrize("table,msg", [
