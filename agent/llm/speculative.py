@@ -166,6 +166,22 @@ class DraftPlan(NamedTuple):
     share_kv: bool
 
 
+def draft_request(m: Any, variant: str) -> dict[str, Any] | None:
+    """What a worker serving ``variant`` of manifest ``m`` loads beside it, as the worker's load parameters
+    (variant, path, sha256, k, min_p, share_kv); None without a draft. LoadError on a bad table."""
+    plan = draft_for(m.llm, variant, set(m.variant_ids()))
+    if plan is None:
+        return None
+    dv = m.variant(plan.variant)
+    return {"variant": dv.id, "path": str(m.path_of(dv)), "sha256": dv.sha256, "k": plan.k, "min_p": plan.min_p,
+            "share_kv": plan.share_kv}
+
+
+def set_draft_from(engine: Any, draft: LLMEngine, req: dict[str, Any]) -> None:
+    """``engine.set_draft`` with the settings of a :func:`draft_request`."""
+    engine.set_draft(draft, int(req.get("k", 4)), float(req.get("min_p", 0.0)), bool(req.get("share_kv", True)))
+
+
 def draft_for(llm: dict[str, Any] | None, variant: str, variants: set[str]) -> DraftPlan | None:
     """The draft for serving ``variant``, from the manifest's ``[llm.speculative]`` table::
 

@@ -273,13 +273,11 @@ class Runtime:
                              "timeout_s": v.remote.timeout_s}
         if m.kind == "causal-lm":  # continuous batching; speculative decoding: the manifest may name a draft
             out["llm_max_batch"] = m.serving.max_batch
-            from agent.llm.speculative import draft_for
+            from agent.llm.speculative import draft_request
 
-            d = draft_for(m.llm, v.id, {x.id for x in m.variants})
-            if d is not None:
-                dv = m.variant(d.variant)
-                out["draft"] = {"variant": dv.id, "path": str(m.path_of(dv)), "sha256": dv.sha256, "k": d.k,
-                                "min_p": d.min_p, "share_kv": d.share_kv}
+            draft = draft_request(m, v.id)
+            if draft is not None:
+                out["draft"] = draft
         return out
 
     # -- placement ----------------------------------------------------------------------------------

@@ -78,13 +78,13 @@ class LLMBackend:
         config = LLM_SESSION_CONFIG
         if draft:   # two sessions take turns: neither may spin on after its run (see speculative.py)
             from agent.llm.speculative import SESSION_CONFIG as config
+            from agent.llm.speculative import set_draft_from
         engine, opened = self._engine(LLMEngine, path, tok_path, llm, device, threads, params.get("sha256"),
                                       int(params.get("prefix_cache_bytes", 64 << 20)), max_batch, config)
         if draft:
             d, _ = self._engine(LLMEngine, Path(draft["path"]), tok_path, llm, device, threads, draft.get("sha256"),
                                 0, 1, config)
-            engine.set_draft(d, int(draft.get("k", 4)), float(draft.get("min_p", 0.0)),
-                             bool(draft.get("share_kv", True)))
+            set_draft_from(engine, d, draft)
         if int(params.get("warmup_runs", 3)):  # warm up: one short greedy generation
             for _ in engine.generate("Hello", {"max_tokens": 2}):
                 pass

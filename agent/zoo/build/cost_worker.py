@@ -72,7 +72,7 @@ PROMPT = "Tell me a long story about a lighthouse keeper and the sea."   # long 
 
 def _llm(req: dict[str, Any]) -> dict[str, Any]:
     from agent.llm.engine import LLMEngine
-    from agent.llm.speculative import SESSION_CONFIG
+    from agent.llm.speculative import SESSION_CONFIG, set_draft_from
     from agent.runtime.backends.llm import LLM_SESSION_CONFIG
 
     draft = req.get("draft")
@@ -85,8 +85,7 @@ def _llm(req: dict[str, Any]) -> dict[str, Any]:
 
     eng = engine(req["model"])
     if draft:
-        eng.set_draft(engine(draft["path"]), int(draft.get("k", 4)), float(draft.get("min_p", 0.0)),
-                      bool(draft.get("share_kv", True)))
+        set_draft_from(eng, engine(draft["path"]), draft)
     msgs = [{"role": "user", "content": req.get("prompt", PROMPT)}]
     n_tok = int(req.get("tokens", 16))
 

@@ -41,16 +41,10 @@ SPIN = "while True: pass"
 
 def _drafts(m: Any) -> dict[str, dict[str, Any]]:
     """Served variant -> the draft agentd loads beside it (manifest ``[llm.speculative]``)."""
-    from agent.llm.speculative import draft_for
+    from agent.llm.speculative import draft_request
 
-    ids = {v.id for v in m.variants}
-    out = {}
-    for v in m.variants:
-        d = draft_for(m.llm, v.id, ids)
-        if d is not None:
-            out[v.id] = {"variant": d.variant, "path": str(m.path_of(m.variant(d.variant))), "k": d.k,
-                         "min_p": d.min_p, "share_kv": d.share_kv}
-    return out
+    out = {v.id: draft_request(m, v.id) for v in m.variants}
+    return {vid: d for vid, d in out.items() if d is not None}
 
 
 def _spinners(n: int) -> list[subprocess.Popen[bytes]]:
